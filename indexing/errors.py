@@ -1,0 +1,61 @@
+"""Errors the edges translate once: the API to a 4xx, the CLI to one line, workers to a retry.
+
+Every message says what was wrong and what fixes it.
+"""
+
+from __future__ import annotations
+
+
+class NominalError(Exception):
+    """Base of every error Nominal raises on purpose."""
+
+
+class BadImage(NominalError):
+    """An input that cannot be used as an image (not an image, truncated, too small, too big)."""
+
+    def __init__(self, source: str, reason: str, *, too_large: bool = False) -> None:
+        self.source = source
+        self.reason = reason
+        self.too_large = too_large
+        super().__init__(f"{source}: {reason}")
+
+
+class NoImages(NominalError):
+    """A folder, glob or manifest that yielded no image files."""
+
+
+class UnknownSetting(NominalError):
+    def __init__(self, setting: str) -> None:
+        self.setting = setting
+        super().__init__(
+            f"unknown machine setting {setting!r}: list them with `nominal settings`, "
+            "or create it by indexing PASS images into it"
+        )
+
+
+class InvalidName(NominalError):
+    """A machine-setting name the store cannot use as part of a collection name."""
+
+
+class UnknownBackbone(NominalError):
+    pass
+
+
+class WeightsUnavailable(NominalError):
+    """Pretrained weights could not be loaded; never replaced by random weights."""
+
+
+class BackboneMismatch(NominalError):
+    """Vectors of one backbone compared against a collection built with another."""
+
+
+class EmptyCollection(NominalError):
+    """Scoring against a setting that holds no nominal images yet."""
+
+
+class InvalidCalibration(NominalError):
+    """Calibration input that cannot give a threshold (bad policy, no PASS images...)."""
+
+
+class StoreUnavailable(NominalError):
+    """The vector store cannot be reached or opened (transient for a server; a lock for embedded)."""

@@ -1,0 +1,94 @@
+"""The vector-store surface Nominal needs, declared once and implemented twice.
+
+`EdgeStore` (embedded, the default: Qdrant's own engine in-process) and
+`ServerStore` (a Qdrant server through qdrant-client) both satisfy `VectorStore`;
+`tests/integration/test_store_contract.py` runs every scenario against both.
+
+Only our own types cross this boundary. Distances are cosine distances
+(1 - cosine similarity), smaller is closer.
+
+A collection is one version of one machine setting's nominal vectors; an alias
+names the active version, so a re-index can build a new version and switch in
+one step. Records (settings, calibrations, version metadata) are small JSON
+documents kept by the same store, so they live and die with the vectors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Point:
+    """One stored vector. `id` is a UUID string; `vector` is float32, L2-normalised."""
+
+    id: str
+    vector: np.ndarray
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """A search hit: the point id, its cosine distance to the query, and its payload."""
+
+    id: str
+    distance: float
+    payload: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    def create_collection(self, name: str, dim: int) -> None:
+        """Create an empty cosine collection; raises if it exists."""
+
+    def delete_collection(self, name: str) -> None:
+        """Delete a collection and its vectors; a missing one is not an error."""
+
+    def collections(self) -> list[str]:
+        """Names of all collections, sorted."""
+
+    def upsert(self, collection: str, points: Sequence[Point]) -> None:
+        """Insert or overwrite points by id; durable when this returns."""
+
+    def search(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
+        """Exact top-k for each row of `vectors` (n, d), nearest first."""
+
+    def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
+        """The points that exist among `ids`, in the order asked (missing ids skipped)."""
+
+    def scroll(self, collection: str, *, with_vectors: bool = False, batch_size: int = 1024) -> Iterator[Point]:
+        """Every point of a collection, in batches, for export and for loading patch banks."""
+
+    def delete_points(self, collection: str, ids: Sequence[str]) -> None:
+        """Delete points by id; missing ids are ignored."""
+
+    def count(self, collection: str) -> int:
+        """Number of points in a collection."""
+
+    def set_alias(self, alias: str, collection: str) -> None:
+        """Point `alias` at `collection` in one atomic step (creating or moving it)."""
+
+    def resolve_alias(self, alias: str) -> str | None:
+        """The collection an alias points at, or None."""
+
+    def delete_alias(self, alias: str) -> None:
+        """Remove an alias; a missing one is not an error."""
+
+    def put_record(self, kind: str, key: str, record: dict[str, Any]) -> None:
+        """Store a JSON-serialisable document under (kind, key), replacing any previous one atomically."""
+
+    def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The document stored under (kind, key), or None."""
+
+    def list_records(self, kind: str) -> list[dict[str, Any]]:
+        """Every document of a kind, ordered by key."""
+
+    def delete_record(self, kind: str, key: str) -> None:
+        """Remove a document; a missing one is not an error."""
+
+    def close(self) -> None:
+        """Release files, locks and connections."""
