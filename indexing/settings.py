@@ -1,0 +1,109 @@
+"""Machine settings: a product/line configuration and how its collections are named.
+
+A machine setting owns versioned collections, one per (setting, backbone,
+version), and an alias that names the active one. A re-index builds version
+N+1 beside N and moves the alias in one step; inspections never see a
+half-built version.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from indexing.errors import InvalidName
+
+SETTING_KIND = "setting"
+VERSION_KIND = "version"
+CALIBRATION_KIND = "calibration"
+
+Scoring = Literal["global", "patch"]
+SCORING_MODES: tuple[str, ...] = ("global", "patch")
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def check_setting_name(name: str) -> str:
+    # "__" separates the parts of a collection name, so a setting may not contain it.
+    if not _NAME.match(name) or "__" in name:
+        raise InvalidName(
+            f"machine setting name {name!r} is not valid: use 1-64 letters, digits, '-' or '_' "
+            "(starting with a letter or digit, no '__')"
+        )
+    return name
+
+
+def backbone_slug(backbone: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", backbone).strip("-")
+
+
+def collection_name(setting: str, backbone: str, version: int, *, kind: str = "global") -> str:
+    suffix = "" if kind == "global" else f"__{kind}"
+    return f"nominal__{setting}__{backbone_slug(backbone)}{suffix}__v{version}"
+
+
+def alias_name(setting: str, *, kind: str = "global") -> str:
+    suffix = "" if kind == "global" else f"__{kind}"
+    return f"nominal__{setting}{suffix}__active"
+
+
+@dataclass(frozen=True)
+class MachineSetting:
+    """What is configured for one machine setting; persisted as a record in the store."""
+
+    name: str
+    backbone: str
+    k: int
+    scoring: Scoring = "global"
+    description: str = ""
+    created_at: str = field(default_factory=utc_now)
+    updated_at: str = field(default_factory=utc_now)
+    calibration_id: str | None = None
+
+    def __post_init__(self) -> None:
+        check_setting_name(self.name)
+        if self.k < 1:
+            raise ValueError(f"k must be at least 1, got {self.k}")
+        if self.scoring not in SCORING_MODES:
+            raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "MachineSetting":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    def updated(self, **changes: Any) -> "MachineSetting":
+        return replace(self, updated_at=utc_now(), **changes)
+
+
+@dataclass(frozen=True)
+class CollectionVersion:
+    """One built (or building) version of a setting's nominal vectors."""
+
+    setting: str
+    version: int
+    collection: str
+    backbone: str
+    backbone_identity: str
+    dim: int
+    state: Literal["building", "ready"] = "building"
+    count: int = 0
+    created_at: str = field(default_factory=utc_now)
+    kind: str = "global"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "CollectionVersion":
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{key: value for key, value in data.items() if key in known})
