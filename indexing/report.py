@@ -1,0 +1,370 @@
+"""An evaluation written to disk: metrics.json, four plots and a report.md to read first.
+
+Plots are drawn on `matplotlib.figure.Figure` directly, which needs no pyplot and no
+GUI backend, so this works in workers and on headless machines. Every file is
+written to a temporary name in the same folder and moved into place with
+`os.replace`, so a process that dies mid-report leaves old or whole files, never
+half-written ones.
+
+Use it through `indexing.evaluation.write_report`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from matplotlib.figure import Figure
+from sklearn.metrics import precision_recall_curve, roc_curve
+
+from indexing.calibration import Calibration, Labels, Scores, predict_fail
+from indexing.evaluation import Metrics
+
+FILES = {
+    "metrics": "metrics.json",
+    "pr_curve": "pr_curve.png",
+    "roc_curve": "roc_curve.png",
+    "score_histogram": "score_histogram.png",
+    "confusion_matrix": "confusion_matrix.png",
+    "report": "report.md",
+}
+# The images an engineer opens first: likely false alarms and likely misses.
+TOP_N = 10
+PASS_COLOUR = "tab:blue"
+FAIL_COLOUR = "tab:red"
+
+
+def write_report(
+    out_dir: str | Path,
+    *,
+    title: str,
+    is_fail: Labels,
+    scores: Scores,
+    names: Sequence[str],
+    calibration: Calibration | None,
+    metrics: Metrics,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Path]:
+    """Write the report files into `out_dir` (created if missing).
+
+    Args:
+        out_dir: folder to write into; existing report files are replaced.
+        title: heading of report.md.
+        is_fail: label per image, True = FAIL, shape (n,).
+        scores: score per image, shape (n,).
+        names: name per image (e.g. a relative path), shape (n,).
+        calibration: the calibration whose threshold `metrics` was computed at, if any.
+        metrics: from `compute_metrics` on the same labels and scores.
+        extra: anything else to record (backbone, timings...); must be JSON-like.
+
+    Returns:
+        Path of each file by key: ``metrics``, ``pr_curve``, ``roc_curve``,
+        ``score_histogram``, ``confusion_matrix``, ``report``.
+
+    Raises:
+        ValueError: labels, scores and names differ in length.
+    """
+    truth = np.asarray(is_fail, dtype=bool).reshape(-1)
+    values = np.asarray(scores, dtype=np.float64).reshape(-1)
+    names = [str(name) for name in names]
+    if not truth.size == values.size == len(names):
+        raise ValueError(
+            f"{truth.size} labels, {values.size} scores and {len(names)} names: give one of each per image"
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {key: out / filename for key, filename in FILES.items()}
+    threshold = metrics.threshold
+    marker = _threshold_label(threshold, calibration)
+
+    document = {
+        "title": title,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "metrics": metrics.to_dict(),
+        "calibration": calibration.to_dict() if calibration is not None else None,
+        "extra": extra or {},
+        "images": _image_rows(truth, values, names, threshold),
+    }
+    _write_atomic(paths["metrics"], lambda fh: fh.write(_to_json_text(document).encode("utf-8")))
+    _save_figure(_pr_figure(truth, values, metrics, marker), paths["pr_curve"])
+    _save_figure(_roc_figure(truth, values, metrics, marker), paths["roc_curve"])
+    _save_figure(_histogram_figure(truth, values, threshold, marker), paths["score_histogram"])
+    _save_figure(_confusion_figure(metrics), paths["confusion_matrix"])
+    markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {})
+    _write_atomic(paths["report"], lambda fh: fh.write(markdown.encode("utf-8")))
+    return paths
+
+
+# --- files ---------------------------------------------------------------------------
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    """Write through a temporary file in the same folder, then `os.replace` it into place."""
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        # mkstemp makes the file private (0600); a report is meant to be shared.
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+
+
+def _save_figure(figure: Figure, path: Path) -> None:
+    _write_atomic(path, lambda fh: figure.savefig(fh, format="png", dpi=100))
+
+
+def _to_json_text(document: Any) -> str:
+    # allow_nan=False: NaN/Infinity are not JSON and break strict readers; _jsonable maps them to null.
+    return json.dumps(_jsonable(document), indent=2, allow_nan=False) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    """Numpy scalars and arrays, paths and tuples to JSON types; non-finite floats to None."""
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    # A report at the end of a long benchmark should not die over one odd value in `extra`.
+    return str(value)
+
+
+def _image_rows(
+    truth: np.ndarray, values: np.ndarray, names: list[str], threshold: float | None
+) -> list[dict[str, Any]]:
+    predicted = predict_fail(values, threshold) if threshold is not None else None
+    return [
+        {
+            "name": names[i],
+            "is_fail": bool(truth[i]),
+            "score": float(values[i]),
+            "predicted_fail": None if predicted is None else bool(predicted[i]),
+        }
+        for i in range(truth.size)
+    ]
+
+
+# --- figures -------------------------------------------------------------------------
+
+
+def _threshold_label(threshold: float | None, calibration: Calibration | None) -> str:
+    if threshold is None:
+        return ""
+    if calibration is not None and calibration.threshold == threshold:
+        return f"threshold {threshold:.4g} ({calibration.policy})"
+    return f"threshold {threshold:.4g}"
+
+
+def _placeholder(title: str, message: str) -> Figure:
+    """A figure that says why the plot is missing, so report.md never links a missing file."""
+    figure = Figure(figsize=(5, 4))
+    ax = figure.subplots()
+    ax.set_title(title)
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True, transform=ax.transAxes)
+    ax.set_axis_off()
+    return figure
+
+
+def _pr_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
+    if metrics.n_fail == 0 or metrics.n_pass == 0:
+        return _placeholder("Precision-recall curve", "undefined: needs both PASS and FAIL images")
+    precision, recall, _ = precision_recall_curve(truth.astype(int), values)
+    figure = Figure(figsize=(5, 4.5))
+    ax = figure.subplots()
+    ax.plot(recall, precision, drawstyle="steps-post", color=FAIL_COLOUR, label=f"AP {metrics.average_precision:.4f}")
+    ax.axhline(metrics.n_fail / (metrics.n_fail + metrics.n_pass), color="grey", linestyle=":", label="chance")
+    if metrics.precision is not None and metrics.recall is not None and marker:
+        ax.plot([metrics.recall], [metrics.precision], "ko", label=marker)
+    ax.set_xlabel("recall (FAIL images caught)")
+    ax.set_ylabel("precision (FAIL verdicts that are right)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("Precision-recall curve (FAIL positive)")
+    ax.legend(loc="lower left", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _roc_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
+    if metrics.n_fail == 0 or metrics.n_pass == 0:
+        return _placeholder("ROC curve", "undefined: needs both PASS and FAIL images")
+    fpr, tpr, _ = roc_curve(truth.astype(int), values)
+    figure = Figure(figsize=(5, 4.5))
+    ax = figure.subplots()
+    ax.plot(fpr, tpr, color=FAIL_COLOUR, label=f"AUC {metrics.roc_auc:.4f}")
+    ax.plot([0, 1], [0, 1], color="grey", linestyle=":", label="chance")
+    if metrics.confusion is not None and marker:
+        point_fpr = metrics.confusion["fp"] / metrics.n_pass
+        point_tpr = metrics.confusion["tp"] / metrics.n_fail
+        ax.plot([point_fpr], [point_tpr], "ko", label=marker)
+    ax.set_xlabel("false-positive rate (PASS images called FAIL)")
+    ax.set_ylabel("true-positive rate (FAIL images caught)")
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("ROC curve (FAIL positive)")
+    ax.legend(loc="lower right", fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _histogram_figure(truth: np.ndarray, values: np.ndarray, threshold: float | None, marker: str) -> Figure:
+    figure = Figure(figsize=(6, 4))
+    ax = figure.subplots()
+    # Shared edges so the two classes are comparable bar for bar.
+    edges = np.histogram_bin_edges(values, bins=min(50, max(10, int(math.sqrt(values.size)) * 2)))
+    for label, mask, colour in (("PASS", ~truth, PASS_COLOUR), ("FAIL", truth, FAIL_COLOUR)):
+        if mask.any():
+            ax.hist(values[mask], bins=edges, alpha=0.55, color=colour, label=f"{label} ({int(mask.sum())})")
+    if threshold is not None:
+        ax.axvline(threshold, color="black", linestyle="--", label=marker)
+    ax.set_xlabel("anomaly score (higher = more anomalous)")
+    ax.set_ylabel("images")
+    ax.set_title("Scores of PASS and FAIL images")
+    ax.legend(fontsize="small")
+    figure.tight_layout()
+    return figure
+
+
+def _confusion_figure(metrics: Metrics) -> Figure:
+    if metrics.confusion is None:
+        return _placeholder("Confusion matrix", "no threshold: calibrate, or add FAIL images")
+    c = metrics.confusion
+    counts = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+    figure = Figure(figsize=(4.5, 4))
+    ax = figure.subplots()
+    ax.imshow(counts, cmap="Blues")
+    for row in range(2):
+        for col in range(2):
+            colour = "white" if counts[row, col] > counts.max() / 2 else "black"
+            ax.text(col, row, str(counts[row, col]), ha="center", va="center", color=colour, fontsize=14)
+    ax.set_xticks([0, 1], labels=["PASS", "FAIL"])
+    ax.set_yticks([0, 1], labels=["PASS", "FAIL"])
+    ax.set_xlabel("verdict")
+    ax.set_ylabel("label")
+    ax.set_title(f"Confusion at threshold {metrics.threshold:.4g}")
+    figure.tight_layout()
+    return figure
+
+
+# --- report.md -----------------------------------------------------------------------
+
+
+def _markdown(
+    title: str,
+    truth: np.ndarray,
+    values: np.ndarray,
+    names: list[str],
+    calibration: Calibration | None,
+    metrics: Metrics,
+    extra: dict[str, Any],
+) -> str:
+    counts = f"{metrics.n_pass} PASS and {metrics.n_fail} FAIL images (FAIL is the positive class)."
+    lines = [f"# {title}", "", counts, ""]
+    if metrics.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in metrics.notes] + [""]
+    lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
+    rows = [
+        ("ROC AUC", metrics.roc_auc),
+        ("average precision", metrics.average_precision),
+        ("F1 max", metrics.f1_max),
+        ("threshold at F1 max", _score(metrics.threshold_f1_max)),
+        ("FPR at 95% TPR", metrics.fpr_at_95_tpr),
+        ("threshold", _score(metrics.threshold)),
+        ("precision at threshold", metrics.precision),
+        ("recall at threshold", metrics.recall),
+        ("false-positive rate at threshold", metrics.fpr),
+        ("balanced accuracy at threshold", metrics.balanced_accuracy),
+    ]
+    lines += [f"| {name} | {_number(value)} |" for name, value in rows]
+    if metrics.confusion is not None:
+        c = metrics.confusion
+        lines.append(f"| confusion (tp / fp / tn / fn) | {c['tp']} / {c['fp']} / {c['tn']} / {c['fn']} |")
+    lines += ["", "## Threshold", ""] + _threshold_lines(calibration, metrics) + [""]
+    lines += [
+        "## Plots",
+        "",
+        "![Precision-recall curve](pr_curve.png)",
+        "![ROC curve](roc_curve.png)",
+        "![Score histogram](score_histogram.png)",
+        "![Confusion matrix](confusion_matrix.png)",
+        "",
+    ]
+    order = np.argsort(-values, kind="stable")
+    high_pass = [i for i in order if not truth[i]][:TOP_N]
+    low_fail = [i for i in order[::-1] if truth[i]][:TOP_N]
+    threshold = metrics.threshold
+    lines += _image_table("Highest-scoring PASS images (false alarms first)", high_pass, values, names, threshold)
+    lines += _image_table("Lowest-scoring FAIL images (misses first)", low_fail, values, names, threshold)
+    if extra:
+        lines += ["## Extra", "", "| key | value |", "| --- | --- |"]
+        lines += [f"| {_cell(key)} | {_cell(json.dumps(_jsonable(value)))} |" for key, value in extra.items()]
+        lines.append("")
+    lines += ["Per-image scores and labels are in [metrics.json](metrics.json).", ""]
+    return "\n".join(lines)
+
+
+def _threshold_lines(calibration: Calibration | None, metrics: Metrics) -> list[str]:
+    if metrics.threshold is None:
+        return ["No threshold: no calibration was given and the set has no FAIL images."]
+    lines = [f"Verdict FAIL when score >= **{metrics.threshold:.6g}**."]
+    if calibration is None:
+        lines.append("No calibration given: this is the F1-max threshold of this same set.")
+        return lines
+    same = "" if calibration.threshold == metrics.threshold else f" (its threshold {calibration.threshold:.6g} differs)"
+    lines.append(
+        f"Calibration `{calibration.id}`{same}: policy `{calibration.policy}`, backbone `{calibration.backbone}`, "
+        f"collection `{calibration.collection}`, {calibration.n_pass} PASS / {calibration.n_fail} FAIL images, "
+        f"created {calibration.created_at}."
+    )
+    lines += [f"- warning: {warning}" for warning in calibration.warnings]
+    return lines
+
+
+def _image_table(
+    heading: str, indices: list[int], values: np.ndarray, names: list[str], threshold: float | None
+) -> list[str]:
+    lines = [f"## {heading}", ""]
+    if not indices:
+        return lines + ["None.", ""]
+    lines += ["| rank | image | score | verdict |", "| --- | --- | --- | --- |"]
+    for rank, i in enumerate(indices, start=1):
+        verdict = "" if threshold is None else ("FAIL" if predict_fail([values[i]], threshold)[0] else "PASS")
+        lines.append(f"| {rank} | {_cell(names[i])} | {values[i]:.6g} | {verdict} |")
+    return lines + [""]
+
+
+def _number(value: float | str | None) -> str:
+    if isinstance(value, str):
+        return value
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def _score(value: float | None) -> str:
+    # Scores are distances on any scale: keep significant digits, not decimals.
+    return "n/a" if value is None else f"{value:.6g}"
+
+
+def _cell(text: str) -> str:
+    """Text safe inside a markdown table cell."""
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
