@@ -45,6 +45,17 @@ def check_point_id(point_id: str) -> str:
         raise ValueError(f"point id {point_id!r} is not a UUID: derive ids with uuid.uuid5 or uuid.uuid4") from None
 
 
+def lookup_ids(ids: Sequence[str]) -> list[str]:
+    """Canonical forms of the ids that could exist; a non-UUID id names no point, so lookups skip it."""
+    found = []
+    for point_id in ids:
+        try:
+            found.append(str(uuid.UUID(str(point_id))))
+        except ValueError:
+            continue
+    return found
+
+
 def check_k(k: int) -> int:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
         raise ValueError(f"k must be a positive integer, got {k!r}")

@@ -5,7 +5,21 @@
 `tests/integration/test_store_contract.py` runs every scenario against both.
 
 Only our own types cross this boundary. Distances are cosine distances
-(1 - cosine similarity), smaller is closer.
+(1 - cosine similarity, clamped to [0, 2]), smaller is closer. Searches are exact.
+
+Both implementations behave the same way (the contract test holds them to it):
+
+- Names of collections, aliases, record kinds and record keys: 1-200 letters,
+  digits, '_', '-', '.', starting with a letter or digit; "nominal_records" is
+  reserved. Anything else raises `indexing.errors.InvalidName`.
+- Any operation on a collection that does not exist raises
+  `ValueError("collection 'x' does not exist")`; so do vectors of the wrong
+  dimension, NaN/inf or all-zero vectors, and k < 1.
+- A store that cannot be reached or opened raises `indexing.errors.StoreUnavailable`
+  (server down or refusing the API key; embedded directory owned by another process).
+- Point ids are UUID strings and come back in canonical lowercase form.
+- Both may be called from several threads at once (`ServerStore` as far as its
+  client allows: the remote client does; qdrant-client's local mode is for tests).
 
 A collection is one version of one machine setting's nominal vectors; an alias
 names the active version, so a re-index can build a new version and switch in
@@ -43,34 +57,48 @@ class Neighbour:
 @runtime_checkable
 class VectorStore(Protocol):
     def create_collection(self, name: str, dim: int) -> None:
-        """Create an empty cosine collection; raises if it exists."""
+        """Create an empty cosine collection of `dim`-d vectors; ValueError if it exists."""
 
     def delete_collection(self, name: str) -> None:
-        """Delete a collection and its vectors; a missing one is not an error."""
+        """Delete a collection, its vectors and the aliases pointing at it; a missing one is not an error."""
 
     def collections(self) -> list[str]:
         """Names of all collections, sorted."""
 
     def upsert(self, collection: str, points: Sequence[Point]) -> None:
-        """Insert or overwrite points by id; durable when this returns."""
+        """Insert or overwrite points by id; durable when this returns.
+
+        The whole batch is checked first (UUID ids, dimension, finite, non-zero): a bad
+        point raises ValueError and nothing is written.
+        """
 
     def search(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """Exact top-k for each row of `vectors` (n, d), nearest first."""
+        """Exact top-k for each row of `vectors` (n, d), nearest first.
+
+        One list per row, each of min(k, count) neighbours: k larger than the
+        collection returns every point, an empty collection returns empty lists.
+        """
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        """The points that exist among `ids`, in the order asked (missing ids skipped)."""
+        """The points that exist among `ids`, in the order asked (missing and non-UUID ids skipped).
+
+        Without `with_vectors`, each `Point.vector` is an empty float32 array.
+        """
 
     def scroll(self, collection: str, *, with_vectors: bool = False, batch_size: int = 1024) -> Iterator[Point]:
-        """Every point of a collection, in batches, for export and for loading patch banks."""
+        """Every point of a collection exactly once, fetched in batches, for export and for loading patch banks."""
 
     def delete_points(self, collection: str, ids: Sequence[str]) -> None:
-        """Delete points by id; missing ids are ignored."""
+        """Delete points by id; missing and non-UUID ids are ignored."""
 
     def count(self, collection: str) -> int:
         """Number of points in a collection."""
 
     def set_alias(self, alias: str, collection: str) -> None:
-        """Point `alias` at `collection` in one atomic step (creating or moving it)."""
+        """Point `alias` at `collection` in one atomic step (creating or moving it).
+
+        ValueError if the collection does not exist or `alias` is a collection's name.
+        """
 
     def resolve_alias(self, alias: str) -> str | None:
         """The collection an alias points at, or None."""
@@ -79,13 +107,16 @@ class VectorStore(Protocol):
         """Remove an alias; a missing one is not an error."""
 
     def put_record(self, kind: str, key: str, record: dict[str, Any]) -> None:
-        """Store a JSON-serialisable document under (kind, key), replacing any previous one atomically."""
+        """Store a JSON-serialisable document under (kind, key), replacing any previous one atomically.
+
+        TypeError (and nothing written) if the document is not JSON-serialisable.
+        """
 
     def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         """The document stored under (kind, key), or None."""
 
     def list_records(self, kind: str) -> list[dict[str, Any]]:
-        """Every document of a kind, ordered by key."""
+        """Every document of a kind, ordered by key (plain string order)."""
 
     def delete_record(self, kind: str, key: str) -> None:
         """Remove a document; a missing one is not an error."""

@@ -45,6 +45,7 @@ from indexing.store._common import (
     check_k,
     check_name,
     check_point_id,
+    lookup_ids,
     missing_collection,
     no_vector,
     point_matrix,
@@ -208,11 +209,11 @@ class EdgeStore:
         return [[_neighbour(hit) for hit in hits] for hits in results]
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        """The points that exist among `ids`, in the order asked (missing ids skipped).
+        """The points that exist among `ids`, in the order asked (missing and non-UUID ids skipped).
 
         Without `with_vectors`, each `Point.vector` is an empty float32 array.
         """
-        wanted = [check_point_id(i) for i in ids]
+        wanted = lookup_ids(ids)
         with self._rw.read():
             shard, _ = self._shard(collection)
             if not wanted:
@@ -243,8 +244,8 @@ class EdgeStore:
                 return
 
     def delete_points(self, collection: str, ids: Sequence[str]) -> None:
-        """Delete points by id; missing ids are ignored. Durable when this returns."""
-        doomed = [check_point_id(i) for i in ids]
+        """Delete points by id; missing and non-UUID ids are ignored. Durable when this returns."""
+        doomed = lookup_ids(ids)
         with self._rw.read():
             shard, _ = self._shard(collection)
             if doomed:

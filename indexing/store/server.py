@@ -35,6 +35,7 @@ from indexing.store._common import (
     check_k,
     check_name,
     check_point_id,
+    lookup_ids,
     missing_collection,
     no_vector,
     point_matrix,
@@ -159,11 +160,11 @@ class ServerStore:
         return [[_neighbour(hit) for hit in response.points] for response in responses]
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
-        """The points that exist among `ids`, in the order asked (missing ids skipped).
+        """The points that exist among `ids`, in the order asked (missing and non-UUID ids skipped).
 
         Without `with_vectors`, each `Point.vector` is an empty float32 array.
         """
-        wanted = [check_point_id(i) for i in ids]
+        wanted = lookup_ids(ids)
         self._dim(collection)  # a missing collection is an error even when no ids are asked for
         if not wanted:
             return []
@@ -190,8 +191,8 @@ class ServerStore:
                 return
 
     def delete_points(self, collection: str, ids: Sequence[str]) -> None:
-        """Delete points by id; missing ids are ignored."""
-        doomed = [check_point_id(i) for i in ids]
+        """Delete points by id; missing and non-UUID ids are ignored."""
+        doomed = lookup_ids(ids)
         self._dim(collection)
         if doomed:
             with self._calls(collection):

@@ -150,7 +150,7 @@ def test_payload_round_trips_through_retrieve_search_and_scroll(store: VectorSto
 
 def test_retrieve_keeps_the_order_asked_and_skips_missing_ids(store: VectorStore) -> None:
     points = filled(store, n=10)
-    asked = [points[3].id, str(uuid.uuid4()), points[0].id, points[7].id]
+    asked = [points[3].id, str(uuid.uuid4()), points[0].id, "image-17", points[7].id]
 
     found = store.retrieve("parts", asked, with_vectors=True)
 
@@ -185,7 +185,7 @@ def test_delete_points_removes_them_everywhere_and_ignores_missing_ids(store: Ve
     points = filled(store, n=20)
     doomed = [points[0].id, points[5].id]
 
-    store.delete_points("parts", [*doomed, str(uuid.uuid4())])
+    store.delete_points("parts", [*doomed, str(uuid.uuid4()), "image-17"])
 
     assert store.count("parts") == 18
     assert store.retrieve("parts", doomed) == []
