@@ -1,0 +1,636 @@
+"""The one module `app/` and `workers/` call: settings, indexing, verdicts, calibration.
+
+`NominalService` is handed an open `VectorStore` and a way to load backbones;
+it reads no environment and knows nothing of HTTP or Celery. Every method
+either completes or raises a `NominalError` subclass whose message says what to
+fix, leaving the store as it was (bad input is rejected before anything is
+written unless the caller asks to skip it).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from indexing.calibration import Calibration, calibrate
+from indexing.datasets import Dataset
+from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.errors import BackboneMismatch, BadImage, EmptyCollection, InvalidCalibration, UnknownSetting
+from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
+from indexing.scoring import DEFAULT_K, knn_score, without_self
+from indexing.settings import (
+    CALIBRATION_KIND,
+    SETTING_KIND,
+    VERSION_KIND,
+    CollectionVersion,
+    MachineSetting,
+    alias_name,
+    check_setting_name,
+    collection_name,
+    utc_now,
+)
+from indexing.store.base import Neighbour, Point, VectorStore
+from indexing.verdicts import Verdict, decide
+
+# progress(stage, done, total): called as work advances so edges can show bars or job status.
+Progress = Callable[[str, int, int], None]
+
+
+def _no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """An input left out of a batch, and why."""
+
+    source: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class EmbeddedBatch:
+    """Points ready to upsert, plus the inputs that could not be used."""
+
+    points: list[Point]
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    setting: str
+    collection: str
+    received: int
+    indexed: int
+    skipped: list[Skipped]
+    count: int
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    metrics: Metrics
+    calibration: Calibration
+    scores: np.ndarray
+    is_fail: np.ndarray
+    files: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class SettingStatus:
+    setting: MachineSetting
+    active: CollectionVersion | None
+    count: int
+    calibration: Calibration | None
+
+
+class BackbonePool:
+    """One loaded model per backbone name per process, built on first use.
+
+    Loading is serialised so concurrent first requests do not build two copies.
+    """
+
+    def __init__(self, loader: Callable[[str], Backbone] = load_backbone) -> None:
+        self._loader = loader
+        self._loaded: dict[str, Backbone] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Backbone:
+        with self._lock:
+            if name not in self._loaded:
+                self._loaded[name] = self._loader(name)
+            return self._loaded[name]
+
+
+def image_payload(setting: str, image: ImageInput, width: int, height: int) -> dict[str, Any]:
+    return {
+        "setting": setting,
+        "sha256": image.sha256,
+        "source": image.source,
+        "ingested_at": utc_now(),
+        "width": width,
+        "height": height,
+        "metadata": dict(image.metadata),
+    }
+
+
+class NominalService:
+    """Machine settings and their nominal collections, over one vector store.
+
+    Args:
+        store: an open `VectorStore`; the service does not close it.
+        backbones: where models come from; share one pool per process.
+        default_backbone: used when a new setting names none.
+        max_pixels: decoded-size limit per image (decompression bombs).
+        batch_size: images per forward pass.
+    """
+
+    def __init__(
+        self,
+        store: VectorStore,
+        *,
+        backbones: BackbonePool | None = None,
+        default_backbone: str = DEFAULT_BACKBONE,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        batch_size: int = 32,
+    ) -> None:
+        self.store = store
+        self.backbones = backbones or BackbonePool()
+        self.default_backbone = default_backbone
+        self.max_pixels = max_pixels
+        self.batch_size = batch_size
+        self._settings_lock = threading.RLock()
+
+    # ----------------------------------------------------------------- settings
+
+    def get_setting(self, name: str) -> MachineSetting:
+        record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+        if record is None:
+            raise UnknownSetting(name)
+        return MachineSetting.from_dict(record)
+
+    def list_settings(self) -> list[MachineSetting]:
+        return [MachineSetting.from_dict(r) for r in self.store.list_records(SETTING_KIND)]
+
+    def put_setting(
+        self,
+        name: str,
+        *,
+        backbone: str | None = None,
+        k: int | None = None,
+        scoring: str | None = None,
+        description: str | None = None,
+    ) -> MachineSetting:
+        """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
+        with self._settings_lock:
+            record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+            if record is None:
+                setting = MachineSetting(
+                    name=name,
+                    backbone=backbone or self.default_backbone,
+                    k=k or DEFAULT_K,
+                    scoring=scoring or "global",  # type: ignore[arg-type]
+                    description=description or "",
+                )
+                self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
+            else:
+                current = MachineSetting.from_dict(record)
+                active = self.active_version(name)
+                if backbone and backbone != current.backbone and active is not None and active.count > 0:
+                    raise BackboneMismatch(
+                        f"setting {name!r} holds {active.count} images embedded with {current.backbone}; "
+                        f"vectors of {backbone} cannot be mixed with them: re-index the setting with the new backbone"
+                    )
+                if backbone:
+                    self.backbones.get(backbone)
+                changes = {
+                    key: value
+                    for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
+                    if value is not None
+                }
+                setting = current.updated(**changes)
+            self.store.put_record(SETTING_KIND, name, setting.to_dict())
+            return setting
+
+    def delete_setting(self, name: str) -> None:
+        """Remove a setting with every collection version and calibration it owns."""
+        self.get_setting(name)
+        with self._settings_lock:
+            self.store.delete_alias(alias_name(name))
+            for version in self.versions(name):
+                self.store.delete_collection(version.collection)
+                self.store.delete_record(VERSION_KIND, version.collection)
+            for record in self.store.list_records(CALIBRATION_KIND):
+                if record.get("setting") == name:
+                    self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
+            self.store.delete_record(SETTING_KIND, name)
+
+    def status(self, name: str) -> SettingStatus:
+        setting = self.get_setting(name)
+        active = self.active_version(name)
+        count = self.store.count(active.collection) if active else 0
+        return SettingStatus(setting=setting, active=active, count=count, calibration=self.latest_calibration(name))
+
+    # ----------------------------------------------------------------- versions
+
+    def versions(self, name: str) -> list[CollectionVersion]:
+        prefix = f"nominal__{name}__"
+        records = [r for r in self.store.list_records(VERSION_KIND) if r.get("setting") == name]
+        found = [CollectionVersion.from_dict(r) for r in records if r["collection"].startswith(prefix)]
+        return sorted(found, key=lambda v: v.version)
+
+    def active_version(self, name: str) -> CollectionVersion | None:
+        collection = self.store.resolve_alias(alias_name(name))
+        if collection is None:
+            return None
+        record = self.store.get_record(VERSION_KIND, collection)
+        return CollectionVersion.from_dict(record) if record else None
+
+    def begin_version(self, name: str, *, backbone: str | None = None) -> CollectionVersion:
+        """Create the next, empty, not yet active collection version of a setting."""
+        setting = self.get_setting(name)
+        model = self.backbones.get(backbone or setting.backbone)
+        with self._settings_lock:
+            number = max((v.version for v in self.versions(name)), default=0) + 1
+            version = CollectionVersion(
+                setting=name,
+                version=number,
+                collection=collection_name(name, model.name, number),
+                backbone=model.name,
+                backbone_identity=model.identity,
+                dim=model.dim,
+            )
+            self.store.create_collection(version.collection, model.dim)
+            self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
+        return version
+
+    def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
+        """Check a built version and make it the active one in one atomic alias move."""
+        count = self.store.count(version.collection)
+        if expected_count is not None and count != expected_count:
+            raise EmptyCollection(
+                f"version {version.version} of {version.setting!r} holds {count} points, "
+                f"expected {expected_count}: not activated"
+            )
+        ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+        with self._settings_lock:
+            self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
+            self.store.set_alias(alias_name(version.setting), version.collection)
+            setting = self.get_setting(version.setting)
+            if setting.backbone != version.backbone:
+                # A re-index with another backbone changes what the setting is built on.
+                self.store.put_record(SETTING_KIND, setting.name, setting.updated(backbone=version.backbone).to_dict())
+        return ready
+
+    # ----------------------------------------------------------------- indexing
+
+    def embed_points(
+        self,
+        setting: str,
+        backbone: Backbone,
+        images: Sequence[ImageInput],
+        *,
+        skip_bad: bool,
+    ) -> EmbeddedBatch:
+        """Decode and embed one batch into points (ids from content); nothing is stored.
+
+        Kept separate from storage so a worker without the store can embed and
+        hand the points to the process that owns it.
+        """
+        return self._embed_decoded(setting, backbone, self._decode_all(images, skip_bad=skip_bad))
+
+    def _embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
+        decoded, kept, skipped = batch
+        if not kept:
+            return EmbeddedBatch(points=[], skipped=skipped)
+        vectors = backbone.embed(decoded, batch_size=self.batch_size)
+        points = [
+            Point(id=image.id, vector=vector, payload=image_payload(setting, image, *pixels.size))
+            for image, vector, pixels in zip(kept, vectors, decoded)
+        ]
+        return EmbeddedBatch(points=points, skipped=skipped)
+
+    def index(
+        self,
+        name: str,
+        images: Sequence[ImageInput],
+        *,
+        skip_bad: bool = False,
+        progress: Progress = _no_progress,
+    ) -> IndexResult:
+        """Add PASS images to the setting's active version, creating the setting and version 1 if needed.
+
+        With `skip_bad=False` every image is decoded before anything is written,
+        and one bad image rejects the whole call: the store is unchanged.
+        """
+        if not images:
+            raise BadImage(name, "no images given")
+        try:
+            setting = self.get_setting(name)
+        except UnknownSetting:
+            setting = self.put_setting(name)
+        if not skip_bad:
+            self._validate(images, progress)
+        version = self.active_version(name)
+        if version is None:
+            version = self.activate(self.begin_version(name, backbone=setting.backbone))
+        result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
+        self._refresh_count(version)
+        return result
+
+    def index_into(
+        self,
+        version: CollectionVersion,
+        images: Sequence[ImageInput],
+        *,
+        skip_bad: bool = True,
+        progress: Progress = _no_progress,
+    ) -> IndexResult:
+        """Embed and upsert images into one collection version, batch by batch."""
+        backbone = self._backbone_for(version)
+        indexed, skipped = 0, []
+        progress("embedding", 0, len(images))
+        for batch in self._decoded_batches(images, skip_bad=skip_bad):
+            embedded = self._embed_decoded(version.setting, backbone, batch)
+            if embedded.points:
+                self.store.upsert(version.collection, embedded.points)
+            indexed += len(embedded.points)
+            skipped.extend(embedded.skipped)
+            progress("embedding", indexed + len(skipped), len(images))
+        return IndexResult(
+            setting=version.setting,
+            collection=version.collection,
+            received=len(images),
+            indexed=indexed,
+            skipped=skipped,
+            count=self.store.count(version.collection),
+        )
+
+    def delete_image(self, name: str, image_id: str) -> bool:
+        """Drop one nominal image from the active version; False if it was not there."""
+        version = self._require_active(name)
+        if not self.store.retrieve(version.collection, [image_id]):
+            return False
+        self.store.delete_points(version.collection, [image_id])
+        self._refresh_count(version)
+        return True
+
+    def nominal_image(self, name: str, image_id: str) -> Point | None:
+        version = self._require_active(name)
+        found = self.store.retrieve(version.collection, [image_id])
+        return found[0] if found else None
+
+    # ----------------------------------------------------------------- verdicts
+
+    def neighbours(self, name: str, images: Sequence[ImageInput], *, k: int | None = None) -> list[list[Neighbour]]:
+        """The k nearest nominal images of each input (itself excluded if stored)."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        k = k or setting.k
+        vectors = self._embed_for(version, images)
+        hits = self.store.search(version.collection, vectors, k + 1)
+        return [without_self(found, image.id, k) for image, found in zip(images, hits)]
+
+    def inspect(self, name: str, images: Sequence[ImageInput], *, k: int | None = None) -> list[Verdict]:
+        """Score each image against the active nominal set and apply the latest calibration."""
+        started = time.perf_counter()
+        setting = self.get_setting(name)
+        k = k or setting.k
+        version = self._require_active(name)
+        calibration = self._usable_calibration(setting, version)
+        vectors = self._embed_for(version, images)
+        hits = self.store.search(version.collection, vectors, k + 1)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
+        verdicts = []
+        for image, found in zip(images, hits):
+            near = without_self(found, image.id, k)
+            score = knn_score([n.distance for n in near], k)
+            outcome, threshold, calibration_id = decide(score, calibration)
+            verdicts.append(
+                Verdict(
+                    source=image.source,
+                    image_id=image.id,
+                    verdict=outcome,
+                    score=score,
+                    threshold=threshold,
+                    calibration_id=calibration_id,
+                    neighbours=near,
+                    elapsed_ms=elapsed_ms,
+                )
+            )
+        return verdicts
+
+    def scores(self, name: str, images: Sequence[ImageInput], *, progress: Progress = _no_progress) -> np.ndarray:
+        """kNN scores of many images, in batches (leave-one-out for stored images)."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        backbone = self._backbone_for(version)
+        out: list[float] = []
+        progress("scoring", 0, len(images))
+        for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+            vectors = backbone.embed(decoded, batch_size=self.batch_size)
+            hits = self.store.search(version.collection, vectors, setting.k + 1)
+            for image, found in zip(kept, hits):
+                near = without_self(found, image.id, setting.k)
+                out.append(knn_score([n.distance for n in near], setting.k))
+            progress("scoring", len(out), len(images))
+        return np.asarray(out, dtype=np.float64)
+
+    def nominal_scores(self, name: str, *, progress: Progress = _no_progress) -> np.ndarray:
+        """Leave-one-out scores of the stored nominal images against the rest, without re-embedding."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        total = self.store.count(version.collection)
+        out: list[float] = []
+        progress("scoring nominal set", 0, total)
+        batch: list[Point] = []
+
+        def flush() -> None:
+            vectors = np.stack([p.vector for p in batch]).astype(np.float32)
+            hits = self.store.search(version.collection, vectors, setting.k + 1)
+            for point, found in zip(batch, hits):
+                out.append(knn_score([n.distance for n in without_self(found, point.id, setting.k)], setting.k))
+            batch.clear()
+            progress("scoring nominal set", len(out), total)
+
+        for point in self.store.scroll(version.collection, with_vectors=True):
+            batch.append(point)
+            if len(batch) == self.batch_size:
+                flush()
+        if batch:
+            flush()
+        return np.asarray([s for s in out if not np.isnan(s)], dtype=np.float64)
+
+    # -------------------------------------------------------------- calibration
+
+    def calibrate(
+        self,
+        name: str,
+        *,
+        pass_images: Sequence[ImageInput] = (),
+        fail_images: Sequence[ImageInput] = (),
+        policy: str = "f1",
+        progress: Progress = _no_progress,
+    ) -> Calibration:
+        """Calibrate a threshold and make it the setting's current calibration.
+
+        With no PASS images given, the stored nominal images are scored
+        leave-one-out, so a PASS-only `quantile` calibration needs no extra data.
+        """
+        version = self._require_active(name)
+        pass_scores = (
+            self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
+        )
+        fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
+        if pass_scores.size == 0:
+            raise InvalidCalibration(
+                f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
+            )
+        result = calibrate(
+            pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=version.collection
+        )
+        return self.save_calibration(name, result)
+
+    def save_calibration(self, name: str, result: Calibration) -> Calibration:
+        record = {**result.to_dict(), "setting": name}
+        with self._settings_lock:
+            self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
+            setting = self.get_setting(name).updated(calibration_id=result.id)
+            self.store.put_record(SETTING_KIND, name, setting.to_dict())
+        return result
+
+    def latest_calibration(self, name: str) -> Calibration | None:
+        setting = self.get_setting(name)
+        if setting.calibration_id is None:
+            return None
+        record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, setting.calibration_id))
+        if record is None:
+            return None
+        record = {key: value for key, value in record.items() if key != "setting"}
+        return Calibration.from_dict(record)
+
+    # ---------------------------------------------------------------- evaluation
+
+    def evaluate(
+        self,
+        dataset: Dataset,
+        *,
+        setting: str,
+        out_dir: str | Path,
+        policy: str = "f1",
+        progress: Progress = _no_progress,
+    ) -> EvaluationResult:
+        """The industry-standard evaluation: fit on PASS only, score the labelled test set, report.
+
+        The setting (backbone, k) must exist; its nominal set becomes the
+        dataset's training images. The threshold is calibrated on the test set
+        itself, which is optimistic; ROC-AUC and AP do not depend on it.
+        """
+        started = time.perf_counter()
+        self.index(setting, dataset.train, progress=progress)
+        test_images = [t.image for t in dataset.test]
+        scores = self.scores(setting, test_images, progress=progress)
+        is_fail = np.array([t.is_fail for t in dataset.test], dtype=bool)
+        version = self._require_active(setting)
+        result = calibrate(
+            scores[~is_fail], scores[is_fail], policy,
+            backbone=version.backbone_identity, collection=version.collection,
+        )
+        self.save_calibration(setting, result)
+        metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
+        configured = self.get_setting(setting)
+        extra = {
+            "dataset": dataset.name,
+            "backbone": version.backbone_identity,
+            "k": configured.k,
+            "scoring": configured.scoring,
+            "n_train": len(dataset.train),
+            "groups": sorted({t.group for t in dataset.test}),
+            "seconds": round(time.perf_counter() - started, 2),
+        }
+        paths = write_report(
+            out_dir,
+            title=f"{dataset.name}: {configured.scoring} kNN (k={configured.k}) with {version.backbone}",
+            is_fail=is_fail,
+            scores=scores,
+            names=[image.source for image in test_images],
+            calibration=result,
+            metrics=metrics,
+            extra=extra,
+        )
+        return EvaluationResult(metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths)
+
+    # ----------------------------------------------------------------- internals
+
+    def _usable_calibration(self, setting: MachineSetting, version: CollectionVersion) -> Calibration | None:
+        """The latest calibration, if it was made on vectors of this version's backbone."""
+        calibration = self.latest_calibration(setting.name)
+        if calibration is None or calibration.backbone != version.backbone_identity:
+            return None
+        return calibration
+
+    def _require_active(self, name: str) -> CollectionVersion:
+        self.get_setting(name)
+        version = self.active_version(name)
+        if version is None or self.store.count(version.collection) == 0:
+            raise EmptyCollection(
+                f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
+            )
+        return version
+
+    def _refresh_count(self, version: CollectionVersion) -> None:
+        record = self.store.get_record(VERSION_KIND, version.collection) or version.to_dict()
+        record["count"] = self.store.count(version.collection)
+        self.store.put_record(VERSION_KIND, version.collection, record)
+
+    def _backbone_for(self, version: CollectionVersion) -> Backbone:
+        backbone = self.backbones.get(version.backbone)
+        if backbone.identity != version.backbone_identity:
+            raise BackboneMismatch(
+                f"{version.collection} was built with {version.backbone_identity} but this process loads "
+                f"{backbone.identity}: load the same weights, or re-index the setting"
+            )
+        return backbone
+
+    def _embed_for(self, version: CollectionVersion, images: Sequence[ImageInput]) -> np.ndarray:
+        if not images:
+            raise BadImage("request", "no images given")
+        decoded, _, _ = self._decode_all(images, skip_bad=False)
+        return self._backbone_for(version).embed(decoded, batch_size=self.batch_size)
+
+    def _decode_all(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
+        decoded, kept, skipped = [], [], []
+        for image in images:
+            try:
+                decoded.append(decode(image, max_pixels=self.max_pixels))
+                kept.append(image)
+            except BadImage as error:
+                if not skip_bad:
+                    raise
+                skipped.append(Skipped(source=image.source, reason=error.reason))
+        return decoded, kept, skipped
+
+    def _validate(self, images: Sequence[ImageInput], progress: Progress) -> None:
+        """Decode every image once so a bad one is refused before anything is written."""
+        bad = []
+        for done, image in enumerate(images, start=1):
+            try:
+                decode(image, max_pixels=self.max_pixels)
+            except BadImage as error:
+                bad.append(error)
+            if done % 64 == 0 or done == len(images):
+                progress("checking images", done, len(images))
+        if bad:
+            listed = "; ".join(f"{error.source}: {error.reason}" for error in bad[:5])
+            more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
+            raise BadImage(bad[0].source if len(bad) == 1 else f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
+
+    def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
+        """Decoded batches; the next batch decodes on a thread while the model runs on this one.
+
+        PIL releases the GIL while decoding, so on a CPU worker this hides most of
+        the decode time behind the forward pass.
+        """
+        batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = [pool.submit(self._decode_all, batch, skip_bad=skip_bad) for batch in batches[:1]]
+            for i in range(len(batches)):
+                ready = pending.pop().result()
+                if i + 1 < len(batches):
+                    pending.append(pool.submit(self._decode_all, batches[i + 1], skip_bad=skip_bad))
+                yield ready
+
+
+_Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
+
+
+def _calibration_key(setting: str, calibration_id: str) -> str:
+    return f"{setting}__{calibration_id}"
