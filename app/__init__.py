@@ -1,0 +1,1 @@
+"""Nominal's edges for people and programs: the HTTP API and the `nominal` command line."""

@@ -1,0 +1,50 @@
+"""One place where Nominal reads its configuration (environment variables and .env).
+
+`indexing/` never imports this: the edges read a `Config` and pass values in.
+Named `Config`, not `Settings`, because "setting" is a domain word here (a
+machine setting).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from indexing.backbones import DEFAULT_BACKBONE
+from indexing.images import DEFAULT_MAX_PIXELS
+
+
+class Config(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    data: Path = Field(
+        Path("nominal-data"),
+        validation_alias=AliasChoices("NOMINAL_DATA"),
+        description="Directory of the embedded store (used when QDRANT_URL is not set).",
+    )
+    qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"), description="Qdrant server URL.")
+    qdrant_api_key: str | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
+    backbone: str = Field(
+        DEFAULT_BACKBONE, validation_alias=AliasChoices("NOMINAL_BACKBONE"), description="Backbone of new settings."
+    )
+    weights_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("NOMINAL_WEIGHTS_DIR"), description="Directory holding model weight files."
+    )
+    device: str | None = Field(None, validation_alias=AliasChoices("NOMINAL_DEVICE"), description="cpu, cuda, cuda:1...")
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, validation_alias=AliasChoices("NOMINAL_MAX_PIXELS"), gt=0)
+    batch_size: int = Field(32, validation_alias=AliasChoices("NOMINAL_BATCH_SIZE"), gt=0)
+
+    @model_validator(mode="after")
+    def _empty_is_unset(self) -> "Config":
+        # Compose files often pass `QDRANT_URL=` to mean "not set".
+        if self.qdrant_url is not None and not self.qdrant_url.strip():
+            self.qdrant_url = None
+        return self
+
+
+@lru_cache
+def get_config() -> Config:
+    return Config()
