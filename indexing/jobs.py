@@ -15,6 +15,7 @@ import uuid
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from indexing.image_store import ImageRef
 from indexing.store.base import VectorStore
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -162,3 +163,26 @@ def request_cancel(board: JobBoard, job_id: str) -> Job | None:
         job = replace(job, cancel_requested=True)
     board.put(job)
     return job
+
+
+class JobRunner(Protocol):
+    """Where long work is sent: `InProcessRunner` (embedded default) or the Celery runner in `workers/`.
+
+    Both write status to `board`, so `GET /v1/jobs/{id}` and `nominal jobs` read
+    the same thing whichever runs the work. Submitting returns at once with the
+    job queued; images travel as `ImageRef`s into an `ImageStore`, never as bytes.
+    """
+
+    board: JobBoard
+
+    def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
+        """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
+        ...
+
+    def cancel(self, job_id: str) -> Job | None:
+        """Ask a job to stop (see `request_cancel`); None if there is no such job."""
+        ...
+
+    def close(self) -> None:
+        """Stop taking work; an in-process runner waits for the job it is running."""
+        ...

@@ -1,0 +1,80 @@
+"""`InProcessRunner`: jobs on a background thread of this process, for the embedded default.
+
+With no broker configured, `nominal serve` and `nominal reindex` still answer
+202 + a job id and report progress: the work runs here, one job at a time (the
+embedded store belongs to this process anyway, and one job keeps the CPU for
+the forward pass instead of splitting it). `run_job` is the wrapper every
+runner uses to turn a job body's outcome into the job's final state.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from indexing.errors import NominalError
+from indexing.image_store import ImageRef, ImageStore
+from indexing.ingest import index_refs
+from indexing.jobs import Job, JobBoard, JobCancelled, JobProgress, StoreJobBoard, new_job, request_cancel
+from indexing.service import NominalService
+
+log = logging.getLogger(__name__)
+
+JobBody = Callable[[JobProgress], dict[str, Any]]
+
+
+def run_job(board: JobBoard, job: Job, body: JobBody) -> Job:
+    """Run a job body and record how it ended; never raises for the body's failures.
+
+    A cancel request ends it `cancelled`; a `NominalError` (bad input, unknown
+    setting...) ends it `failed` with that message; anything else is a bug: it
+    is logged with its traceback and the job fails with a short message.
+    """
+    current = board.get(job.id) or job
+    if current.finished:  # cancelled while queued
+        return current
+    progress = JobProgress(board, current)
+    try:
+        result = body(progress)
+    except JobCancelled:
+        return progress.finish("cancelled", message="cancelled by request")
+    except NominalError as error:
+        return progress.finish("failed", message=str(error))
+    except Exception as error:  # noqa: BLE001 - a job must end in a state a user can read
+        log.exception("job %s (%s) failed", job.id, job.kind)
+        return progress.finish("failed", message=f"internal error: {type(error).__name__}: {error}")
+    return progress.finish("succeeded", result=result)
+
+
+class InProcessRunner:
+    """Runs jobs one at a time on a background thread; status lives in the store's records.
+
+    Args:
+        service: the process's service (its store is the embedded one, or a server).
+        images: where uploaded images were put.
+        board: job status; defaults to records in the service's store.
+    """
+
+    def __init__(self, service: NominalService, images: ImageStore, board: JobBoard | None = None) -> None:
+        self.service = service
+        self.images = images
+        self.board = board or StoreJobBoard(service.store)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-job")
+
+    def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
+        job = new_job("index", setting, total=len(images))
+        return self._submit(job, lambda progress: index_refs(
+            self.service, self.images, progress, setting=setting, refs=images))
+
+    def cancel(self, job_id: str) -> Job | None:
+        return request_cancel(self.board, job_id)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def _submit(self, job: Job, body: JobBody) -> Job:
+        self.board.put(job)
+        self._pool.submit(run_job, self.board, job, body)
+        return job
