@@ -313,12 +313,14 @@ class NominalService:
         """
         if not images:
             raise BadImage(name, "no images given")
+        check_setting_name(name)
+        if not skip_bad:
+            # Before the setting is created: a refused call leaves no trace.
+            self._validate(images, progress)
         try:
             setting = self.get_setting(name)
         except UnknownSetting:
             setting = self.put_setting(name)
-        if not skip_bad:
-            self._validate(images, progress)
         version = self.active_version(name)
         if version is None:
             version = self.activate(self.begin_version(name, backbone=setting.backbone))
