@@ -12,6 +12,9 @@ from functools import partial
 
 from app.config import Config
 from indexing.backbones import load_backbone
+from indexing.image_store import ImageStore
+from indexing.jobs import JobRunner
+from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
 
@@ -34,6 +37,11 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         max_pixels=config.max_pixels,
         batch_size=config.batch_size,
     )
+
+
+def build_runner(config: Config, service: NominalService) -> JobRunner:
+    """Where long work runs: in this process (the embedded default)."""
+    return InProcessRunner(service, ImageStore(config.image_root))
 
 
 @contextmanager

@@ -12,6 +12,7 @@ Use it through `indexing.evaluation.write_report`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -368,3 +369,28 @@ def _score(value: float | None) -> str:
 def _cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def calibration_pr_png(calibration: Calibration) -> bytes:
+    """The PR curve a calibration kept, with its chosen threshold marked, as PNG bytes (for the API and web page)."""
+    if not calibration.pr_curve or calibration.n_fail == 0:
+        figure = _placeholder("Precision-recall curve", "undefined: the calibration had no FAIL images")
+    else:
+        figure = Figure(figsize=(5, 4.5))
+        ax = figure.subplots()
+        recall = [point["recall"] for point in calibration.pr_curve]
+        precision = [point["precision"] for point in calibration.pr_curve]
+        ax.plot(recall, precision, drawstyle="steps-post", color=FAIL_COLOUR, label=f"AP {_number(calibration.average_precision)}")
+        if calibration.precision is not None and calibration.recall is not None:
+            ax.plot([calibration.recall], [calibration.precision], "ko",
+                    label=f"{calibration.policy}: threshold {calibration.threshold:.4f}")
+        ax.set_xlabel("recall (FAIL images caught)")
+        ax.set_ylabel("precision (FAIL verdicts that are right)")
+        ax.set_xlim(-0.02, 1.02)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title("Precision-recall curve (FAIL positive)")
+        ax.legend(loc="lower left", fontsize="small")
+        figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

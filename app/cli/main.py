@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import click
 import typer
 
-from app.cli import data, evaluate, settings
+from app.cli import data, evaluate, serve, settings
 from app.cli.context import State
 from app.cli.errors import EXIT_ERROR, format_known_exception
 from app.cli.output import Output
@@ -62,6 +62,7 @@ app.command("calibrate")(data.calibrate)
 app.command("inspect")(data.inspect)
 app.command("evaluate")(evaluate.evaluate)
 app.command("backbones")(settings.backbones)
+app.command("serve")(serve.serve)
 app.add_typer(settings.app, name="settings")
 
 
