@@ -27,6 +27,14 @@ class Config(BaseSettings):
     )
     qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"), description="Qdrant server URL.")
     qdrant_api_key: str | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
+    qdrant_shards: int | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_SHARDS"), gt=0,
+        description="Shards of each new collection on a distributed Qdrant cluster.",
+    )
+    qdrant_replicas: int | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_REPLICAS"), gt=0,
+        description="Copies of each shard on a distributed Qdrant cluster.",
+    )
     backbone: str = Field(
         DEFAULT_BACKBONE, validation_alias=AliasChoices("NOMINAL_BACKBONE"), description="Backbone of new settings."
     )

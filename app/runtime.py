@@ -21,7 +21,10 @@ from indexing.store import VectorStore, open_store
 
 def open_configured_store(config: Config) -> VectorStore:
     if config.qdrant_url:
-        return open_store(qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key)
+        return open_store(
+            qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
+            shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
+        )
     return open_store(data_dir=config.data)
 
 

@@ -9,6 +9,7 @@ import typer
 
 from app.cli.context import state
 from app.cli.output import Output
+from app.config import Config
 
 LOOPBACK = "127.0.0.1"
 
@@ -16,7 +17,7 @@ LOOPBACK = "127.0.0.1"
 def serve(
     ctx: typer.Context,
     host: Annotated[str, typer.Option(help="Address to listen on. Without NOMINAL_API_KEYS only loopback is allowed.")] = LOOPBACK,
-    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port.")] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, envvar="NOMINAL_PORT", help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (needs QDRANT_URL: the embedded store admits one process).")] = 1,
 ) -> None:
     """Serve the HTTP API: verdicts, nominal images, calibrations, jobs; OpenAPI docs at /docs.
@@ -33,12 +34,16 @@ def serve(
 
       QDRANT_URL=http://qdrant:6333 nominal serve --host 0.0.0.0 --workers 4
     """
+    run_server(state(ctx).config, host=host, port=port, workers=workers)
+
+
+def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, workers: int = 1) -> None:
+    """Start uvicorn on the API; refuses unsafe choices with a warning instead of an error."""
     import uvicorn
 
     from app.api.main import create_app
 
     out = Output(json_mode=False)
-    config = state(ctx).config
     if not config.key_roles() and not _is_loopback(host):
         out.warn(f"no NOMINAL_API_KEYS configured: listening on {LOOPBACK} only, not {host}")
         host = LOOPBACK

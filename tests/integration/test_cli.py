@@ -113,3 +113,10 @@ def test_evaluate_writes_a_report_without_touching_the_store(capsys, data_dir: P
     assert {"metrics.json", "report.md", "pr_curve.png", "roc_curve.png", "confusion_matrix.png"} <= written
     assert json.loads((report / "metrics.json").read_text())["metrics"]["roc_auc"] == metrics["roc_auc"]
     assert not data_dir.exists() or run_json(capsys, data_dir, "settings") == []
+
+
+def test_usage_errors_exit_2_with_usage_and_no_traceback(capsys) -> None:
+    for argv in (["no-such-command"], ["index"], ["inspect", "line-3", "x.png", "--k", "0"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Usage:" in err and "Traceback" not in err
