@@ -7,8 +7,10 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.deps import ReadAccess, RuntimeDep
+from app.api.runtime import ApiRuntime
 from app.api.schemas import InspectPublic, NeighboursOfImage, NeighboursPublic, NeighbourPublic, VerdictPublic
 from app.api.uploads import read_images
+from indexing.images import ImageInput
 
 router = APIRouter(tags=["inspect"], dependencies=[ReadAccess])
 
@@ -19,9 +21,7 @@ KField = Annotated[int | None, Form(ge=1, le=1000, description="Neighbours to us
 @router.post("/v1/settings/{setting}/inspect")
 def inspect(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KField = None) -> InspectPublic:
     """PASS, FAIL or UNCALIBRATED for each file, with score, threshold, calibration id and nearest nominal images."""
-    runtime.service.get_setting(setting)
-    images = read_images(files, field="files", max_image_bytes=runtime.config.max_image_bytes,
-                         max_pixels=runtime.config.max_pixels)
+    images = _checked_upload(runtime, setting, files)
     verdicts = runtime.service.inspect(setting, images, k=k)
     for verdict in verdicts:
         runtime.metrics.verdicts.labels(setting, verdict.verdict).inc()
@@ -32,11 +32,15 @@ def inspect(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KFie
 @router.post("/v1/settings/{setting}/neighbors")
 def neighbours(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KField = None) -> NeighboursPublic:
     """The k nearest nominal images of each file, without a verdict."""
-    runtime.service.get_setting(setting)
-    images = read_images(files, field="files", max_image_bytes=runtime.config.max_image_bytes,
-                         max_pixels=runtime.config.max_pixels)
+    images = _checked_upload(runtime, setting, files)
     found = runtime.service.neighbours(setting, images, k=k)
     return NeighboursPublic(results=[
         NeighboursOfImage(source=image.source, neighbors=[NeighbourPublic.of(setting, n) for n in near])
         for image, near in zip(images, found)
     ])
+
+
+def _checked_upload(runtime: ApiRuntime, setting: str, files: list[UploadFile] | None) -> list[ImageInput]:
+    runtime.service.get_setting(setting)  # 404 before decoding anything
+    return read_images(files, field="files", max_image_bytes=runtime.config.max_image_bytes,
+                       max_pixels=runtime.config.max_pixels)
