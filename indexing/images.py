@@ -68,21 +68,42 @@ class ImageInput:
         return cls(data=buffer.getvalue(), source=source, metadata=dict(metadata or {}))
 
 
+def check_header(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Every check that needs no pixel decoded: not empty, an accepted format, within the pixel limit, not tiny.
+
+    Raises:
+        BadImage: with `unsupported` (format) or `too_large` (pixels) set when that is the reason.
+    """
+    _open_checked(image, max_pixels=max_pixels).close()
+
+
 def decode(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode to an 8-bit RGB image, or raise `BadImage` saying why not.
 
     The pixel limit is checked from the header, before any pixel is decoded, so a
     decompression bomb costs nothing.
     """
+    opened = _open_checked(image, max_pixels=max_pixels)
+    try:
+        # PIL's default (LOAD_TRUNCATED_IMAGES False) makes a truncated file fail here.
+        opened.load()
+        oriented = ImageOps.exif_transpose(opened)
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise BadImage(image.source, f"corrupt or truncated image data ({exc})") from exc
+    return to_rgb(oriented)
+
+
+def _open_checked(image: ImageInput, *, max_pixels: int) -> Image.Image:
+    """The lazily opened image (header read, no pixels) once every header check passed."""
     if not image.data:
         raise BadImage(image.source, "empty file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(image.data))
-    except Image.DecompressionBombError as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise BadImage(image.source, f"too many pixels ({exc})", too_large=True) from exc
-    except (Image.UnidentifiedImageError, Image.DecompressionBombWarning, OSError, ValueError) as exc:
+    except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadImage(
             image.source, "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP)", unsupported=True
         ) from exc
@@ -98,13 +119,7 @@ def decode(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
         )
     if min(width, height) < MIN_SIDE:
         raise BadImage(image.source, f"{width}x{height} is too small (each side must be at least {MIN_SIDE} px)")
-    try:
-        # PIL's default (LOAD_TRUNCATED_IMAGES False) makes a truncated file fail here.
-        opened.load()
-        oriented = ImageOps.exif_transpose(opened)
-    except (OSError, ValueError, SyntaxError) as exc:
-        raise BadImage(image.source, f"corrupt or truncated image data ({exc})") from exc
-    return to_rgb(oriented)
+    return opened
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

@@ -13,7 +13,7 @@ from fastapi import UploadFile
 
 from app.api.errors import ApiError, bad_image_status
 from indexing.errors import BadImage
-from indexing.images import ImageInput, decode
+from indexing.images import ImageInput, check_header, decode
 
 
 def read_images(
@@ -24,8 +24,13 @@ def read_images(
     max_pixels: int,
     metadata: dict[str, Any] | None = None,
     required: bool = True,
+    full_decode: bool = True,
 ) -> list[ImageInput]:
     """The uploaded files of one form field as checked `ImageInput`s.
+
+    `full_decode=False` checks only what the header tells (format, pixels, size):
+    for requests that write nothing (inspect), where the service's own decode
+    still refuses a truncated file, and decoding twice would cost latency.
 
     Raises:
         ApiError: 422 no file given (when required); 413 a file over the byte or
@@ -46,7 +51,7 @@ def read_images(
             raise ApiError(413, loc, f"{name}: above the limit of {max_image_bytes:,} bytes per image", "too_large")
         image = ImageInput(data=data, source=name, metadata=dict(metadata or {}))
         try:
-            decode(image, max_pixels=max_pixels)
+            (decode if full_decode else check_header)(image, max_pixels=max_pixels)
         except BadImage as error:
             raise ApiError(bad_image_status(error), loc, f"{name}: {error.reason}", "bad_image") from error
         images.append(image)

@@ -217,3 +217,9 @@ def test_the_store_survives_a_restart_of_the_service(tmp_path: Path, hazelnut: P
     with make_client(tmp_path) as client:
         assert client.get("/v1/settings/hz").json()["images"] == 5
         assert client.get(f"/v1/jobs/{job['job_id']}").json()["state"] == "succeeded"
+
+
+def test_a_truncated_image_to_inspect_is_refused_with_422(filled: TestClient, bad_images: dict[str, Path]) -> None:
+    response = filled.post("/v1/settings/hz/inspect", files=files_of([bad_images["truncated"]]))
+    assert response.status_code == 422
+    assert "truncated.jpg" in response.json()["detail"][0]["msg"] and "truncated" in response.json()["detail"][0]["msg"]

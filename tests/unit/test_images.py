@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from indexing.errors import BadImage
-from indexing.images import ImageInput, content_id, decode, image_size
+from indexing.images import ImageInput, check_header, content_id, decode, image_size
 
 
 def encoded(img: Image.Image, fmt: str = "PNG", **save) -> ImageInput:
@@ -101,3 +101,22 @@ def test_pixel_limit_is_configurable() -> None:
 def test_unaccepted_format_is_refused() -> None:
     with pytest.raises(BadImage, match="GIF"):
         decode(encoded(Image.new("RGB", (40, 40)), "GIF"))
+
+
+def test_an_image_in_pils_warning_range_is_too_large_not_unreadable() -> None:
+    # 100 MP: above PIL's warning limit (89 MP) but below its hard limit, so PIL only warns.
+    buffer = io.BytesIO()
+    Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")
+    with pytest.raises(BadImage, match="too many pixels") as caught:
+        check_header(ImageInput(data=buffer.getvalue(), source="big.png"), max_pixels=200_000_000)
+    assert caught.value.too_large and not caught.value.unsupported
+
+
+def test_the_header_check_refuses_what_decode_refuses_without_decoding() -> None:
+    with pytest.raises(BadImage) as not_image:
+        check_header(ImageInput(data=b"PASS\n", source="notes.png"))
+    assert not_image.value.unsupported
+    with pytest.raises(BadImage, match="too small"):
+        buffer = io.BytesIO()
+        Image.new("RGB", (1, 1)).save(buffer, format="PNG")
+        check_header(ImageInput(data=buffer.getvalue(), source="dot.png"))

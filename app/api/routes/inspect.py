@@ -43,4 +43,4 @@ def neighbours(setting: str, runtime: RuntimeDep, files: FilesField = None, k: K
 def _checked_upload(runtime: ApiRuntime, setting: str, files: list[UploadFile] | None) -> list[ImageInput]:
     runtime.service.get_setting(setting)  # 404 before decoding anything
     return read_images(files, field="files", max_image_bytes=runtime.config.max_image_bytes,
-                       max_pixels=runtime.config.max_pixels)
+                       max_pixels=runtime.config.max_pixels, full_decode=False)
