@@ -7,7 +7,7 @@ const SETTING_STORE = "nominal.setting";     // localStorage: the station usuall
 const THUMBNAIL_PX = 160;
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const state = { setting: null, calibrationId: null, lastFinishedAt: null, jobsTimer: null, objectUrls: [] };
+const state = { setting: null, scoring: null, calibrationId: null, lastFinishedAt: null, jobsTimer: null, objectUrls: [] };
 
 // ---------- talking to the API ----------
 
@@ -191,6 +191,7 @@ async function refreshSetting() {
     $("#calibration").replaceChildren(paragraph(`Could not read this setting: ${error.message}`, "error"));
     return;
   }
+  state.scoring = s.scoring;
   const option = [...$("#setting").options].find((o) => o.value === s.name);
   if (option) option.textContent = `${s.name} (${s.images} nominal images)`;
   facts.replaceChildren(...definitions([
@@ -322,12 +323,15 @@ function resultCard(result, file) {
   card.classList.add(`verdict-${result.verdict}`);
   $(".verdict", card).textContent = result.verdict;
   $(".source", card).textContent = `${result.source} · ${Math.round(result.elapsed_ms)} ms`
-    + (result.calibration_id ? ` · calibration ${result.calibration_id}` : "");
+    + (result.calibration_id ? ` · calibration ${result.calibration_id.slice(0, 8)}` : "");
   drawScore(card, result);
 
   const photo = $(".photo", card);
   photo.alt = `The inspected image ${result.source}`;
   photo.src = keepUrl(URL.createObjectURL(file));
+  $(".no-heat", card).textContent = state.scoring === "patch"
+    ? "No heat map came with this result."
+    : "No heat map: this setting compares whole images (global scoring).";
   drawHeatmap(card, result);
 
   $(".neighbours", card).append(...result.neighbors.map(neighbourItem));
@@ -353,7 +357,7 @@ function drawScore(card, result) {
     return;
   }
   mark.style.left = `${(threshold / top) * 100}%`;
-  mark.title = `threshold ${num(threshold)}`;
+  $(".mark-label", card).textContent = `threshold ${num(threshold)}`;
   bar.setAttribute("aria-label", `Score ${num(score)} against threshold ${num(threshold)}`);
   text.textContent = verdict === "FAIL"
     ? `Score ${num(score)} is at or above the threshold ${num(threshold)}: the part differs from every nominal part.`
