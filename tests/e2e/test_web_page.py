@@ -28,6 +28,7 @@ from app.config import Config
 pytestmark = pytest.mark.slow
 
 ADMIN_KEY = "e2e-admin-key"
+READ_KEY = "e2e-read-key"
 ARTIFACTS = Path(os.environ.get("NOMINAL_ARTIFACTS", Path(__file__).parents[1] / "artifacts"))
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -38,16 +39,18 @@ if not (CHROMIUM and CHROMEDRIVER):
                 allow_module_level=True)
 
 from selenium.webdriver.chrome.service import Service  # noqa: E402 - only once selenium is known to be there
+from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
+from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[str]:
-    """The real app under uvicorn on a loopback port picked by the OS, with an admin key configured."""
+    """The real app under uvicorn on a loopback port picked by the OS, with an admin and a read key."""
     import uvicorn
 
-    app = create_app(Config(NOMINAL_DATA=tmp_path / "data", NOMINAL_API_KEYS=f"{ADMIN_KEY}:admin"))
+    app = create_app(Config(NOMINAL_DATA=tmp_path / "data", NOMINAL_API_KEYS=f"{ADMIN_KEY}:admin,{READ_KEY}:read"))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -86,6 +89,13 @@ def api(base: str, path: str) -> dict:
     request = urllib.request.Request(base + path, headers={"X-API-Key": ADMIN_KEY})
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.load(answer)
+
+
+def use_key(driver, key: str) -> None:
+    field = driver.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key)
+    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
 
 
 def choose(driver, selector: str, paths: list[Path]) -> None:
@@ -143,13 +153,19 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     screenshot(driver, "web_page_key_prompt.png")
     key = driver.find_element(By.ID, "api-key")
     assert driver.switch_to.active_element == key, "the key field has the focus"
-    key.send_keys(ADMIN_KEY)
-    driver.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    use_key(driver, READ_KEY)
     wait.until(lambda d: not d.find_element(By.ID, "notice").is_displayed())
+    assert driver.execute_script("return sessionStorage.getItem('nominal.apiKey')") == READ_KEY
+
+    # A read key may look but not change: creating a setting asks for an admin key.
+    driver.find_element(By.ID, "new-setting").send_keys("hz")
+    driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
+    wait.until(lambda d: d.find_element(By.ID, "notice").is_displayed())
+    assert "admin key" in text(driver, "#notice")
+    use_key(driver, ADMIN_KEY)
     assert driver.execute_script("return sessionStorage.getItem('nominal.apiKey')") == ADMIN_KEY
 
     # A new setting, then its nominal images, watched as a job.
-    driver.find_element(By.ID, "new-setting").send_keys("hz")
     driver.find_element(By.CSS_SELECTOR, "#create-form button[type=submit]").click()
     wait.until(lambda d: d.find_element(By.ID, "setting").get_attribute("value") == "hz")
     choose(driver, "#upload-files", train)
@@ -184,6 +200,17 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     assert images_loaded(driver, "#results .photo")
     screenshot(driver, "web_page_1280x800.png")
 
+    # Every control has a label; the image chooser and the feedback buttons are reached with Tab.
+    assert driver.execute_script(
+        "return [...document.querySelectorAll('input, select')].every(e => e.labels && e.labels.length > 0)")
+    reached = set()
+    driver.execute_script("window.scrollTo(0, 0); document.activeElement.blur()")
+    for _ in range(25):
+        ActionChains(driver).send_keys(Keys.TAB).perform()
+        active = driver.switch_to.active_element
+        reached.add(active.get_attribute("id") or active.get_attribute("class"))
+    assert "inspect-files" in reached and "feedback-pass" in reached, reached
+
     # Feedback: the operator says the FAIL is a false alarm and the PASS a missed defect.
     cards[0].find_element(By.CLASS_NAME, "feedback-pass").click()
     wait.until(lambda d: "Thank you" in cards[0].find_element(By.CSS_SELECTOR, ".feedback .status").text)
@@ -211,7 +238,10 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     demo.find_element(By.CSS_SELECTOR, ".heat-toggle input").click()  # the operator can look under it
     assert not heat.is_displayed()
 
-    errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE" and "401" not in e["message"]]
+    # The refused requests of the key checks above are expected; anything else (a script error) is not.
+    refused = ("status of 401", "status of 403")
+    errors = [e for e in driver.get_log("browser")
+              if e["level"] == "SEVERE" and not (e["source"] == "network" and any(r in e["message"] for r in refused))]
     assert not errors, f"errors in the browser console: {errors}"
 
 

@@ -456,6 +456,7 @@ const isActive = (job) => job.state === "queued" || job.state === "running";
 
 async function pollJobs() {
   clearTimeout(state.jobsTimer);
+  if (document.hidden) return;  // a station left on another tab costs the server nothing; "visibilitychange" resumes
   let active = false;
   try {
     const { jobs } = await (await api("/v1/jobs?limit=20")).json();
@@ -575,6 +576,7 @@ document.addEventListener("DOMContentLoaded", () => {
   setupDrop();
   setupForms();
   $("#setting").addEventListener("change", (event) => selectSetting(event.target.value));
+  document.addEventListener("visibilitychange", () => { if (!document.hidden) pollJobs(); });
   loadSettings();
   pollJobs();
 });
