@@ -175,6 +175,12 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     assert "succeeded" in text(driver, "#jobs") and "28 / 28" in text(driver, "#jobs")
     assert "Active version\nv1" in text(driver, "#facts")
 
+    # Before any calibration the page shows the score and says what is missing, never a guess.
+    assert "Not calibrated" in text(driver, "#calibration")
+    choose(driver, "#inspect-files", [good[0]])
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .result.verdict-UNCALIBRATED"))
+    assert "No threshold yet" in text(driver, "#results .result")
+
     # Calibrate on the labelled test images: the PR curve, AP, ROC-AUC and confusion matrix appear.
     choose(driver, "#calibrate-pass", good)
     choose(driver, "#calibrate-fail", colour)
