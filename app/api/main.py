@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
 from app.api.metrics import Metrics
@@ -66,4 +67,5 @@ def create_app(config: Config | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     for module in (settings, images, inspect, calibrations, feedback, jobs, health):
         app.include_router(module.router)
+    web.install(app)  # the operator page at /, after the API routes so it never shadows them
     return app

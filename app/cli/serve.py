@@ -1,4 +1,4 @@
-"""`nominal serve`: the HTTP API (and, once there is one, the operator page) on the configured store."""
+"""`nominal serve`: the HTTP API and the operator page on the configured store."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def serve(
     port: Annotated[int, typer.Option(min=1, max=65535, envvar="NOMINAL_PORT", help="TCP port.")] = 8000,
     workers: Annotated[int, typer.Option(min=1, help="uvicorn worker processes (needs QDRANT_URL: the embedded store admits one process).")] = 1,
 ) -> None:
-    """Serve the HTTP API: verdicts, nominal images, calibrations, jobs; OpenAPI docs at /docs.
+    """Serve the operator page at / and the HTTP API: verdicts, nominal images, calibrations, jobs; docs at /docs.
 
     With no NOMINAL_API_KEYS the server accepts every request, so it listens on
     127.0.0.1 only whatever --host says. Set keys (KEY:read or KEY:admin, comma
@@ -28,7 +28,7 @@ def serve(
 
     Examples:
 
-      nominal serve                                  # http://127.0.0.1:8000/docs
+      nominal serve                                  # http://127.0.0.1:8000/
 
       NOMINAL_API_KEYS=s3cret:admin,lin3:read nominal serve --host 0.0.0.0
 
@@ -51,7 +51,8 @@ def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, worker
         out.warn("the embedded store admits one process: serving with 1 worker (set QDRANT_URL for more)")
         workers = 1
     store = config.qdrant_url or f"embedded store in {config.data}"
-    out.err.print(f"Nominal on http://{host}:{port} (docs: http://{host}:{port}/docs), {store}", highlight=False)
+    out.err.print(f"Nominal on http://{host}:{port} (operator page: http://{host}:{port}/, "
+                  f"docs: http://{host}:{port}/docs), {store}", highlight=False)
     if workers == 1:
         uvicorn.run(create_app(config), host=host, port=port, log_level="info")
     else:
