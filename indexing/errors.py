@@ -59,3 +59,11 @@ class InvalidCalibration(NominalError):
 
 class StoreUnavailable(NominalError):
     """The vector store cannot be reached or opened (transient for a server; a lock for embedded)."""
+
+
+class NoPreviousVersion(NominalError):
+    """A rollback asked of a setting that has no older ready version."""
+
+
+class VersionCheckFailed(NominalError):
+    """A re-indexed version that failed its checks before the switch; the old version stays active."""
