@@ -1,7 +1,8 @@
 """Builds the store and service a process runs on, from its `Config`.
 
 The choice between the embedded store and a Qdrant server is made here and
-only here.
+only here; so is the choice between running jobs in-process and on Celery
+workers (REDIS_URL).
 """
 
 from __future__ import annotations
@@ -12,6 +13,10 @@ from functools import partial
 
 from app.config import Config
 from indexing.backbones import load_backbone
+from indexing.errors import NotConfigured
+from indexing.image_store import ImageStore
+from indexing.jobs import JobBoard, JobRunner, StoreJobBoard
+from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
 
@@ -44,3 +49,35 @@ def service_for(config: Config) -> Iterator[NominalService]:
         yield build_service(config, store)
     finally:
         store.close()
+
+
+def image_store(config: Config) -> ImageStore:
+    return ImageStore(config.data / "images")
+
+
+def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
+    """Where job status lives: Redis with REDIS_URL (every process sees it), else the store's records."""
+    if config.redis_url:
+        from workers.board import RedisJobBoard
+
+        return RedisJobBoard.from_url(config.redis_url, config.redis_prefix)
+    if store is None:
+        raise NotConfigured("job status without REDIS_URL lives in the store: open it first")
+    return StoreJobBoard(store)
+
+
+def job_runner(config: Config, service: NominalService) -> JobRunner:
+    """Celery workers when REDIS_URL is set, else a thread of this process (the embedded default)."""
+    if not config.redis_url:
+        return InProcessRunner(service, image_store(config), keep_versions=config.keep_versions)
+    from workers.celery_app import configure
+    from workers.runner import CeleryRunner
+
+    return CeleryRunner(
+        service,
+        image_store(config),
+        job_board(config),
+        configure(config),
+        workers_write=config.qdrant_url is not None,
+        keep_versions=config.keep_versions,
+    )

@@ -67,3 +67,11 @@ class NoPreviousVersion(NominalError):
 
 class VersionCheckFailed(NominalError):
     """A re-indexed version that failed its checks before the switch; the old version stays active."""
+
+
+class NotConfigured(NominalError):
+    """A command that needs a part of the deployment (a broker, a server) that is not configured."""
+
+
+class JobFailed(NominalError):
+    """A job a command waited for ended failed or cancelled; the message is the job's."""
