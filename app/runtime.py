@@ -70,14 +70,14 @@ def job_runner(config: Config, service: NominalService) -> JobRunner:
     """Celery workers when REDIS_URL is set, else a thread of this process (the embedded default)."""
     if not config.redis_url:
         return InProcessRunner(service, image_store(config), keep_versions=config.keep_versions)
-    from workers.celery_app import configure
+    from workers.celery_app import make_app
     from workers.runner import CeleryRunner
 
     return CeleryRunner(
         service,
         image_store(config),
         job_board(config),
-        configure(config),
+        make_app(config),
         workers_write=config.qdrant_url is not None,
         keep_versions=config.keep_versions,
     )

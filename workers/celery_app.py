@@ -69,8 +69,19 @@ def celery_settings(config: Config) -> dict[str, Any]:
     }
 
 
+def make_app(config: Config) -> Celery:
+    """A fresh Celery app for sending tasks with `config` (the runner's), apart from the worker's `app`.
+
+    Tasks are sent by name, so it needs none registered; being separate, its
+    connection pools never carry another configuration's broker or key prefix.
+    """
+    client = Celery("nominal", set_as_current=False)
+    client.conf.update(celery_settings(config))
+    return client
+
+
 def configure(config: Config) -> Celery:
-    """Use `config` for this process's Celery app (and the workers it forks)."""
+    """Use `config` for this process's worker app (and the worker processes it forks)."""
     global _config
     _config = config
     app.conf.update(celery_settings(config))

@@ -157,4 +157,5 @@ class CeleryRunner:
     def close(self) -> None:
         """Wait for the job this process orchestrates (cancel it first to stop sooner)."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self.app.close()
 
