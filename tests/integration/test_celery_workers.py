@@ -223,6 +223,7 @@ def _config_from(env: dict[str, str]) -> dict[str, object]:
         "REDIS_URL": env["REDIS_URL"],
         "NOMINAL_REDIS_PREFIX": env["NOMINAL_REDIS_PREFIX"],
         "NOMINAL_VISIBILITY_TIMEOUT": int(env["NOMINAL_VISIBILITY_TIMEOUT"]),
+        "NOMINAL_DATA": env["NOMINAL_DATA"],
     }
 
 
