@@ -75,3 +75,9 @@ class NotConfigured(NominalError):
 
 class JobFailed(NominalError):
     """A job a command waited for ended failed or cancelled; the message is the job's."""
+
+
+class UnknownJob(NominalError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}: list recent jobs with `nominal jobs` (finished jobs are kept 30 days)")

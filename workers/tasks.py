@@ -62,7 +62,12 @@ _state: WorkerState | None = None
 
 @worker_process_init.connect
 def _build_after_fork(**kwargs: Any) -> None:
-    worker_state()
+    # Here, in the child, after the fork: a model built in the parent hangs prefork children.
+    try:
+        state = worker_state()
+        state.service.backbones.get(state.config.backbone)  # the usual model, loaded before the first task
+    except Exception:  # noqa: BLE001 - a child that dies here is re-forked forever; the task reports it instead
+        log.exception("worker process %d could not load its model; tasks will say why", os.getpid())
 
 
 def worker_state() -> WorkerState:

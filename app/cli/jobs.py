@@ -10,8 +10,9 @@ import typer
 
 from app.cli.context import JsonOpt, state
 from app.cli.output import Output
+from app.config import Config
 from app.runtime import job_board, job_runner, service_for
-from indexing.errors import JobFailed, NotConfigured
+from indexing.errors import JobFailed, NotConfigured, UnknownJob
 from indexing.jobs import Job, JobBoard, request_cancel
 
 # How often a waiting command reads the job's status.
@@ -58,6 +59,8 @@ def reindex(
                 out.data(job.to_dict())
                 out.line(f"re-index job {job.id} sent to the workers; follow it with `nominal jobs {job.id}`")
                 return
+            if config.redis_url and not workers_online(config):
+                out.warn("no `nominal worker` answers on this Redis: the job waits in the queue until one starts")
             job = runner.submit_reindex(setting, source, backbone=backbone)
             if not wait:
                 out.warn("this process runs the job (it owns the store), so it waits for the end")
@@ -74,6 +77,16 @@ def reindex(
     out.line(
         f"{setting!r} now on version {r.get('version')} ({r.get('count')} images, {r.get('skipped')} skipped){pruned}"
     )
+
+
+def workers_online(config: Config) -> bool:
+    from workers.celery_app import make_app
+
+    client = make_app(config)
+    try:
+        return bool(client.control.ping(timeout=1.0))
+    finally:
+        client.close()
 
 
 def follow(board: JobBoard, job: Job, out: Output) -> Job:
@@ -147,7 +160,7 @@ def _show_jobs(board: JobBoard, out: Output, *, job_id: str | None, cancel: bool
         return
     job = request_cancel(board, job_id) if cancel else board.get(job_id)
     if job is None:
-        raise NotConfigured(f"no job {job_id!r}: list jobs with `nominal jobs`")
+        raise UnknownJob(job_id)
     out.data(job.to_dict())
     out.table(f"job {job.id}", ["id", "kind", "setting", "state", "done/total", "img/s", "ETA s", "errors"], [_row(job)])
     if job.message:
