@@ -27,6 +27,14 @@ class Config(BaseSettings):
     )
     qdrant_url: str | None = Field(None, validation_alias=AliasChoices("QDRANT_URL"), description="Qdrant server URL.")
     qdrant_api_key: str | None = Field(None, validation_alias=AliasChoices("QDRANT_API_KEY"))
+    qdrant_shards: int | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_SHARDS"), gt=0,
+        description="Shards of each new collection on a distributed Qdrant cluster.",
+    )
+    qdrant_replicas: int | None = Field(
+        None, validation_alias=AliasChoices("QDRANT_REPLICAS"), gt=0,
+        description="Copies of each shard on a distributed Qdrant cluster.",
+    )
     backbone: str = Field(
         DEFAULT_BACKBONE, validation_alias=AliasChoices("NOMINAL_BACKBONE"), description="Backbone of new settings."
     )
@@ -36,6 +44,37 @@ class Config(BaseSettings):
     device: str | None = Field(None, validation_alias=AliasChoices("NOMINAL_DEVICE"), description="cpu, cuda, cuda:1...")
     max_pixels: int = Field(DEFAULT_MAX_PIXELS, validation_alias=AliasChoices("NOMINAL_MAX_PIXELS"), gt=0)
     batch_size: int = Field(32, validation_alias=AliasChoices("NOMINAL_BATCH_SIZE"), gt=0)
+    images_dir: Path | None = Field(
+        None,
+        validation_alias=AliasChoices("NOMINAL_IMAGES"),
+        description="Where uploaded images are kept by SHA-256 (default: NOMINAL_DATA/images); shared with workers.",
+    )
+    api_keys: str = Field(
+        "",
+        validation_alias=AliasChoices("NOMINAL_API_KEYS"),
+        description="Comma-separated KEY:ROLE pairs, ROLE read or admin (a bare KEY is admin). Empty: no auth, loopback only.",
+    )
+    max_image_bytes: int = Field(
+        25_000_000, validation_alias=AliasChoices("NOMINAL_MAX_IMAGE_BYTES"), gt=0, description="Upload limit per image."
+    )
+    max_request_bytes: int = Field(
+        500_000_000, validation_alias=AliasChoices("NOMINAL_MAX_REQUEST_BYTES"), gt=0, description="Upload limit per request."
+    )
+
+    @property
+    def image_root(self) -> Path:
+        return self.images_dir or self.data / "images"
+
+    def key_roles(self) -> dict[str, str]:
+        """API key -> role, from `api_keys`; ValueError naming the bad entry."""
+        roles: dict[str, str] = {}
+        for entry in filter(None, (part.strip() for part in self.api_keys.split(","))):
+            key, _, role = entry.partition(":")
+            role = role or "admin"
+            if not key or role not in ("read", "admin"):
+                raise ValueError(f"NOMINAL_API_KEYS entry {entry!r} is not KEY:read or KEY:admin")
+            roles[key] = role
+        return roles
     redis_url: str | None = Field(
         None,
         validation_alias=AliasChoices("REDIS_URL"),

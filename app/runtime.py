@@ -23,7 +23,10 @@ from indexing.store import VectorStore, open_store
 
 def open_configured_store(config: Config) -> VectorStore:
     if config.qdrant_url:
-        return open_store(qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key)
+        return open_store(
+            qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
+            shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
+        )
     return open_store(data_dir=config.data)
 
 
@@ -51,10 +54,6 @@ def service_for(config: Config) -> Iterator[NominalService]:
         store.close()
 
 
-def image_store(config: Config) -> ImageStore:
-    return ImageStore(config.data / "images")
-
-
 def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
     """Where job status lives: Redis with REDIS_URL (every process sees it), else the store's records."""
     if config.redis_url:
@@ -66,16 +65,16 @@ def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
     return StoreJobBoard(store)
 
 
-def job_runner(config: Config, service: NominalService) -> JobRunner:
-    """Celery workers when REDIS_URL is set, else a thread of this process (the embedded default)."""
+def build_runner(config: Config, service: NominalService) -> JobRunner:
+    """Where long work runs: Celery workers when REDIS_URL is set, else a thread of this process (embedded default)."""
     if not config.redis_url:
-        return InProcessRunner(service, image_store(config), keep_versions=config.keep_versions)
+        return InProcessRunner(service, ImageStore(config.image_root), keep_versions=config.keep_versions)
     from workers.celery_app import make_app
     from workers.runner import CeleryRunner
 
     return CeleryRunner(
         service,
-        image_store(config),
+        ImageStore(config.image_root),
         job_board(config),
         make_app(config),
         workers_write=config.qdrant_url is not None,

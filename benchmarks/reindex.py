@@ -41,7 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.config import Config  # noqa: E402
-from app.runtime import job_runner  # noqa: E402
+from app.runtime import build_runner  # noqa: E402
 from indexing.backbones import DEFAULT_BACKBONE, load_backbone  # noqa: E402
 from indexing.images import ImageInput, decode  # noqa: E402
 from indexing.jobs import Job  # noqa: E402
@@ -81,7 +81,7 @@ def bare_forward(pool: BackbonePool, backbone: str, paths: list[Path]) -> float:
 
 
 def timed_reindex(config: Config, service: NominalService, source: Path, n: int) -> tuple[float, Job]:
-    runner = job_runner(config, service)
+    runner = build_runner(config, service)
     try:
         started = time.perf_counter()
         job = runner.submit_reindex("bench", str(source))

@@ -118,7 +118,9 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
         paths: files, folders or globs (``**`` recurses).
 
     Returns:
-        The image paths, sorted and without duplicates.
+        The image paths in the order they were named (each folder's and glob's
+        matches sorted), without duplicates: verdicts come back in the order a
+        user listed the files.
 
     Raises:
         NoImages: nothing matched; the message names the paths.
@@ -136,7 +138,7 @@ def find_images(paths: Sequence[str | Path]) -> list[Path]:
             f"no image files ({suffixes}) in {', '.join(str(p) for p in paths) or 'an empty list'}: "
             "pass image files, folders that contain them, or glob patterns"
         )
-    return sorted(found.values())
+    return list(found.values())
 
 
 def is_test_index(index: int) -> bool:
@@ -164,7 +166,7 @@ def _walk(root: Path) -> list[Path]:
     for folder, subfolders, files in os.walk(root):
         subfolders[:] = [name for name in subfolders if not name.startswith(".")]
         images += [Path(folder) / name for name in files if not name.startswith(".") and _is_image(Path(name))]
-    return images
+    return sorted(images)
 
 
 def _is_image(path: Path) -> bool:

@@ -11,12 +11,17 @@ class NominalError(Exception):
 
 
 class BadImage(NominalError):
-    """An input that cannot be used as an image (not an image, truncated, too small, too big)."""
+    """An input that cannot be used as an image (not an image, truncated, too small, too big).
 
-    def __init__(self, source: str, reason: str, *, too_large: bool = False) -> None:
+    `too_large` (over a size or pixel limit) and `unsupported` (not an accepted
+    format) let an HTTP edge answer 413 and 415 instead of a generic 422.
+    """
+
+    def __init__(self, source: str, reason: str, *, too_large: bool = False, unsupported: bool = False) -> None:
         self.source = source
         self.reason = reason
         self.too_large = too_large
+        self.unsupported = unsupported
         super().__init__(f"{source}: {reason}")
 
 

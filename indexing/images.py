@@ -83,9 +83,13 @@ def decode(image: ImageInput, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.
     except Image.DecompressionBombError as exc:
         raise BadImage(image.source, f"too many pixels ({exc})", too_large=True) from exc
     except (Image.UnidentifiedImageError, Image.DecompressionBombWarning, OSError, ValueError) as exc:
-        raise BadImage(image.source, "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP)") from exc
+        raise BadImage(
+            image.source, "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP)", unsupported=True
+        ) from exc
     if opened.format not in ACCEPTED_FORMATS:
-        raise BadImage(image.source, f"format {opened.format} is not accepted (JPEG, PNG, BMP, TIFF, WebP)")
+        raise BadImage(
+            image.source, f"format {opened.format} is not accepted (JPEG, PNG, BMP, TIFF, WebP)", unsupported=True
+        )
     width, height = opened.size
     if width * height > max_pixels:
         raise BadImage(

@@ -12,6 +12,7 @@ Use it through `indexing.evaluation.write_report`.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -190,12 +191,30 @@ def _pr_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: 
     if metrics.n_fail == 0 or metrics.n_pass == 0:
         return _placeholder("Precision-recall curve", "undefined: needs both PASS and FAIL images")
     precision, recall, _ = precision_recall_curve(truth.astype(int), values)
+    chosen = (metrics.recall, metrics.precision) if marker else None
+    return _pr_curve_figure(
+        recall, precision, ap=metrics.average_precision, chance=metrics.n_fail / (metrics.n_fail + metrics.n_pass),
+        chosen=chosen, chosen_label=marker,
+    )
+
+
+def _pr_curve_figure(
+    recall: Sequence[float],
+    precision: Sequence[float],
+    *,
+    ap: float | None,
+    chance: float | None,
+    chosen: tuple[float | None, float | None] | None,
+    chosen_label: str,
+) -> Figure:
+    """The PR curve (FAIL positive) with the operating point marked; one drawing for reports and the API."""
     figure = Figure(figsize=(5, 4.5))
     ax = figure.subplots()
-    ax.plot(recall, precision, drawstyle="steps-post", color=FAIL_COLOUR, label=f"AP {metrics.average_precision:.4f}")
-    ax.axhline(metrics.n_fail / (metrics.n_fail + metrics.n_pass), color="grey", linestyle=":", label="chance")
-    if metrics.precision is not None and metrics.recall is not None and marker:
-        ax.plot([metrics.recall], [metrics.precision], "ko", label=marker)
+    ax.plot(recall, precision, drawstyle="steps-post", color=FAIL_COLOUR, label=f"AP {_number(ap)}")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle=":", label="chance")
+    if chosen is not None and chosen[0] is not None and chosen[1] is not None:
+        ax.plot([chosen[0]], [chosen[1]], "ko", label=chosen_label)
     ax.set_xlabel("recall (FAIL images caught)")
     ax.set_ylabel("precision (FAIL verdicts that are right)")
     ax.set_xlim(-0.02, 1.02)
@@ -368,3 +387,21 @@ def _score(value: float | None) -> str:
 def _cell(text: str) -> str:
     """Text safe inside a markdown table cell."""
     return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def calibration_pr_png(calibration: Calibration) -> bytes:
+    """The PR curve a calibration kept, with its chosen threshold marked, as PNG bytes (for the API and web page)."""
+    if not calibration.pr_curve or calibration.n_fail == 0:
+        figure = _placeholder("Precision-recall curve", "undefined: the calibration had no FAIL images")
+    else:
+        figure = _pr_curve_figure(
+            [point["recall"] for point in calibration.pr_curve],
+            [point["precision"] for point in calibration.pr_curve],
+            ap=calibration.average_precision,
+            chance=calibration.n_fail / (calibration.n_fail + calibration.n_pass),
+            chosen=(calibration.recall, calibration.precision),
+            chosen_label=f"{calibration.policy}: threshold {calibration.threshold:.4f}",
+        )
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()

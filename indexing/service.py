@@ -36,6 +36,7 @@ from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
+    LABEL_KIND,
     SETTING_KIND,
     VERSION_KIND,
     CollectionVersion,
@@ -218,6 +219,9 @@ class NominalService:
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
                     self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
+            for record in self.store.list_records(LABEL_KIND):
+                if record.get("setting") == name:
+                    self.store.delete_record(LABEL_KIND, _label_key(name, record["sha256"]))
             self.store.delete_record(SETTING_KIND, name)
 
     def status(self, name: str) -> SettingStatus:
@@ -358,12 +362,14 @@ class NominalService:
         """
         if not images:
             raise BadImage(name, "no images given")
+        check_setting_name(name)
+        if not skip_bad:
+            # Before the setting is created: a refused call leaves no trace.
+            self._validate(images, progress)
         try:
             setting = self.get_setting(name)
         except UnknownSetting:
             setting = self.put_setting(name)
-        if not skip_bad:
-            self._validate(images, progress)
         version = self.active_version(name)
         if version is None:
             version = self.activate(self.begin_version(name, backbone=setting.backbone))
@@ -401,16 +407,19 @@ class NominalService:
 
     def delete_image(self, name: str, image_id: str) -> bool:
         """Drop one nominal image from the active version; False if it was not there."""
-        version = self._require_active(name)
-        if not self.store.retrieve(version.collection, [image_id]):
+        self.get_setting(name)
+        version = self.active_version(name)
+        if version is None or not self.store.retrieve(version.collection, [image_id]):
             return False
         self.store.delete_points(version.collection, [image_id])
         self._refresh_count(version)
         return True
 
     def nominal_image(self, name: str, image_id: str) -> Point | None:
-        version = self._require_active(name)
-        found = self.store.retrieve(version.collection, [image_id])
+        """A stored nominal image's point (payload only), or None if the setting holds no such image."""
+        self.get_setting(name)
+        version = self.active_version(name)
+        found = self.store.retrieve(version.collection, [image_id]) if version else []
         return found[0] if found else None
 
     # ----------------------------------------------------------------- verdicts
@@ -541,6 +550,20 @@ class NominalService:
             return None
         record = {key: value for key, value in record.items() if key != "setting"}
         return Calibration.from_dict(record)
+
+    # ----------------------------------------------------------------- feedback
+
+    def record_label(self, name: str, image: dict[str, Any], label: str) -> None:
+        """Keep an operator's label for an image (its `ImageRef` dict): PASS or FAIL, the latest wins."""
+        if label not in ("PASS", "FAIL"):
+            raise ValueError(f"label must be PASS or FAIL, got {label!r}")
+        self.get_setting(name)
+        record = {**image, "setting": name, "label": label, "labelled_at": utc_now()}
+        self.store.put_record(LABEL_KIND, _label_key(name, image["sha256"]), record)
+
+    def labels(self, name: str, label: str) -> list[dict[str, Any]]:
+        """The images operators labelled `label` for this setting, as stored by `record_label`."""
+        return [r for r in self.store.list_records(LABEL_KIND) if r.get("setting") == name and r.get("label") == label]
 
     # ---------------------------------------------------------------- evaluation
 
@@ -680,3 +703,7 @@ _Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
 
 def _calibration_key(setting: str, calibration_id: str) -> str:
     return f"{setting}__{calibration_id}"
+
+
+def _label_key(setting: str, sha256: str) -> str:
+    return f"{setting}__{sha256}"

@@ -18,6 +18,8 @@ from indexing.errors import InvalidName
 SETTING_KIND = "setting"
 VERSION_KIND = "version"
 CALIBRATION_KIND = "calibration"
+# Operator feedback: an image labelled PASS or FAIL after a verdict.
+LABEL_KIND = "label"
 
 Scoring = Literal["global", "patch"]
 SCORING_MODES: tuple[str, ...] = ("global", "patch")

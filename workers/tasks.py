@@ -130,7 +130,7 @@ def reindex_job(job: dict[str, Any], setting: str, source: str, backbone: str | 
 def index_job(job: dict[str, Any], setting: str, refs: list[dict[str, Any]]) -> dict[str, Any]:
     state = worker_state()
     service = _server_service()
-    images = ImageStore(state.config.data / "images")
+    images = ImageStore(state.config.image_root)
     body = lambda progress: index_refs(  # noqa: E731
         service, images, progress, setting=setting, refs=[ImageRef.from_dict(r) for r in refs]
     )

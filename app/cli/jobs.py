@@ -11,7 +11,7 @@ import typer
 from app.cli.context import JsonOpt, state
 from app.cli.output import Output
 from app.config import Config
-from app.runtime import job_board, job_runner, service_for
+from app.runtime import build_runner, job_board, service_for
 from indexing.errors import JobFailed, NotConfigured, UnknownJob
 from indexing.jobs import Job, JobBoard, request_cancel
 
@@ -52,7 +52,7 @@ def reindex(
     config = state(ctx).config
     out = Output(json_mode=json_out)
     with service_for(config) as service:
-        runner = job_runner(config, service)
+        runner = build_runner(config, service)
         try:
             if not wait and config.redis_url and config.qdrant_url:
                 job = runner.submit_reindex(setting, source, backbone=backbone, detach=True)  # type: ignore[call-arg]

@@ -6,10 +6,9 @@ import sys
 from pathlib import Path
 from typing import Annotated, Optional
 
-import click
 import typer
 
-from app.cli import data, evaluate, jobs, settings
+from app.cli import data, demo, evaluate, jobs, serve, settings
 from app.cli.context import State
 from app.cli.errors import EXIT_ERROR, format_known_exception
 from app.cli.output import Output
@@ -68,22 +67,24 @@ app.command("reindex")(jobs.reindex)
 app.command("rollback")(jobs.rollback)
 app.command("jobs")(jobs.jobs)
 app.command("worker")(jobs.worker)
+app.command("serve")(serve.serve)
+app.command("demo")(demo.demo)
 app.add_typer(settings.app, name="settings")
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI; known errors print one line on stderr and exit 1, usage errors exit 2."""
+    """Run the CLI; known errors print one line on stderr and exit 1, usage errors exit 2.
+
+    Click's standalone mode shows usage errors and --help itself and ends with
+    SystemExit (typer vendors its own click, so its exception classes are not
+    importable here); errors from the commands pass through to be made one line.
+    """
     command = typer.main.get_command(app)
     try:
-        command.main(args=argv, prog_name="nominal", standalone_mode=False)
-    except click.ClickException as error:
-        error.show()
-        return error.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        Output(json_mode=False).error("interrupted")
-        return 130
-    except click.exceptions.Exit as done:
-        return done.exit_code
+        command.main(args=argv, prog_name="nominal", standalone_mode=True)
+    except SystemExit as done:
+        code = done.code
+        return code if isinstance(code, int) else (0 if code is None else EXIT_ERROR)
     except Exception as error:  # noqa: BLE001 - the one place errors become exit codes
         message = format_known_exception(error)
         if message is None:

@@ -40,7 +40,7 @@ class Output:
     def __init__(self, *, json_mode: bool) -> None:
         self.json_mode = json_mode
         self.console = Console(file=sys.stdout, soft_wrap=True)
-        self.err = Console(file=sys.stderr)
+        self.err = Console(file=sys.stderr, soft_wrap=True)
 
     def data(self, value: Any) -> None:
         """The command's result: JSON in --json mode, nothing otherwise (the caller prints a view)."""
@@ -56,7 +56,7 @@ class Output:
             return
         table = Table(title=title, title_justify="left")
         for column in columns:
-            table.add_column(column)
+            table.add_column(column, overflow="fold")  # never cut a path or a number short
         for row in rows:
             table.add_row(*(fmt(cell) for cell in row))
         self.console.print(table)

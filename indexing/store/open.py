@@ -14,6 +14,8 @@ def open_store(
     data_dir: str | Path | None = None,
     qdrant_url: str | None = None,
     qdrant_api_key: str | None = None,
+    shard_number: int | None = None,
+    replication_factor: int | None = None,
 ) -> VectorStore:
     """The embedded store in `data_dir`, or the Qdrant server at `qdrant_url`: exactly one of them.
 
@@ -21,6 +23,8 @@ def open_store(
         data_dir: directory of the embedded store (created if needed); one process owns it.
         qdrant_url: URL of a Qdrant server, e.g. "http://qdrant:6333", for several processes.
         qdrant_api_key: the server's API key, if it needs one; only with `qdrant_url`.
+        shard_number, replication_factor: for new collections on a distributed Qdrant
+            cluster; only with `qdrant_url` (None: the server's defaults).
 
     Raises:
         ValueError: both or neither of `data_dir` and `qdrant_url` given, or an API key
@@ -33,7 +37,9 @@ def open_store(
             "use NOMINAL_DATA for the embedded store or QDRANT_URL for a server"
         )
     if qdrant_url is not None:
-        return ServerStore.connect(qdrant_url, api_key=qdrant_api_key)
+        return ServerStore.connect(
+            qdrant_url, api_key=qdrant_api_key, shard_number=shard_number, replication_factor=replication_factor
+        )
     if qdrant_api_key is not None:
         raise ValueError("qdrant_api_key is only used with qdrant_url: set QDRANT_URL too, or drop the key")
     if data_dir is not None:

@@ -63,17 +63,29 @@ class ServerStore:
     such promise.
     """
 
-    def __init__(self, client: QdrantClient) -> None:
+    def __init__(
+        self, client: QdrantClient, *, shard_number: int | None = None, replication_factor: int | None = None
+    ) -> None:
+        """Args:
+            client: a connected `QdrantClient` (server URL, or local mode in tests).
+            shard_number, replication_factor: what new collections are created with on a
+                distributed Qdrant cluster (None: the server's defaults). Existing
+                collections keep theirs; a re-index creates new ones with the new values.
+        """
         self._client = client
+        self._shard_number = shard_number
+        self._replication_factor = replication_factor
         options = client.init_options
         self._where = options.get("url") or options.get("host") or options.get("path") or options.get("location")
         self._dims: dict[str, int] = {}
         self._records_ready = False
 
     @classmethod
-    def connect(cls, url: str, api_key: str | None = None) -> ServerStore:
+    def connect(
+        cls, url: str, api_key: str | None = None, *, shard_number: int | None = None, replication_factor: int | None = None
+    ) -> ServerStore:
         """A store on the Qdrant server at `url`. Connects lazily: an unreachable server shows on first use."""
-        return cls(QdrantClient(url=url, api_key=api_key))
+        return cls(QdrantClient(url=url, api_key=api_key), shard_number=shard_number, replication_factor=replication_factor)
 
     def __enter__(self) -> ServerStore:
         return self
@@ -100,7 +112,10 @@ class ServerStore:
             raise ValueError(f"collection {name!r} already exists")
         with self._calls():
             self._client.create_collection(
-                name, vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE)
+                name,
+                vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE),
+                shard_number=self._shard_number,
+                replication_factor=self._replication_factor,
             )
         self._dims[name] = int(dim)
 

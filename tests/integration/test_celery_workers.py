@@ -24,7 +24,7 @@ import pytest
 import redis
 
 from app.config import Config
-from app.runtime import job_runner
+from app.runtime import build_runner
 from indexing.jobs import Job
 from indexing.service import NominalService
 
@@ -160,7 +160,7 @@ def test_a_worker_killed_mid_reindex_loses_nothing(deployment, start_worker, ser
     service.batch_size = 2  # 15 batch tasks: the kill lands mid-way
     first = start_worker("first")
     first.wait_ready()
-    runner = job_runner(Config(_env_file=None, **_config_from(deployment)), service)
+    runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)
 
     seen: set[tuple[int, int]] = set()
     watching = threading.Event()
@@ -206,7 +206,7 @@ def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, 
     service.batch_size = 1
     worker = start_worker()
     worker.wait_ready()
-    runner = job_runner(Config(_env_file=None, **_config_from(deployment)), service)
+    runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)
     try:
         job = runner.submit_reindex("hz", str(source))
         wait_until(lambda: runner.board.get(job.id).done >= 1, timeout=120)

@@ -1,0 +1,69 @@
+"""The FastAPI application: `create_app(config)` wires the routes to one store, service and job runner.
+
+Run it with `nominal serve` (or `uvicorn --factory app.api.main:create_app`).
+One process owns one model per backbone, loaded at start-up; inference runs in
+FastAPI's thread pool (the handlers are plain functions), never on the event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api import errors
+from app.api.limits import BodyLimit
+from app.api.metrics import Metrics
+from app.api.routes import calibrations, feedback, health, images, inspect, jobs, settings
+from app.api.runtime import ApiRuntime
+from app.config import Config, get_config
+from app.runtime import build_runner, build_service, open_configured_store
+from indexing.image_store import ImageStore
+
+log = logging.getLogger("nominal.api")
+
+DESCRIPTION = """
+PASS/FAIL verdicts on production images by comparison with known-good (nominal) parts.
+
+1. `PUT /v1/settings/{setting}` creates a machine setting.
+2. `POST /v1/settings/{setting}/images` uploads PASS images (a job; poll `GET /v1/jobs/{id}`).
+3. `POST /v1/settings/{setting}/calibrations` sets the threshold from labelled PASS and FAIL images.
+4. `POST /v1/settings/{setting}/inspect` answers PASS/FAIL with score, threshold and nearest nominal images.
+
+Send `X-API-Key` when the server has keys configured (read: inspect and read; admin: everything).
+"""
+
+
+def create_app(config: Config | None = None) -> FastAPI:
+    config = config or get_config()
+    key_roles = config.key_roles()  # a malformed NOMINAL_API_KEYS fails here, at start-up
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = open_configured_store(config)
+        try:
+            service = build_service(config, store)
+            for name in {config.backbone, *(s.backbone for s in service.list_settings())}:
+                service.backbones.get(name)  # load once now, not on the first request
+            runner = build_runner(config, service)
+            app.state.runtime = ApiRuntime(
+                config=config, store=store, service=service, images=ImageStore(config.image_root),
+                runner=runner, metrics=metrics, key_roles=key_roles,
+            )
+            try:
+                yield
+            finally:
+                runner.close()
+        finally:
+            store.close()
+
+    app = FastAPI(title="Nominal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    app.middleware("http")(metrics.middleware)
+    app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
+    for module in (settings, images, inspect, calibrations, feedback, jobs, health):
+        app.include_router(module.router)
+    return app

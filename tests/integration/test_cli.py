@@ -1,0 +1,122 @@
+"""The `nominal` command line as a user drives it: a persistent embedded store across commands,
+`--json` for scripts, one-line errors (exit 1) for a user's mistakes and no traceback."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from app.cli.main import main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "nominal-data"
+
+
+def run(capsys: pytest.CaptureFixture[str], data_dir: Path, *args: str) -> tuple[int, str, str]:
+    code = main(["--data", str(data_dir), *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def run_json(capsys, data_dir: Path, *args: str):
+    code, out, err = run(capsys, data_dir, *args, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_index_calibrate_inspect_across_separate_commands(capsys, data_dir: Path, hazelnut: Path) -> None:
+    indexed = run_json(capsys, data_dir, "index", "line-3", str(hazelnut / "train" / "good"))
+    assert indexed["indexed"] == 28 and indexed["count"] == 28 and indexed["skipped"] == []
+
+    uncalibrated = run_json(capsys, data_dir, "inspect", "line-3", str(hazelnut / "test" / "colour" / "00.jpg"))
+    assert uncalibrated["results"][0]["verdict"] == "UNCALIBRATED"
+
+    calibration = run_json(
+        capsys, data_dir, "calibrate", "line-3",
+        "--pass", str(hazelnut / "test" / "good"), "--fail", str(hazelnut / "test" / "colour"),
+    )
+    assert calibration["policy"] == "f1" and calibration["roc_auc"] > 0.9 and calibration["n_fail"] == 17
+
+    results = run_json(
+        capsys, data_dir, "inspect", "line-3", str(hazelnut / "test" / "good" / "04.jpg"),
+        str(hazelnut / "test" / "colour" / "00.jpg"),
+    )["results"]
+    assert [r["verdict"] for r in results] == ["PASS", "FAIL"]
+    assert all(r["threshold"] == calibration["threshold"] for r in results)
+    assert results[1]["score"] > results[0]["score"]
+    assert len(results[0]["neighbours"]) == 1 and results[0]["neighbours"][0]["payload"]["source"].endswith(".jpg")
+
+    listed = run_json(capsys, data_dir, "settings")
+    assert [(s["setting"], s["images"], s["calibration"]["id"]) for s in listed] == [
+        ("line-3", 28, calibration["id"])
+    ]
+
+
+def test_human_output_is_a_table_and_help_teaches(capsys, data_dir: Path, hazelnut: Path) -> None:
+    code, out, _ = run(capsys, data_dir, "index", "line-3", str(hazelnut / "train" / "good"))
+    assert code == 0 and "28 of 28 images indexed into 'line-3'" in out
+    code, out, _ = run(capsys, data_dir, "inspect", "line-3", str(hazelnut / "test" / "good" / "04.jpg"))
+    assert code == 0 and "UNCALIBRATED" in out and "04.jpg" in out
+    for command in ("index", "calibrate", "inspect", "evaluate"):
+        assert main([command, "--help"]) == 0
+        assert "Example" in capsys.readouterr().out
+
+
+def test_a_bad_image_is_one_line_on_stderr_and_nothing_is_written(
+    capsys, data_dir: Path, hazelnut: Path, bad_images: dict[str, Path], tmp_path: Path
+) -> None:
+    folder = tmp_path / "mixed"
+    shutil.copytree(hazelnut / "train" / "good", folder)
+    shutil.copy(bad_images["truncated"], folder / "zz-truncated.jpg")
+    code, out, err = run(capsys, data_dir, "index", "line-3", str(folder))
+    assert code == 1 and out == ""
+    assert "zz-truncated.jpg" in err and "nothing was indexed" in err and "Traceback" not in err
+    code, out, err = run(capsys, data_dir, "settings", "--json")
+    assert code == 0 and json.loads(out) == []
+
+    code, _, err = run(capsys, data_dir, "index", "line-3", str(folder), "--skip-bad", "--json")
+    assert code == 0 and "skipped" in err and "zz-truncated.jpg" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["inspect", "nowhere", "{hazelnut}/test/good/04.jpg"], "unknown machine setting 'nowhere'"),
+        (["index", "line-3", "{empty}"], "no image files"),
+        (["index", "line-3", "{hazelnut}/does-not-exist"], "does not exist"),
+        (["--backbone", "resnet5000", "index", "line-3", "{hazelnut}/train/good"], "unknown backbone 'resnet5000'"),
+        (["index", "bad name!", "{hazelnut}/train/good"], "machine setting name 'bad name!' is not valid"),
+        (["calibrate", "nowhere", "--policy", "quantile"], "unknown machine setting"),
+    ],
+)
+def test_user_mistakes_name_what_to_fix(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path, args, message) -> None:
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(hazelnut=hazelnut, empty=tmp_path / "empty") for a in args]
+    code, out, err = run(capsys, data_dir, *argv)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_evaluate_writes_a_report_without_touching_the_store(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report"
+    result = run_json(capsys, data_dir, "evaluate", str(hazelnut), "--layout", "mvtec", "--out", str(report))
+    metrics = result["metrics"]
+    assert metrics["n_pass"] == 6 and metrics["n_fail"] == 17 and metrics["roc_auc"] > 0.95
+    written = {p.name for p in report.iterdir()}
+    assert {"metrics.json", "report.md", "pr_curve.png", "roc_curve.png", "confusion_matrix.png"} <= written
+    assert json.loads((report / "metrics.json").read_text())["metrics"]["roc_auc"] == metrics["roc_auc"]
+    assert not data_dir.exists() or run_json(capsys, data_dir, "settings") == []
+
+
+def test_usage_errors_exit_2_with_usage_and_no_traceback(capsys) -> None:
+    for argv in (["no-such-command"], ["index"], ["inspect", "line-3", "x.png", "--k", "0"]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "Usage:" in err and "Traceback" not in err
