@@ -127,6 +127,7 @@ def main() -> None:
         source.mkdir()
         paths = write_cells(source, args.n)
         pool = BackbonePool()
+        bare_forward(pool, args.backbone, paths[:256])  # discarded: the first run of a process is slow (allocator, oneDNN caches)
         bare = [bare_forward(pool, args.backbone, paths)]
 
         store = EdgeStore(work / "store")

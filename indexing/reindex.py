@@ -16,6 +16,11 @@ The body of a re-index job, whoever runs it:
 A cancelled or failed re-index deletes its half-built version and leaves the
 alias where it was. Point ids come from image content, so a batch embedded
 twice (a redelivered task) overwrites its points instead of duplicating them.
+
+One re-index per setting at a time: a new one first deletes versions still
+marked building, which a re-index whose process died leaves behind. (Runners
+run one job at a time per process; two processes re-indexing one setting on a
+shared Qdrant server would collide, and the later one wins.)
 """
 
 from __future__ import annotations
@@ -140,7 +145,10 @@ def load_items(items: Sequence[SourceItem]) -> tuple[list[ImageInput], list[Skip
 
 
 class LocalEmbedder:
-    """Embeds in this process; the next batch's files are read on a thread while the model runs."""
+    """Embeds in this process; the next batch is read and decoded on a thread while the model runs.
+
+    PIL and zlib release the GIL, so on a CPU the decode hides behind the forward pass.
+    """
 
     stores_points = False
 
@@ -149,18 +157,19 @@ class LocalEmbedder:
 
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]:
         backbone = self.service.backbone_for(version)
+
+        def read(items: Sequence[SourceItem]) -> tuple[Any, list[Skipped]]:
+            loaded, unreadable = load_items(items)
+            return self.service.decode_batch(loaded, skip_bad=True), unreadable
+
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-read") as pool:
-            pending = pool.submit(load_items, batches[0]) if batches else None
+            pending = pool.submit(read, batches[0]) if batches else None
             for i in range(len(batches)):
                 assert pending is not None
-                loaded, skipped = pending.result()
-                pending = pool.submit(load_items, batches[i + 1]) if i + 1 < len(batches) else None
-                embedded = (
-                    self.service.embed_points(version.setting, backbone, loaded, skip_bad=True)
-                    if loaded
-                    else EmbeddedBatch(points=[])
-                )
-                yield EmbeddedBatch(points=embedded.points, skipped=skipped + embedded.skipped)
+                decoded, unreadable = pending.result()
+                pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+                embedded = self.service.embed_decoded(version.setting, backbone, decoded)
+                yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
 
 
 def reindex(

@@ -336,6 +336,14 @@ class NominalService:
         """
         return self._embed_decoded(setting, backbone, self._decode_all(images, skip_bad=skip_bad))
 
+    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
+        """Decode one batch for `embed_decoded`; a thread can do this while the model runs on another."""
+        return self._decode_all(images, skip_bad=skip_bad)
+
+    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
+        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
+        return self._embed_decoded(setting, backbone, batch)
+
     def _embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
         decoded, kept, skipped = batch
         if not kept:
