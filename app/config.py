@@ -75,12 +75,33 @@ class Config(BaseSettings):
                 raise ValueError(f"NOMINAL_API_KEYS entry {entry!r} is not KEY:read or KEY:admin")
             roles[key] = role
         return roles
+    redis_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("REDIS_URL"),
+        description="Celery broker, result backend and job board; unset runs jobs in-process.",
+    )
+    redis_prefix: str = Field(
+        "",
+        validation_alias=AliasChoices("NOMINAL_REDIS_PREFIX"),
+        description="Prefix of every Redis key (queues, job board), so deployments can share one Redis.",
+    )
+    visibility_timeout: int = Field(
+        300,
+        validation_alias=AliasChoices("NOMINAL_VISIBILITY_TIMEOUT"),
+        gt=0,
+        description="Seconds before a task taken by a worker that died is handed to another worker.",
+    )
+    keep_versions: int = Field(
+        2, validation_alias=AliasChoices("NOMINAL_KEEP_VERSIONS"), ge=0, description="Older versions kept for rollback."
+    )
 
     @model_validator(mode="after")
     def _empty_is_unset(self) -> "Config":
         # Compose files often pass `QDRANT_URL=` to mean "not set".
         if self.qdrant_url is not None and not self.qdrant_url.strip():
             self.qdrant_url = None
+        if self.redis_url is not None and not self.redis_url.strip():
+            self.redis_url = None
         return self
 
 

@@ -1,7 +1,8 @@
 """Builds the store and service a process runs on, from its `Config`.
 
 The choice between the embedded store and a Qdrant server is made here and
-only here.
+only here; so is the choice between running jobs in-process and on Celery
+workers (REDIS_URL).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from functools import partial
 
 from app.config import Config
 from indexing.backbones import load_backbone
+from indexing.errors import NotConfigured
 from indexing.image_store import ImageStore
-from indexing.jobs import JobRunner
+from indexing.jobs import JobBoard, JobRunner, StoreJobBoard
 from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
@@ -42,11 +44,6 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
     )
 
 
-def build_runner(config: Config, service: NominalService) -> JobRunner:
-    """Where long work runs: in this process (the embedded default)."""
-    return InProcessRunner(service, ImageStore(config.image_root))
-
-
 @contextmanager
 def service_for(config: Config) -> Iterator[NominalService]:
     """A service over the configured store, closed (and its lock released) on exit."""
@@ -55,3 +52,31 @@ def service_for(config: Config) -> Iterator[NominalService]:
         yield build_service(config, store)
     finally:
         store.close()
+
+
+def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
+    """Where job status lives: Redis with REDIS_URL (every process sees it), else the store's records."""
+    if config.redis_url:
+        from workers.board import RedisJobBoard
+
+        return RedisJobBoard.from_url(config.redis_url, config.redis_prefix)
+    if store is None:
+        raise NotConfigured("job status without REDIS_URL lives in the store: open it first")
+    return StoreJobBoard(store)
+
+
+def build_runner(config: Config, service: NominalService) -> JobRunner:
+    """Where long work runs: Celery workers when REDIS_URL is set, else a thread of this process (embedded default)."""
+    if not config.redis_url:
+        return InProcessRunner(service, ImageStore(config.image_root), keep_versions=config.keep_versions)
+    from workers.celery_app import make_app
+    from workers.runner import CeleryRunner
+
+    return CeleryRunner(
+        service,
+        ImageStore(config.image_root),
+        job_board(config),
+        make_app(config),
+        workers_write=config.qdrant_url is not None,
+        keep_versions=config.keep_versions,
+    )

@@ -64,3 +64,25 @@ class InvalidCalibration(NominalError):
 
 class StoreUnavailable(NominalError):
     """The vector store cannot be reached or opened (transient for a server; a lock for embedded)."""
+
+
+class NoPreviousVersion(NominalError):
+    """A rollback asked of a setting that has no older ready version."""
+
+
+class VersionCheckFailed(NominalError):
+    """A re-indexed version that failed its checks before the switch; the old version stays active."""
+
+
+class NotConfigured(NominalError):
+    """A command that needs a part of the deployment (a broker, a server) that is not configured."""
+
+
+class JobFailed(NominalError):
+    """A job a command waited for ended failed or cancelled; the message is the job's."""
+
+
+class UnknownJob(NominalError):
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        super().__init__(f"no job {job_id!r}: list recent jobs with `nominal jobs` (finished jobs are kept 30 days)")

@@ -179,6 +179,13 @@ class JobRunner(Protocol):
         """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
         ...
 
+    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+        """Build a new version of the setting from a source (folder, glob, manifest CSV) and switch to it.
+
+        See `indexing.reindex.reindex`; inspections use the old version until the switch.
+        """
+        ...
+
     def cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop (see `request_cancel`); None if there is no such job."""
         ...

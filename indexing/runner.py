@@ -18,6 +18,7 @@ from indexing.errors import NominalError
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, JobCancelled, JobProgress, StoreJobBoard, new_job, request_cancel
+from indexing.reindex import DEFAULT_KEEP_VERSIONS, reindex
 from indexing.service import NominalService
 
 log = logging.getLogger(__name__)
@@ -55,18 +56,32 @@ class InProcessRunner:
         service: the process's service (its store is the embedded one, or a server).
         images: where uploaded images were put.
         board: job status; defaults to records in the service's store.
+        keep_versions: older versions a re-index keeps for rollback.
     """
 
-    def __init__(self, service: NominalService, images: ImageStore, board: JobBoard | None = None) -> None:
+    def __init__(
+        self,
+        service: NominalService,
+        images: ImageStore,
+        board: JobBoard | None = None,
+        *,
+        keep_versions: int = DEFAULT_KEEP_VERSIONS,
+    ) -> None:
         self.service = service
         self.images = images
         self.board = board or StoreJobBoard(service.store)
+        self.keep_versions = keep_versions
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-job")
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         job = new_job("index", setting, total=len(images))
         return self._submit(job, lambda progress: index_refs(
             self.service, self.images, progress, setting=setting, refs=images))
+
+    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+        job = new_job("reindex", setting)
+        return self._submit(job, lambda progress: reindex(
+            self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions))
 
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)

@@ -24,7 +24,14 @@ from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate
 from indexing.datasets import Dataset
 from indexing.evaluation import Metrics, compute_metrics, write_report
-from indexing.errors import BackboneMismatch, BadImage, EmptyCollection, InvalidCalibration, UnknownSetting
+from indexing.errors import (
+    BackboneMismatch,
+    BadImage,
+    EmptyCollection,
+    InvalidCalibration,
+    NoPreviousVersion,
+    UnknownSetting,
+)
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
@@ -274,6 +281,44 @@ class NominalService:
                 self.store.put_record(SETTING_KIND, setting.name, setting.updated(backbone=version.backbone).to_dict())
         return ready
 
+    def discard_version(self, version: CollectionVersion) -> None:
+        """Delete a version that is not active (a half-built or superseded one), vectors and record."""
+        with self._settings_lock:
+            if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
+                raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
+            self.store.delete_collection(version.collection)
+            self.store.delete_record(VERSION_KIND, version.collection)
+
+    def rollback(self, name: str) -> CollectionVersion:
+        """Make the newest ready version older than the active one active again, in one alias move.
+
+        The version rolled back from is kept (it is newer, so pruning leaves it alone).
+
+        Raises:
+            NoPreviousVersion: there is no ready version older than the active one.
+        """
+        active = self._require_active(name)
+        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+        if not older:
+            raise NoPreviousVersion(
+                f"setting {name!r} has no version older than v{active.version} to roll back to "
+                "(versions are kept by re-indexing; see `nominal settings show`)"
+            )
+        return self.activate(older[-1])
+
+    def prune_versions(self, name: str, *, keep: int) -> list[CollectionVersion]:
+        """Delete ready versions older than the active one beyond the `keep` newest; returns those deleted."""
+        if keep < 0:
+            raise ValueError(f"keep must be 0 or more, got {keep}")
+        active = self.active_version(name)
+        if active is None:
+            return []
+        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+        doomed = older[: max(len(older) - keep, 0)]
+        for version in doomed:
+            self.discard_version(version)
+        return doomed
+
     # ----------------------------------------------------------------- indexing
 
     def embed_points(
@@ -290,6 +335,14 @@ class NominalService:
         hand the points to the process that owns it.
         """
         return self._embed_decoded(setting, backbone, self._decode_all(images, skip_bad=skip_bad))
+
+    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
+        """Decode one batch for `embed_decoded`; a thread can do this while the model runs on another."""
+        return self._decode_all(images, skip_bad=skip_bad)
+
+    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
+        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
+        return self._embed_decoded(setting, backbone, batch)
 
     def _embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
         decoded, kept, skipped = batch
@@ -341,7 +394,7 @@ class NominalService:
         progress: Progress = _no_progress,
     ) -> IndexResult:
         """Embed and upsert images into one collection version, batch by batch."""
-        backbone = self._backbone_for(version)
+        backbone = self.backbone_for(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
         for batch in self._decoded_batches(images, skip_bad=skip_bad):
@@ -421,7 +474,7 @@ class NominalService:
         """kNN scores of many images, in batches (leave-one-out for stored images)."""
         setting = self.get_setting(name)
         version = self._require_active(name)
-        backbone = self._backbone_for(version)
+        backbone = self.backbone_for(version)
         out: list[float] = []
         progress("scoring", 0, len(images))
         for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
@@ -594,7 +647,8 @@ class NominalService:
         record["count"] = self.store.count(version.collection)
         self.store.put_record(VERSION_KIND, version.collection, record)
 
-    def _backbone_for(self, version: CollectionVersion) -> Backbone:
+    def backbone_for(self, version: CollectionVersion) -> Backbone:
+        """The loaded model `version` was built with; `BackboneMismatch` if this process has other weights."""
         backbone = self.backbones.get(version.backbone)
         if backbone.identity != version.backbone_identity:
             raise BackboneMismatch(
@@ -607,7 +661,7 @@ class NominalService:
         if not images:
             raise BadImage("request", "no images given")
         decoded, _, _ = self._decode_all(images, skip_bad=False)
-        return self._backbone_for(version).embed(decoded, batch_size=self.batch_size)
+        return self.backbone_for(version).embed(decoded, batch_size=self.batch_size)
 
     def _decode_all(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
         decoded, kept, skipped = [], [], []

@@ -24,6 +24,15 @@ class SettingPut(BaseModel):
     description: str | None = Field(None, max_length=2000)
 
 
+class ReindexRequest(BaseModel):
+    """Re-index a setting from images the server (and its workers) can read."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="A folder, a glob, or a manifest CSV with a `path` column and metadata columns.")
+    backbone: str | None = Field(None, description="Embed with this backbone; the setting switches to it with the new version.")
+
+
 class CalibrationSummary(BaseModel):
     id: str
     policy: str

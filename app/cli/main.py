@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli import data, demo, evaluate, serve, settings
+from app.cli import data, demo, evaluate, jobs, serve, settings
 from app.cli.context import State
 from app.cli.errors import EXIT_ERROR, format_known_exception
 from app.cli.output import Output
@@ -23,6 +23,8 @@ app = typer.Typer(
         "  nominal calibrate line-3 --pass val/pass --fail val/fail   # threshold from a PR curve\n\n"
         "  nominal inspect line-3 new/part-0042.png     # PASS or FAIL, score, threshold, neighbours\n\n"
         "  nominal evaluate tests/fixtures/hazelnut_toy --layout mvtec --out report/\n\n"
+        "  nominal reindex line-3 /data/line-3/pass/ --wait   # new version, checked, switched in one step\n\n"
+        "With REDIS_URL set, `nominal worker` processes embed the images of re-index jobs.\n\n"
         "Data lives in an embedded store in NOMINAL_DATA (./nominal-data) unless QDRANT_URL names a server."
     ),
     no_args_is_help=True,
@@ -61,6 +63,10 @@ app.command("calibrate")(data.calibrate)
 app.command("inspect")(data.inspect)
 app.command("evaluate")(evaluate.evaluate)
 app.command("backbones")(settings.backbones)
+app.command("reindex")(jobs.reindex)
+app.command("rollback")(jobs.rollback)
+app.command("jobs")(jobs.jobs)
+app.command("worker")(jobs.worker)
 app.command("serve")(serve.serve)
 app.command("demo")(demo.demo)
 app.add_typer(settings.app, name="settings")

@@ -1,12 +1,13 @@
-"""Machine settings: create or update, list, read, delete."""
+"""Machine settings: create or update, list, read, delete; re-index into a new version, roll back."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
 
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
-from app.api.schemas import SettingPublic, SettingPut, SettingsPublic
+from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
 from indexing.backbones import available_backbones
+from indexing.reindex import read_source
 
 router = APIRouter(tags=["settings"])
 
@@ -40,3 +41,23 @@ def delete_setting(setting: str, runtime: RuntimeDep) -> Response:
     """Delete a setting with every collection version, calibration and label it owns."""
     runtime.service.delete_setting(setting)
     return Response(status_code=204)
+
+
+@router.post("/v1/settings/{setting}/reindex", status_code=202, dependencies=[AdminAccess])
+def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> JobAccepted:
+    """Build a new version from `source`, check it, then switch to it in one step (a job; cancel with DELETE /v1/jobs/{id}).
+
+    Inspections are answered from the current version until the switch. The
+    source is read on the server (and by its workers), not uploaded.
+    """
+    runtime.service.get_setting(setting)  # 404 before a job is queued
+    total = len(read_source(body.source))  # 422 for a source that names no image
+    job = runtime.runner.submit_reindex(setting, body.source, backbone=body.backbone)
+    return JobAccepted(job_id=job.id, state=job.state, total=job.total or total, url=f"/v1/jobs/{job.id}")
+
+
+@router.post("/v1/settings/{setting}/rollback", dependencies=[AdminAccess])
+def rollback_setting(setting: str, runtime: RuntimeDep) -> SettingPublic:
+    """Switch back to the version active before the last re-index (409 if there is none)."""
+    runtime.service.rollback(setting)
+    return SettingPublic.of(runtime.service.status(setting))

@@ -1,0 +1,215 @@
+"""`nominal reindex`, `nominal rollback`, `nominal jobs`, `nominal worker`: long work and who does it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated, Optional
+
+import typer
+
+from app.cli.context import JsonOpt, state
+from app.cli.output import Output
+from app.config import Config
+from app.runtime import build_runner, job_board, service_for
+from indexing.errors import JobFailed, NotConfigured, UnknownJob
+from indexing.jobs import Job, JobBoard, request_cancel
+
+# How often a waiting command reads the job's status.
+POLL_S = 0.2
+
+
+def reindex(
+    ctx: typer.Context,
+    setting: Annotated[str, typer.Argument(help="Machine setting to re-index (it must exist).")],
+    source: Annotated[str, typer.Argument(help="Folder, glob (quote it) or manifest CSV with a `path` column.")],
+    backbone: Annotated[
+        Optional[str], typer.Option("--backbone", help="Embed with this backbone; the setting switches to it.")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job to its end; exit 1 unless it succeeded.")] = False,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a new version of a setting's nominal set from SOURCE, check it, then switch to it in one step.
+
+    Inspections are answered from the current version until the switch. Bad
+    images are skipped and listed with their reason. Ctrl-C cancels: the
+    half-built version is deleted and the current one stays active. Older
+    versions are kept for `nominal rollback` (NOMINAL_KEEP_VERSIONS, default 2).
+
+    With REDIS_URL set, `nominal worker` processes embed the images (they must
+    see the same files); without it, this process does. This process waits
+    while it owns the embedded store; only with a Qdrant server (QDRANT_URL)
+    and no --wait does it hand the whole job to a worker and exit.
+
+    Examples:
+
+      nominal reindex line-3 /data/line-3/pass/ --wait
+
+      nominal reindex line-3 "/data/line-3/2026-*/pass/*.png" --backbone mobilenet_v2 --wait
+
+      REDIS_URL=redis://127.0.0.1:6379/0 nominal reindex line-3 manifest.csv --wait
+    """
+    config = state(ctx).config
+    out = Output(json_mode=json_out)
+    with service_for(config) as service:
+        runner = build_runner(config, service)
+        try:
+            if not wait and config.redis_url and config.qdrant_url:
+                job = runner.submit_reindex(setting, source, backbone=backbone, detach=True)  # type: ignore[call-arg]
+                out.data(job.to_dict())
+                out.line(f"re-index job {job.id} sent to the workers; follow it with `nominal jobs {job.id}`")
+                return
+            if config.redis_url and not workers_online(config):
+                out.warn("no `nominal worker` answers on this Redis: the job waits in the queue until one starts")
+            job = runner.submit_reindex(setting, source, backbone=backbone)
+            if not wait:
+                out.warn("this process runs the job (it owns the store), so it waits for the end")
+            done = follow(runner.board, job, out)
+        finally:
+            runner.close()
+    out.data(done.to_dict())
+    for error in done.errors:
+        out.warn(f"skipped {error['source']}: {error['reason']}")
+    if done.state != "succeeded":
+        raise JobFailed(f"re-index of {setting!r} {done.state}: {done.message}; the active version is unchanged")
+    r = done.result or {}
+    pruned = f"; deleted old versions {r['pruned']}" if r.get("pruned") else ""
+    out.line(
+        f"{setting!r} now on version {r.get('version')} ({r.get('count')} images, {r.get('skipped')} skipped){pruned}"
+    )
+
+
+def workers_online(config: Config) -> bool:
+    from workers.celery_app import make_app
+
+    client = make_app(config)
+    try:
+        return bool(client.control.ping(timeout=1.0))
+    finally:
+        client.close()
+
+
+def follow(board: JobBoard, job: Job, out: Output) -> Job:
+    """Show a job's progress (done/total, rate, ETA) until it ends; Ctrl-C asks it to cancel and keeps waiting."""
+    with out.progress() as bars:
+        while True:
+            try:
+                current = board.get(job.id) or job
+                if current.total:
+                    bars(current.kind, current.done, current.total)
+                if current.finished:
+                    return current
+                time.sleep(POLL_S)
+            except KeyboardInterrupt:
+                out.warn("cancelling: the job stops after its current batch")
+                request_cancel(board, job.id)
+
+
+def rollback(
+    ctx: typer.Context,
+    setting: Annotated[str, typer.Argument(help="Machine setting to roll back.")],
+    json_out: JsonOpt = False,
+) -> None:
+    """Switch a setting back to its previous version (the one active before the last re-index).
+
+    The version rolled back from is kept. Calibrations made on another backbone
+    stop applying until the setting is calibrated again.
+
+    Example: nominal rollback line-3
+    """
+    out = Output(json_mode=json_out)
+    with service_for(state(ctx).config) as service:
+        version = service.rollback(setting)
+    out.data(version)
+    out.line(f"{setting!r} now on version {version.version} ({version.count} images, {version.backbone})")
+
+
+def jobs(
+    ctx: typer.Context,
+    job_id: Annotated[Optional[str], typer.Argument(help="Show this job (all its errors); omit to list recent jobs.")] = None,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Ask the job to stop (after its current batch).")] = False,
+    limit: Annotated[int, typer.Option(min=1, help="Jobs to list, most recent first.")] = 20,
+    json_out: JsonOpt = False,
+) -> None:
+    """List recent jobs, or show one: state, done/total, rate, ETA and the images it skipped.
+
+    Examples:
+
+      nominal jobs
+
+      nominal jobs 3f2c9a... --json
+
+      nominal jobs 3f2c9a... --cancel
+    """
+    config = state(ctx).config
+    out = Output(json_mode=json_out)
+    if config.redis_url:
+        _show_jobs(job_board(config), out, job_id=job_id, cancel=cancel, limit=limit)
+    else:
+        with service_for(config) as service:
+            _show_jobs(job_board(config, service.store), out, job_id=job_id, cancel=cancel, limit=limit)
+
+
+def _show_jobs(board: JobBoard, out: Output, *, job_id: str | None, cancel: bool, limit: int) -> None:
+    if job_id is None:
+        if cancel:
+            raise NotConfigured("--cancel needs a JOB_ID: `nominal jobs JOB_ID --cancel`")
+        listed = board.list(limit=limit)
+        out.data({"jobs": [j.to_dict() for j in listed]})
+        out.table("jobs", ["id", "kind", "setting", "state", "done/total", "img/s", "ETA s", "errors"], [_row(j) for j in listed])
+        return
+    job = request_cancel(board, job_id) if cancel else board.get(job_id)
+    if job is None:
+        raise UnknownJob(job_id)
+    out.data(job.to_dict())
+    out.table(f"job {job.id}", ["id", "kind", "setting", "state", "done/total", "img/s", "ETA s", "errors"], [_row(job)])
+    if job.message:
+        out.line(f"message: {job.message}")
+    if job.result:
+        out.line(f"result: {job.result}")
+    for error in job.errors:
+        out.line(f"  skipped {error['source']}: {error['reason']}")
+
+
+def _row(job: Job) -> list[object]:
+    rate = f"{job.rate:.1f}" if job.rate else None
+    eta = f"{job.eta_s:.0f}" if job.eta_s is not None else None
+    return [job.id, job.kind, job.setting, job.state, f"{job.done}/{job.total}", rate, eta, job.error_count]
+
+
+def worker(
+    ctx: typer.Context,
+    queues: Annotated[str, typer.Option("--queues", "-Q", help="Comma-separated queues: embed (forward passes), nominal (jobs).")] = "embed,nominal",
+    concurrency: Annotated[
+        Optional[int], typer.Option("--concurrency", "-c", min=1, help="Worker processes (default: one per CPU core).")
+    ] = None,
+    pool: Annotated[str, typer.Option(help="Celery pool: prefork, or solo (one process, e.g. one GPU).")] = "prefork",
+    loglevel: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING...")] = "INFO",
+) -> None:
+    """Start a Celery worker that embeds batches and runs jobs (needs REDIS_URL).
+
+    Each worker process builds its model after the fork; on CPU each gets its
+    share of the cores, on CUDA larger batches. Workers read image files by
+    path, so they must see the same files (and NOMINAL_DATA/images) as the
+    process that submits; with a Qdrant server (QDRANT_URL) they write to it.
+
+    Examples:
+
+      REDIS_URL=redis://127.0.0.1:6379/0 nominal worker
+
+      REDIS_URL=redis://gpu-box:6379/0 NOMINAL_DEVICE=cuda nominal worker --queues embed --pool solo
+    """
+    config = state(ctx).config
+    if not config.redis_url:
+        raise NotConfigured(
+            "nominal worker needs a broker: set REDIS_URL (e.g. redis://127.0.0.1:6379/0); "
+            "without it, jobs run inside the process that submits them"
+        )
+    from workers.celery_app import configure
+
+    app = configure(config)
+    argv = ["worker", f"--queues={queues}", f"--pool={pool}", f"--loglevel={loglevel}", f"--hostname=nominal-{os.getpid()}@%h"]
+    if concurrency:
+        app.conf.worker_concurrency = concurrency
+        argv.append(f"--concurrency={concurrency}")
+    app.worker_main(argv)

@@ -1,0 +1,307 @@
+"""Re-index a machine setting from a source into a new version, checked, then switched to in one step.
+
+The body of a re-index job, whoever runs it:
+
+1. read the source: a folder, a glob, or a manifest CSV (a ``path`` column,
+   relative to the CSV's folder, plus metadata columns);
+2. `begin_version`: version N+1, empty and not active; inspections go on being
+   answered from version N;
+3. embed and upsert it batch by batch (done/total on the job; bad images skipped
+   and listed with their reason). Who embeds is a `BatchEmbedder`: this process
+   (`LocalEmbedder`), or Celery workers (`workers/runner.py`);
+4. check it: one point per distinct good image, and a few sample queries
+   answered;
+5. `activate`: one atomic alias move; then delete old versions beyond `keep`.
+
+A cancelled or failed re-index deletes its half-built version and leaves the
+alias where it was. Point ids come from image content, so a batch embedded
+twice (a redelivered task) overwrites its points instead of duplicating them.
+
+One re-index per setting at a time: a new one first deletes versions still
+marked building, which a re-index whose process died leaves behind. (Runners
+run one job at a time per process; two processes re-indexing one setting on a
+shared Qdrant server would collide, and the later one wins.)
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from indexing.datasets import find_images
+from indexing.errors import BadImage, NoImages, VersionCheckFailed
+from indexing.images import ImageInput
+from indexing.jobs import JobProgress
+from indexing.service import EmbeddedBatch, NominalService, Skipped
+from indexing.settings import CollectionVersion
+from indexing.store.base import Point
+
+# Older ready versions kept for `rollback` after a re-index switches.
+DEFAULT_KEEP_VERSIONS = 2
+# Stored points queried before the switch to check that the new version answers.
+SAMPLE_QUERIES = 3
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One image a re-index source names: a path any worker can read, and its metadata."""
+
+    path: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def load(self) -> ImageInput:
+        """The image's bytes; `BadImage` if the file cannot be read."""
+        return ImageInput.from_path(self.path, self.metadata)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "metadata": dict(self.metadata)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "SourceItem":
+        return cls(path=data["path"], metadata=dict(data.get("metadata") or {}))
+
+
+def read_source(source: str | Path) -> list[SourceItem]:
+    """The images a re-index source names: a manifest CSV, or a folder or glob of image files.
+
+    Raises:
+        NoImages: the source names no image (or the manifest has no `path` column).
+    """
+    path = Path(source)
+    if path.suffix.lower() == ".csv" and path.is_file():
+        return read_manifest(path)
+    return [SourceItem(str(found)) for found in find_images([source])]
+
+
+def read_manifest(manifest: Path) -> list[SourceItem]:
+    """Rows of a manifest CSV: `path` (absolute, or relative to the CSV's folder) and metadata columns.
+
+    A listed file that is missing is not an error here: it is reported as a bad
+    image of the job, like any other file that cannot be read.
+    """
+    with manifest.open(newline="", encoding="utf-8-sig") as handle:
+        reader = csv.DictReader(handle)
+        if reader.fieldnames is None or "path" not in reader.fieldnames:
+            raise NoImages(
+                f"{manifest}: a manifest needs a header row with a `path` column "
+                f"(found {', '.join(reader.fieldnames or []) or 'no header'})"
+            )
+        items = []
+        for row in reader:
+            where = (row.pop("path") or "").strip()
+            if not where:
+                continue
+            resolved = Path(where) if Path(where).is_absolute() else manifest.parent / where
+            items.append(SourceItem(str(resolved), {k: v for k, v in row.items() if k and v not in (None, "")}))
+    if not items:
+        raise NoImages(f"{manifest}: the manifest lists no images (add rows with a `path`)")
+    return items
+
+
+def batches_of(items: Sequence[SourceItem], size: int) -> list[list[SourceItem]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+class BatchEmbedder(Protocol):
+    """Turns batches of source items into points, here or on workers.
+
+    `embed` yields one `EmbeddedBatch` per batch, in any order, and skips
+    nothing silently: an unreadable image is a `Skipped`. When `stores_points`
+    is True the points were already written to the version's collection (workers
+    on a Qdrant server) and carry no vectors; otherwise the caller upserts them.
+    Closing the iterator early (cancel, failure) abandons the batches not yet done.
+    """
+
+    stores_points: bool
+
+    def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]: ...
+
+
+def embed_items(service: NominalService, version: CollectionVersion, items: Sequence[SourceItem]) -> EmbeddedBatch:
+    """Read, decode and embed one batch with `version`'s backbone; nothing is stored. Worker tasks call this."""
+    loaded, skipped = load_items(items)
+    if not loaded:
+        return EmbeddedBatch(points=[], skipped=skipped)
+    embedded = service.embed_points(version.setting, service.backbone_for(version), loaded, skip_bad=True)
+    return EmbeddedBatch(points=embedded.points, skipped=skipped + embedded.skipped)
+
+
+def load_items(items: Sequence[SourceItem]) -> tuple[list[ImageInput], list[Skipped]]:
+    loaded, skipped = [], []
+    for item in items:
+        try:
+            loaded.append(item.load())
+        except BadImage as error:
+            skipped.append(Skipped(source=error.source, reason=error.reason))
+    return loaded, skipped
+
+
+class LocalEmbedder:
+    """Embeds in this process; the next batch is read and decoded on a thread while the model runs.
+
+    PIL and zlib release the GIL, so on a CPU the decode hides behind the forward pass.
+    """
+
+    stores_points = False
+
+    def __init__(self, service: NominalService) -> None:
+        self.service = service
+
+    def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]:
+        backbone = self.service.backbone_for(version)
+
+        def read(items: Sequence[SourceItem]) -> tuple[Any, list[Skipped]]:
+            loaded, unreadable = load_items(items)
+            return self.service.decode_batch(loaded, skip_bad=True), unreadable
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-read") as pool:
+            pending = pool.submit(read, batches[0]) if batches else None
+            for i in range(len(batches)):
+                assert pending is not None
+                decoded, unreadable = pending.result()
+                pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+                embedded = self.service.embed_decoded(version.setting, backbone, decoded)
+                yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
+
+
+def reindex(
+    service: NominalService,
+    progress: JobProgress,
+    *,
+    setting: str,
+    source: str,
+    backbone: str | None = None,
+    embedder: BatchEmbedder | None = None,
+    keep: int = DEFAULT_KEEP_VERSIONS,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """Build a new version of `setting` from `source`, check it, and switch to it.
+
+    Args:
+        service: owns the store the version is written to.
+        progress: the job's progress (done/total, errors, cancel requests).
+        setting: an existing machine setting.
+        source: folder, glob or manifest CSV (see `read_source`).
+        backbone: embed with this backbone instead of the setting's (the setting
+            switches to it with the version).
+        embedder: who embeds; this process by default.
+        keep: older ready versions kept for rollback after the switch.
+        batch_size: images per batch (per task on workers); the service's by default.
+
+    Returns:
+        The job's result: {"version", "collection", "indexed", "skipped", "count", "pruned"}.
+
+    Raises:
+        NoImages, UnknownSetting, VersionCheckFailed, JobCancelled: nothing switched,
+            the half-built version deleted.
+    """
+    items = read_source(source)
+    service.get_setting(setting)
+    progress.start(len(items))
+    embedder = embedder or LocalEmbedder(service)
+    for stale in service.versions(setting):
+        if stale.state == "building":  # left by a re-index whose process died
+            service.discard_version(stale)
+    version = service.begin_version(setting, backbone=backbone)
+    try:
+        ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
+        progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
+        _check(service, version, ids)
+        ready = service.activate(version, expected_count=len(ids))
+    except BaseException:
+        service.discard_version(version)
+        raise
+    pruned = service.prune_versions(setting, keep=keep)
+    return {
+        "version": ready.version,
+        "collection": ready.collection,
+        "backbone": ready.backbone,
+        "indexed": len(ids),
+        "skipped": len(skipped),
+        "count": ready.count,
+        "pruned": [v.version for v in pruned],
+    }
+
+
+def _build(
+    service: NominalService,
+    version: CollectionVersion,
+    items: Sequence[SourceItem],
+    embedder: BatchEmbedder,
+    progress: JobProgress,
+    batch_size: int,
+) -> tuple[set[str], list[Skipped]]:
+    ids: set[str] = set()
+    skipped: list[Skipped] = []
+    done = 0
+    progress("embedding", 0, len(items))
+    with closing(iter(embedder.embed(version, batches_of(items, batch_size)))) as stream:
+        for batch in stream:
+            if batch.points and not embedder.stores_points:
+                service.store.upsert(version.collection, batch.points)
+            ids.update(point.id for point in batch.points)
+            skipped.extend(batch.skipped)
+            done += len(batch.points) + len(batch.skipped)
+            progress("embedding", done, len(items))  # raises JobCancelled when asked to stop
+    return ids, skipped
+
+
+def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -> None:
+    """One point per distinct good image, and a few stored vectors find neighbours."""
+    if not ids:
+        raise VersionCheckFailed(
+            f"no image of the source could be used for {version.setting!r}: nothing switched (see the job's errors)"
+        )
+    count = service.store.count(version.collection)
+    if count != len(ids):
+        raise VersionCheckFailed(
+            f"version {version.version} of {version.setting!r} holds {count} points for {len(ids)} distinct images: "
+            "not switched; re-run the re-index"
+        )
+    sample = service.store.retrieve(version.collection, sorted(ids)[:SAMPLE_QUERIES], with_vectors=True)
+    vectors = np.stack([p.vector for p in sample]).astype(np.float32) if sample else np.empty((0, version.dim))
+    hits = service.store.search(version.collection, vectors, 1) if len(sample) else []
+    if len(sample) < min(SAMPLE_QUERIES, len(ids)) or any(not found for found in hits):
+        raise VersionCheckFailed(
+            f"sample queries on version {version.version} of {version.setting!r} found nothing: not switched; "
+            "re-run the re-index"
+        )
+
+
+# --- points across processes -------------------------------------------------------------------------
+# Workers hand embedded batches back through the Celery result backend as JSON: vectors as
+# base64 float32 (a 32-image batch of 1280-d vectors is about 220 kB), never the images.
+
+
+def batch_to_dict(batch: EmbeddedBatch) -> dict[str, Any]:
+    return {
+        "points": [
+            {
+                "id": p.id,
+                "vector": base64.b64encode(np.asarray(p.vector, dtype="<f4").tobytes()).decode("ascii"),
+                "payload": p.payload,
+            }
+            for p in batch.points
+        ],
+        "skipped": [{"source": s.source, "reason": s.reason} for s in batch.skipped],
+    }
+
+
+def batch_from_dict(data: dict[str, Any]) -> EmbeddedBatch:
+    points = [
+        Point(
+            id=p["id"],
+            vector=np.frombuffer(base64.b64decode(p["vector"]), dtype="<f4").astype(np.float32),
+            payload=p["payload"],
+        )
+        for p in data["points"]
+    ]
+    return EmbeddedBatch(points=points, skipped=[Skipped(**s) for s in data["skipped"]])

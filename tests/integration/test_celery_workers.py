@@ -1,0 +1,241 @@
+"""Re-index through real `nominal worker` processes and the real Redis, against the embedded store.
+
+Each test has its own Redis key prefix in DB 5 (Redis is shared with other
+work), deleted at the end. Workers are subprocesses started as a user would,
+in their own process group so a test can SIGKILL one whole worker.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from app.config import Config
+from app.runtime import build_runner
+from indexing.jobs import Job
+from indexing.service import NominalService
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+REDIS_URL = os.environ.get("NOMINAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+# Short, so a killed worker's task comes back within the test; batches take well under a second.
+VISIBILITY_TIMEOUT_S = 6
+
+
+def _redis_or_skip() -> redis.Redis:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_URL} (start one: see shared NOTES)")
+    return client
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Environment of one deployment: its Redis key prefix and data directory; keys deleted after."""
+    client = _redis_or_skip()
+    prefix = f"nominal-test-{uuid.uuid4().hex[:12]}:"
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "REDIS_URL": REDIS_URL,
+        "NOMINAL_REDIS_PREFIX": prefix,
+        "NOMINAL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
+        "NOMINAL_DATA": str(tmp_path / "data"),
+    }
+    env.pop("QDRANT_URL", None)
+    yield env
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+class Worker:
+    """A `nominal worker` subprocess, in its own process group."""
+
+    def __init__(self, env: dict[str, str], log: Path, concurrency: int = 1) -> None:
+        self.log = log
+        self._handle = log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "app.cli.main", "worker", "--concurrency", str(concurrency), "--loglevel", "INFO"],
+            cwd=REPO, env=env, stdout=self._handle, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            if "nominal worker process" in text and " ready." in text:
+                return
+            if self.process.poll() is not None:
+                raise AssertionError(f"worker exited early:\n{text[-3000:]}")
+            time.sleep(0.2)
+        raise AssertionError(f"worker not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole worker (main process and children): nothing gets to acknowledge or clean up."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._handle.close()
+
+
+@pytest.fixture
+def start_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator:
+    started: list[Worker] = []
+
+    def start(name: str = "worker") -> Worker:
+        worker = Worker(deployment, tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def source(tmp_path: Path, hazelnut: Path, bad_images) -> Path:
+    folder = tmp_path / "source"
+    shutil.copytree(hazelnut / "train" / "good", folder)
+    shutil.copy(bad_images["truncated"], folder / "zz_truncated.jpg")
+    return folder
+
+
+def nominal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli.main", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_cli_reindex_with_a_worker_against_the_embedded_store(deployment, start_worker, source, hazelnut) -> None:
+    worker = start_worker()
+    seeded = nominal(deployment, "index", "hz", str(hazelnut / "test" / "good"))
+    assert seeded.returncode == 0, seeded.stderr
+    worker.wait_ready()
+
+    done = nominal(deployment, "reindex", "hz", str(source), "--wait", "--json")
+    assert done.returncode == 0, done.stderr
+    job = json.loads(done.stdout)
+    assert job["state"] == "succeeded" and job["result"]["version"] == 2
+    assert job["result"]["indexed"] == 28 and (job["done"], job["total"]) == (29, 29)
+    assert [Path(e["source"]).name for e in job["errors"]] == ["zz_truncated.jpg"]
+    assert "nominal.embed_batch" in worker.log.read_text()  # the worker embedded, this process did not
+
+    listed = json.loads(nominal(deployment, "jobs", "--json").stdout)["jobs"]
+    assert [j["id"] for j in listed] == [job["id"]]
+    shown = json.loads(nominal(deployment, "jobs", job["id"], "--json").stdout)
+    assert shown["errors"] == job["errors"] and shown["rate"] > 0
+
+    back = nominal(deployment, "rollback", "hz", "--json")
+    assert back.returncode == 0 and json.loads(back.stdout)["version"] == 1, back.stderr
+
+
+def test_a_worker_killed_mid_reindex_loses_nothing(deployment, start_worker, service: NominalService, source, hazelnut_sets) -> None:
+    service.index("hz", hazelnut_sets["good"])
+    service.batch_size = 2  # 15 batch tasks: the kill lands mid-way
+    first = start_worker("first")
+    first.wait_ready()
+    runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)
+
+    seen: set[tuple[int, int]] = set()
+    watching = threading.Event()
+
+    def watch_alias() -> None:
+        while not watching.is_set():
+            status = service.status("hz")
+            seen.add((status.active.version, status.count))
+            time.sleep(0.01)
+
+    watcher = threading.Thread(target=watch_alias)
+    watcher.start()
+    try:
+        job = runner.submit_reindex("hz", str(source))
+        wait_until(lambda: runner.board.get(job.id).done >= 4, timeout=120)
+        first.kill()
+        killed_at = runner.board.get(job.id).done
+        assert killed_at < 29 and service.active_version("hz").version == 1
+        second = start_worker("second")
+        second.wait_ready()
+        done = wait_for(runner.board, job, timeout=180)
+    finally:
+        watching.set()
+        watcher.join()
+        runner.close()
+
+    assert done.state == "succeeded", done.message
+    assert done.result["indexed"] == 28 and done.error_count == 1
+    active = service.active_version("hz")
+    assert active.version == 2 and service.store.count(active.collection) == 28  # one point per distinct image
+    # The alias only ever named a complete version: v1 with its 6 images, then v2 with 28.
+    assert seen <= {(1, 6), (2, 28)} and (1, 6) in seen, seen
+    # The batch the first worker died in was delivered again, to the second.
+    first_log = first.log.read_text()
+    lost = set(re.findall(r"embed_batch\[([0-9a-f-]+)\] received", first_log)) - set(
+        re.findall(r"embed_batch\[([0-9a-f-]+)\] succeeded", first_log)
+    )
+    assert lost and all(task in second.log.read_text() for task in lost), lost
+
+
+def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, service, source, hazelnut_sets) -> None:
+    service.index("hz", hazelnut_sets["good"])
+    service.batch_size = 1
+    worker = start_worker()
+    worker.wait_ready()
+    runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)
+    try:
+        job = runner.submit_reindex("hz", str(source))
+        wait_until(lambda: runner.board.get(job.id).done >= 1, timeout=120)
+        runner.cancel(job.id)
+        done = wait_for(runner.board, job, timeout=60)
+    finally:
+        runner.close()
+    assert done.state == "cancelled" and done.done < 29
+    assert [v.version for v in service.versions("hz")] == [1] and service.active_version("hz").version == 1
+
+
+def _config_from(env: dict[str, str]) -> dict[str, object]:
+    return {
+        "REDIS_URL": env["REDIS_URL"],
+        "NOMINAL_REDIS_PREFIX": env["NOMINAL_REDIS_PREFIX"],
+        "NOMINAL_VISIBILITY_TIMEOUT": int(env["NOMINAL_VISIBILITY_TIMEOUT"]),
+        "NOMINAL_DATA": env["NOMINAL_DATA"],
+    }
+
+
+def wait_until(condition, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"condition not met in {timeout} s")
+
+
+def wait_for(board, job: Job, *, timeout: float) -> Job:
+    wait_until(lambda: board.get(job.id).finished, timeout=timeout)
+    return board.get(job.id)

@@ -1,0 +1,47 @@
+"""The Redis job board: what every process reads job status from when REDIS_URL is set."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+
+import pytest
+import redis
+
+from indexing.jobs import new_job, request_cancel
+from workers.board import RedisJobBoard
+
+REDIS_URL = os.environ.get("NOMINAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
+
+
+@pytest.fixture
+def board():
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.ping()
+    except redis.RedisError:
+        pytest.skip(f"no Redis at {REDIS_URL}")
+    prefix = f"nominal-test-{uuid.uuid4().hex[:12]}:"
+    yield RedisJobBoard(client, prefix)
+    keys = list(client.scan_iter(match=f"{prefix}*"))
+    if keys:
+        client.delete(*keys)
+    client.close()
+
+
+def test_jobs_are_listed_newest_first_and_read_back_whole(board: RedisJobBoard) -> None:
+    first, second = new_job("index", "a", total=3), new_job("reindex", "b", total=5)
+    board.put(first)
+    board.put(replace(second, created_at=first.created_at + 1, errors=[{"source": "x.png", "reason": "truncated"}]))
+    assert [j.id for j in board.list()] == [second.id, first.id]
+    assert board.get(second.id).errors == [{"source": "x.png", "reason": "truncated"}]
+    assert board.get("no-such-job") is None
+
+
+def test_a_cancel_request_survives_a_racing_progress_update(board: RedisJobBoard) -> None:
+    job = replace(new_job("reindex", "a", total=10), state="running")
+    board.put(job)
+    request_cancel(board, job.id)
+    board.put(replace(job, done=4))  # written by a process that had not seen the cancel yet
+    assert board.get(job.id).cancel_requested and board.get(job.id).done == 4

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks over `indexing/`, and the runner that sends jobs to them."""
