@@ -40,20 +40,25 @@ def heat_map(distances: np.ndarray, grid: tuple[int, int], size: tuple[int, int]
     return gaussian_filter(upsampled, sigma=sigma).astype(np.float32) if sigma > 0 else upsampled
 
 
-def overlay_png(image: Image.Image, heat: np.ndarray, *, vmax: float | None = None) -> bytes:
+def overlay_png(image: Image.Image, heat: np.ndarray, *, threshold: float | None = None) -> bytes:
     """The image with the heat map coloured over it (jet: blue = nominal, red = anomalous), as PNG bytes.
 
     Args:
         image: the inspected image, any size; the map is stretched to it.
         heat: (h, w) anomaly map.
-        vmax: the value drawn fully red, e.g. twice the calibrated threshold so red
-            means "far above the threshold"; None uses the map's own maximum.
+        threshold: the calibrated image threshold. With it the colours span
+            0.5x (blue) to 1.5x (red) the threshold, so green-yellow is "at the
+            threshold" and colours compare between images; without it the map's
+            own minimum and maximum are used.
     """
     from matplotlib import colormaps
 
     rgb = image.convert("RGB")
-    top = float(vmax) if vmax is not None and vmax > 0 else float(heat.max()) or 1.0
-    scaled = np.clip(heat / top, 0.0, 1.0).astype(np.float32)
+    if threshold is not None and threshold > 0:
+        low, high = 0.5 * threshold, 1.5 * threshold
+    else:
+        low, high = float(heat.min()), float(heat.max())
+    scaled = ((heat - low) / max(high - low, 1e-12)).astype(np.float32)
     resized = np.asarray(Image.fromarray(scaled, mode="F").resize(rgb.size, Image.Resampling.BILINEAR))
     colours = (colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
     blended = Image.blend(rgb, Image.fromarray(colours), ALPHA)

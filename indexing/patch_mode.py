@@ -267,7 +267,7 @@ def write_heatmaps(
     """One heat-map PNG overlay per test image, and the pixel ROC-AUC where masks exist.
 
     Files are named `<number>_<group>_<score>.png` so sorting by name keeps the test
-    order. Maps are red at twice the threshold when one is given.
+    order. Colours are scaled to the threshold when one is given.
 
     Args:
         folder: created if missing.
@@ -290,7 +290,7 @@ def write_heatmaps(
         heat = heat_map(found.grid, found.grid.shape, (size, size), sigma=sigma)
         pixels = decode(test.image, max_pixels=max_pixels)
         path = folder / f"{number:04d}_{_safe(test.group)}_{found.score:.4f}.png"
-        png = overlay_png(pixels, heat, vmax=2.0 * threshold if threshold else None)
+        png = overlay_png(pixels, heat, threshold=threshold)
         temp = path.with_name(f".{path.name}.tmp")
         temp.write_bytes(png)
         os.replace(temp, path)

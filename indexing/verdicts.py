@@ -24,8 +24,8 @@ class HeatMap:
         grid: rows x cols nearest-nominal-patch distance of each patch (the raw
             map, before upsampling and smoothing), as lists of floats.
         worst: (row, col) of the most anomalous patch in `grid`.
-        png: the smoothed map coloured over the image, PNG bytes (red at twice the
-            threshold when calibrated, else at the map's maximum).
+        png: the smoothed map coloured over the image, PNG bytes (see
+            `indexing.heatmap.overlay_png` for the colour scale).
     """
 
     grid: list[list[float]]
@@ -37,7 +37,7 @@ class HeatMap:
         from indexing.heatmap import overlay_png
 
         assert found.heat is not None, "build needs a PatchResult scored with maps=True"
-        png = overlay_png(image, found.heat, vmax=2.0 * threshold if threshold else None)
+        png = overlay_png(image, found.heat, threshold=threshold)
         return cls(grid=found.grid.astype(float).round(6).tolist(), worst=found.worst, png=png)
 
 
