@@ -76,10 +76,8 @@ ANCHORS = {
     ("hazelnut", "mobilenet_v2"): "1.000",
 }
 SWEEP = [
-    {"dim": 64}, {"dim": 128}, {"dim": 256}, {"dim": 384},
-    {"dim": 256, "projection": "random"}, {"dim": 256, "normalise": False},
-    {"dim": 256, "coreset_ratio": 0.005}, {"dim": 256, "coreset_ratio": 0.02}, {"dim": 256, "coreset_ratio": 0.05},
-    {"dim": 256, "reweight_k": 9},
+    {"coreset_ratio": 0.005}, {"coreset_ratio": 0.02}, {"dim": 384}, {"reweight_k": 9}, {"projection": "random"},
+    {}, {"dim": 128}, {"dim": 64}, {"normalise": False}, {"coreset_ratio": 0.05},
 ]
 
 

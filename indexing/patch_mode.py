@@ -52,7 +52,7 @@ class PatchConfig:
         seed: seeds the projections and the coreset's first pick.
     """
 
-    dim: int = 128
+    dim: int = 256
     projection: Projection = "pool"
     normalise: bool = True
     coreset_ratio: float = 0.01

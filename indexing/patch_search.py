@@ -141,37 +141,39 @@ class TorchNN:
     """
 
     def __init__(self, *, block: int = 1 << 24) -> None:
-        self._bank = torch.empty((0, 0))
-        self._norms = torch.empty(0)
+        # (bank rows, their squared norms), swapped as one tuple so a search running
+        # while `add` extends the bank sees the old bank or the new one, never a mix.
+        self._state = (torch.empty((0, 0)), torch.empty(0))
         self._block = block
 
     def fit(self, bank: np.ndarray) -> None:
-        self._bank = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32).copy())
-        self._norms = (self._bank * self._bank).sum(dim=1)
+        rows = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32).copy())
+        self._state = (rows, (rows * rows).sum(dim=1))
 
     def add(self, rows: np.ndarray) -> None:
         if self.size == 0:
             self.fit(rows)
             return
+        bank, norms = self._state
         extra = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32).copy())
-        self._bank = torch.cat([self._bank, extra])
-        self._norms = torch.cat([self._norms, (extra * extra).sum(dim=1)])
+        self._state = (torch.cat([bank, extra]), torch.cat([norms, (extra * extra).sum(dim=1)]))
 
     def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Same contract as `FaissNN.run`."""
-        excluded = 0 if exclude is None else len(set(exclude))
-        if self.size - excluded <= 0:
+        bank, norms = self._state
+        size = int(bank.shape[0])
+        banned = torch.as_tensor(np.unique(np.asarray(list(exclude or ()), dtype=np.int64)))
+        if size - banned.numel() <= 0:
             raise _empty()
-        k = min(k, self.size - excluded)
+        k = min(k, size - banned.numel())
         q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        banned = torch.as_tensor(np.asarray(list(exclude or ()), dtype=np.int64))
-        step = max(1, self._block // max(self.size, 1))
+        step = max(1, self._block // max(size, 1))
         out_d = torch.empty((len(q), k))
         out_i = torch.empty((len(q), k), dtype=torch.int64)
         with torch.inference_mode():
             for start in range(0, len(q), step):
                 part = q[start : start + step]
-                sq = torch.addmm(self._norms[None, :], part, self._bank.T, alpha=-2.0)
+                sq = torch.addmm(norms[None, :], part, bank.T, alpha=-2.0)
                 sq += (part * part).sum(dim=1, keepdim=True)
                 if banned.numel():
                     sq[:, banned] = float("inf")
@@ -184,15 +186,14 @@ class TorchNN:
         return out_d.clamp_(min=0.0).sqrt_().numpy(), out_i.numpy()
 
     def reconstruct(self, row: int) -> np.ndarray:
-        return self._bank[int(row)].numpy().copy()
+        return self._state[0][int(row)].numpy().copy()
 
     def reset(self) -> None:
-        self._bank = torch.empty((0, 0))
-        self._norms = torch.empty(0)
+        self._state = (torch.empty((0, 0)), torch.empty(0))
 
     @property
     def size(self) -> int:
-        return int(self._bank.shape[0])
+        return int(self._state[0].shape[0])
 
 
 def default_nn() -> NearestNeighbours:

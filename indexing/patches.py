@@ -18,11 +18,12 @@ Example:
     >>> maker = PatchMaker()
     >>> patches = maker.patchify(backbone.feature_maps(images))
     >>> patches.vectors.shape, patches.grid
-    ((n, 784, 128), (28, 28))
+    ((n, 784, 256), (28, 28))
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
@@ -62,7 +63,7 @@ class PatchMaker:
         seed: seed of the random projection.
     """
 
-    dim: int = 128
+    dim: int = 256
     projection: Projection = "pool"
     normalise: bool = True
     neighbourhood: int = 3
@@ -87,14 +88,16 @@ class PatchMaker:
         """
         fine, coarse = maps.stride8.float(), maps.stride16.float()
         n, _, rows, cols = fine.shape
-        fine = self._aggregate(fine)
-        coarse = F.interpolate(self._aggregate(coarse), size=(rows, cols), mode="bilinear", align_corners=False)
         half = self.dim // 2
-        # (n, C, H, W) -> (n * H * W, C): one row per patch, then each scale to `half` channels.
-        parts = [self._project(_rows(x), half, scale) for scale, x in enumerate((fine, coarse))]
-        vectors = torch.cat(parts, dim=1)
-        if self.normalise:
-            vectors = F.normalize(vectors, dim=1)
+        with torch.inference_mode():
+            # Pooling, projection and bilinear upsampling are all linear, so projecting the
+            # coarse map before upsampling gives the same vectors for 4x fewer products.
+            fine = self._project(self._aggregate(fine), half, 0)
+            coarse = self._project(self._aggregate(coarse), half, 1)
+            coarse = F.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=False)
+            vectors = torch.cat([fine, coarse], dim=1).permute(0, 2, 3, 1).reshape(n * rows * cols, self.dim)
+            if self.normalise:
+                vectors = F.normalize(vectors, dim=1)
         return Patches(vectors.reshape(n, rows * cols, self.dim).contiguous().numpy(), (rows, cols))
 
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,14 +106,20 @@ class PatchMaker:
         # count_include_pad=False: a border patch averages its real neighbours, not zeros.
         return F.avg_pool2d(x, self.neighbourhood, stride=1, padding=self.neighbourhood // 2, count_include_pad=False)
 
-    def _project(self, rows: torch.Tensor, out_dim: int, scale: int) -> torch.Tensor:
-        if self.projection == "pool":
-            return F.adaptive_avg_pool1d(rows.unsqueeze(1), out_dim).squeeze(1)
-        generator = torch.Generator().manual_seed(self.seed * 2 + scale)
-        matrix = torch.randn(rows.shape[1], out_dim, generator=generator) / np.sqrt(out_dim)
-        return rows @ matrix
+    def _project(self, x: torch.Tensor, out_dim: int, scale: int) -> torch.Tensor:
+        """(n, C, h, w) -> (n, out_dim, h, w) through the fixed (C, out_dim) projection matrix."""
+        matrix = _projection(self.projection, x.shape[1], out_dim, self.seed * 2 + scale)
+        return torch.einsum("nchw,co->nohw", x, matrix)
 
 
-def _rows(x: torch.Tensor) -> torch.Tensor:
-    n, channels, rows, cols = x.shape
-    return x.permute(0, 2, 3, 1).reshape(n * rows * cols, channels)
+@functools.lru_cache(maxsize=32)
+def _projection(kind: str, channels: int, out_dim: int, seed: int) -> torch.Tensor:
+    """The (channels, out_dim) matrix of a projection, built once.
+
+    "pool" is PatchCore's `F.adaptive_avg_pool1d` over channels, written as the matrix
+    it applies (pooling the identity), so a projection is one matrix product.
+    """
+    if kind == "pool":
+        return F.adaptive_avg_pool1d(torch.eye(channels).unsqueeze(1), out_dim).squeeze(1)
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(channels, out_dim, generator=generator) / np.sqrt(out_dim)

@@ -127,7 +127,7 @@ def test_reindexing_the_same_images_adds_no_patches_and_new_images_extend_the_ba
     try:
         ids_after = {p.id for p in patch_service.store.scroll(collection)}
         assert ids_before < ids_after, "extending keeps every patch already in the bank"
-        bank = patch_service.patches.bank(SETTING, collection, 128)
+        bank = patch_service.patches.bank(SETTING, collection, patch_service.patch_config.dim)
         assert len(bank) == len(ids_after) and any(bank.rows_of(image.id) for image in extra)
     finally:
         for image in extra:
