@@ -76,7 +76,7 @@ ANCHORS = {
     ("hazelnut", "mobilenet_v2"): "1.000",
 }
 SWEEP = [
-    {"coreset_ratio": 0.005}, {"coreset_ratio": 0.02}, {"dim": 384}, {"reweight_k": 9}, {"projection": "random"},
+    {"coreset_ratio": 0.005}, {"coreset_ratio": 0.02}, {"dim": 384}, {"reweight_k": 9}, {"projection": "pool"},
     {}, {"dim": 128}, {"dim": 64}, {"normalise": False}, {"coreset_ratio": 0.05},
 ]
 

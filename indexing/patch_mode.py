@@ -43,7 +43,8 @@ class PatchConfig:
 
     Attributes:
         dim: patch vector length (half per feature-map scale).
-        projection: "pool" (PatchCore's adaptive average pooling) or "random".
+        projection: "random" (seeded Gaussian; measured 0.925 vs 0.918 ROC-AUC for
+            PatchCore's "pool" on ELPV poly with efficientnet_lite0 at 256-d).
         normalise: L2-normalise patch vectors.
         coreset_ratio: fraction of each indexing batch's patches kept (1.0 keeps all).
         coreset_projection_dim: dimensions the coreset measures distances in.
@@ -53,7 +54,7 @@ class PatchConfig:
     """
 
     dim: int = 256
-    projection: Projection = "pool"
+    projection: Projection = "random"
     normalise: bool = True
     coreset_ratio: float = 0.01
     coreset_projection_dim: int = 128
@@ -171,6 +172,10 @@ class PatchIndex:
         batch_size: int = 32,
     ) -> list[PatchResult]:
         """Score images against the bank; a nominal image is scored without its own patches (leave-one-out).
+
+        Leave-one-out is slightly pessimistic with a coreset: patches of other images
+        that resembled a nominal image's kept patches were left out of the bank, so
+        removing its patches can leave a gap the full-bank coreset would have filled.
 
         Args:
             neighbours: how many nominal images to name for the worst patch.

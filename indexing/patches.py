@@ -10,9 +10,11 @@ The PatchCore recipe, as `PatchMaker.patchify` plus its preprocessing does it:
    EfficientNet-Lite0);
 4. optionally each patch vector is L2-normalised.
 
-Projection "pool" is PatchCore's adaptive average pooling over channels; "random" is a
-seeded Gaussian projection. Which is used, `dim` and the normalisation were chosen on
-ELPV poly by `benchmarks/quality.py --sweep` (see `DEFAULT_PATCH_CONFIG`).
+Projection "pool" is PatchCore's adaptive average pooling over channels (which, from 40
+channels up to 128, repeats channels and so weighs the stride-8 map about 3x more);
+"random" is a seeded Gaussian projection, which keeps each scale's distances about
+as they are. The service's choice (random, 256-d, normalised) was measured on ELPV
+poly with `benchmarks/quality.py --sweep`: see `indexing.patch_mode.PatchConfig`.
 
 Example:
     >>> maker = PatchMaker()
