@@ -289,10 +289,14 @@ def main() -> None:
     parser.add_argument("--no-timing", action="store_true", help="skip the patch vs global verdict timing")
     parser.add_argument("--sweep", action="store_true", help="only the patch-choice sweep on ELPV poly")
     parser.add_argument("--search", action="store_true", help="only the nearest-patch search backends")
+    parser.add_argument("--timing-only", action="store_true", help="only the patch vs global verdict timing")
     args = parser.parse_args()
 
     if args.search:
         compare_search()
+        return
+    if args.timing_only:
+        print_timing(verdict_timing(backbone=args.backbones[0]))
         return
     if args.sweep:
         print("| change from the default PatchConfig | ROC-AUC | AP | F1-max | bank rows |")
@@ -301,6 +305,7 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
         return
+    timing = None
     rows = run_grid(args.datasets, args.backbones, args.ks) if "global" in args.scoring else []
     if "patch" in args.scoring:
         rows += run_patch(args.datasets, args.backbones, PatchConfig())
@@ -314,11 +319,8 @@ def main() -> None:
                 print(f"{dataset} {backbone}: patch {patch:.3f} vs best global {best_global:.3f} "
                       f"({'patch better' if patch > best_global else 'global better or equal'})")
     if not args.no_timing and "patch" in args.scoring:
-        t = verdict_timing(backbone=args.backbones[0])
-        print(f"\nverdict time, batch 1, {t['dataset']} ({t['n_train']} nominal images, {t['bank_points']} bank patches), "
-              f"{t['backbone']}: patch {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
-              f"ratio {t['ratio']:.2f}x (target <= 2x); service indexing {t['index_s']:.0f} s")
-        rows.append({"timing": t})
+        timing = verdict_timing(backbone=args.backbones[0])
+        print_timing(timing)
     best = max((r for r in rows if r["dataset"] == "elpv-combined"), key=lambda r: r["roc_auc"], default=None)
     if best:
         print(f"\nbest on ELPV combined: {best['backbone']} k={best['k']} ROC-AUC {best['roc_auc']:.3f}")
@@ -330,7 +332,13 @@ def main() -> None:
                         and (r["dataset"], r["backbone"]) == (dataset, backbone) and r["k"] in (k, "-"))
             print(f"service path check ({dataset}, {backbone}, {scoring}): ROC-AUC {via_service:.4f} vs grid {grid:.4f}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "timing": timing}, indent=2))
+
+
+def print_timing(t: dict) -> None:
+    print(f"\nverdict time, batch 1, {t['dataset']} ({t['n_train']} nominal images, {t['bank_points']} bank patches), "
+          f"{t['backbone']}: patch {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
+          f"ratio {t['ratio']:.2f}x (target <= 2x); service indexing {t['index_s']:.0f} s")
 
 
 if __name__ == "__main__":
