@@ -1,13 +1,23 @@
-"""Detection quality of each offline backbone x k on ELPV (mono, poly, combined) and Hazelnut Toy.
+"""Detection quality of each offline backbone, global (x k) and patch scoring, on ELPV and Hazelnut Toy.
 
-Train on PASS only; score the labelled test split; report image ROC-AUC, AP
-(FAIL positive) and F1-max. Each dataset is embedded once per backbone and
-every k is scored from the same embeddings with the product's own scoring
-functions; one configuration is then re-run through the full service path
-(embedded store, `NominalService.evaluate`) to show both give the same figure.
+Train on PASS only (the FULL training split); score the labelled test split;
+report image ROC-AUC, AP (FAIL positive) and F1-max. Global mode: each dataset is
+embedded once per backbone and every k is scored from the same embeddings with the
+product's own scoring functions. Patch mode (`--scoring patch`, on by default):
+the product's own `PatchMaker`, coreset sampler (batches of 32 images against the
+bank so far, as indexing does) and `PatchScorer`; plus pixel ROC-AUC where masks
+exist (Hazelnut Toy) and the memory-bank bytes per nominal image.
 
-    python benchmarks/quality.py                       # the full table (about 5 minutes on 2 cores)
+Speed: `--timing` indexes ELPV combined once through the service (patch setting,
+which also holds the global collection) and times `inspect` one image at a time
+(batch 1) in patch mode and in global mode, same store, same images.
+One configuration is re-run through the full service path (embedded store,
+`NominalService.evaluate`) to show both give the same figure.
+
+    python benchmarks/quality.py                       # the full table (about 30 minutes on 2 busy cores)
     python benchmarks/quality.py --datasets hazelnut   # a quick smoke run
+    python benchmarks/quality.py --sweep               # patch choices on ELPV poly (dim, projection, ratio, re-weighting)
+    python benchmarks/quality.py --search              # nearest-patch backends: torch matmul vs faiss vs numpy
     python benchmarks/quality.py --json results.json   # also keep the figures
 """
 
@@ -27,7 +37,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from indexing.backbones import load_backbone  # noqa: E402
 from indexing.datasets import Dataset, load_dataset  # noqa: E402
 from indexing.evaluation import compute_metrics  # noqa: E402
+from indexing.heatmap import heat_map, mask_at, pixel_roc_auc  # noqa: E402
 from indexing.images import decode  # noqa: E402
+from indexing.patch_mode import PatchConfig  # noqa: E402
+from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN  # noqa: E402
 from indexing.scoring import exact_knn  # noqa: E402
 from indexing.service import BackbonePool, NominalService  # noqa: E402
 from indexing.store import EdgeStore  # noqa: E402
@@ -50,6 +63,169 @@ def embed(backbone, images) -> np.ndarray:
 def global_scores(train: np.ndarray, test: np.ndarray, k: int) -> np.ndarray:
     distances, _ = exact_knn(train, test, k)
     return distances.mean(axis=1)
+
+
+# Images per indexing batch: the service's default batch size, so the coreset sees the same batches.
+INDEX_BATCH = 32
+# ELPV anchors from ../shared/ANCHORS.md (anomalib on the same backbones, a seeded 70/30 split).
+ANCHORS = {
+    ("elpv-mono", "efficientnet_lite0"): "PatchCore 0.945 / PaDiM 0.944 / kNN 0.939",
+    ("elpv-mono", "mobilenet_v2"): "PatchCore 0.939 / PaDiM 0.938 / kNN 0.920",
+    ("elpv-poly", "efficientnet_lite0"): "PatchCore 0.869 / PaDiM 0.895 / kNN 0.842",
+    ("hazelnut", "efficientnet_lite0"): "1.000",
+    ("hazelnut", "mobilenet_v2"): "1.000",
+}
+SWEEP = [
+    {"coreset_ratio": 0.005}, {"coreset_ratio": 0.02}, {"dim": 384}, {"reweight_k": 9}, {"projection": "pool"},
+    {}, {"dim": 128}, {"dim": 64}, {"normalise": False}, {"coreset_ratio": 0.05},
+]
+
+
+def feature_maps(backbone, images, chunk: int = 128):
+    """Stride-8 and stride-16 maps of all images, decoded and run `chunk` at a time."""
+    import torch
+
+    from indexing.backbones.base import FeatureMaps
+
+    parts = [backbone.feature_maps([decode(i) for i in images[s : s + chunk]], batch_size=32)
+             for s in range(0, len(images), chunk)]
+    return FeatureMaps(torch.cat([p.stride8 for p in parts]), torch.cat([p.stride16 for p in parts]))
+
+
+def build_bank(config: PatchConfig, maps) -> np.ndarray:
+    """The bank indexing would build: each batch's coreset taken against the bank so far."""
+    from indexing.backbones.base import FeatureMaps
+
+    maker, sampler = config.maker(), config.sampler()
+    bank = np.empty((0, config.dim), dtype=np.float32)
+    for start in range(0, len(maps.stride8), INDEX_BATCH):
+        batch = FeatureMaps(maps.stride8[start : start + INDEX_BATCH], maps.stride16[start : start + INDEX_BATCH])
+        flat = maker.patchify(batch).vectors.reshape(-1, config.dim)
+        keep = sampler.run(flat, covered=bank if len(bank) else None)
+        bank = np.concatenate([bank, flat[keep]])
+    return bank
+
+
+def patch_scores(config: PatchConfig, bank: np.ndarray, maps) -> tuple[np.ndarray, np.ndarray]:
+    """(image scores (n,), patch-distance grids (n, rows, cols)) of the test maps against a bank."""
+    from indexing.backbones.base import FeatureMaps
+
+    nn = TorchNN()
+    nn.fit(bank)
+    scorer, maker = PatchScorer(nn, reweight_k=config.reweight_k), config.maker()
+    scores, grids = [], []
+    for start in range(0, len(maps.stride8), 64):
+        patches = maker.patchify(FeatureMaps(maps.stride8[start : start + 64], maps.stride16[start : start + 64]))
+        for vectors in patches.vectors:
+            found = scorer.run(vectors)
+            scores.append(found.score)
+            grids.append(found.distances.reshape(patches.grid))
+    return np.asarray(scores), np.stack(grids)
+
+
+def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) -> list[dict]:
+    rows = []
+    for backbone_name in backbones:
+        backbone = load_backbone(backbone_name)
+        for dataset_name in datasets:
+            data: Dataset = DATASETS[dataset_name]()
+            started = time.perf_counter()
+            train_maps = feature_maps(backbone, data.train)
+            test_maps = feature_maps(backbone, [t.image for t in data.test])
+            embedded = time.perf_counter()
+            bank = build_bank(config, train_maps)
+            built = time.perf_counter()
+            scores, grids = patch_scores(config, bank, test_maps)
+            is_fail = np.array([t.is_fail for t in data.test])
+            m = compute_metrics(is_fail, scores)
+            pixel = None
+            if any(t.mask_path for t in data.test):
+                side = backbone.input_size
+                maps = [heat_map(g, g.shape, (side, side), sigma=config.sigma) for g in grids]
+                masks = [mask_at(str(t.mask_path), (side, side)) if t.mask_path else np.zeros((side, side), bool)
+                         for t in data.test]
+                pixel = pixel_roc_auc(maps, masks)
+            rows.append({
+                "dataset": dataset_name, "backbone": backbone_name, "scoring": "patch", "k": "-",
+                "roc_auc": m.roc_auc, "ap": m.average_precision, "f1_max": m.f1_max, "pixel_roc_auc": pixel,
+                "n_train": len(data.train), "n_test_pass": m.n_pass, "n_test_fail": m.n_fail,
+                "bank_rows": len(bank), "bank_bytes_per_image": bank.nbytes / len(data.train),
+                "coreset_s": built - embedded, "config": config.to_dict(),
+            })
+            print(f"  patch {backbone_name} on {dataset_name}: maps {embedded - started:.1f} s, bank {len(bank)} rows "
+                  f"in {built - embedded:.1f} s, ROC-AUC {m.roc_auc:.3f}", file=sys.stderr)
+    return rows
+
+
+def run_sweep(backbone_name: str = "efficientnet_lite0", dataset_name: str = "elpv-poly") -> list[dict]:
+    """Each patch choice in SWEEP on one dataset (maps computed once)."""
+    backbone = load_backbone(backbone_name)
+    data: Dataset = DATASETS[dataset_name]()
+    train_maps = feature_maps(backbone, data.train)
+    test_maps = feature_maps(backbone, [t.image for t in data.test])
+    is_fail = np.array([t.is_fail for t in data.test])
+    rows = []
+    for change in SWEEP:
+        config = PatchConfig(**change)
+        started = time.perf_counter()
+        bank = build_bank(config, train_maps)
+        scores, _ = patch_scores(config, bank, test_maps)
+        m = compute_metrics(is_fail, scores)
+        rows.append({"change": change, "roc_auc": m.roc_auc, "ap": m.average_precision, "f1_max": m.f1_max,
+                     "bank_rows": len(bank), "seconds": time.perf_counter() - started})
+        print(f"| {change} | {m.roc_auc:.3f} | {m.average_precision:.3f} | {m.f1_max:.3f} | {len(bank)} |", flush=True)
+    return rows
+
+
+def compare_search(bank_rows: int = 8000, dim: int = 256, queries: int = 784, repeats: int = 10) -> None:
+    """Time one image's nearest-patch search on each backend (same random bank); faiss with 1 and 2 threads."""
+    rng = np.random.default_rng(0)
+    bank = rng.standard_normal((bank_rows, dim)).astype(np.float32)
+    q = rng.standard_normal((queries, dim)).astype(np.float32)
+    backends = {"torch matmul": TorchNN(), "faiss 1 thread": FaissNN(threads=1),
+                "faiss 2 threads": FaissNN(threads=2), "numpy float64": NumpyNN()}
+    print(f"nearest-patch search, {queries} queries x {bank_rows} x {dim}-d bank, ms per image:")
+    for name, nn in backends.items():
+        if name.startswith("faiss"):
+            import faiss
+
+            faiss.omp_set_num_threads(1 if "1" in name else 2)
+        nn.fit(bank)
+        nn.run(q, 1)
+        n = repeats if "numpy" not in name else 2
+        started = time.perf_counter()
+        for _ in range(n):
+            nn.run(q, 1)
+        print(f"  {name}: {(time.perf_counter() - started) / n * 1000:.1f}")
+
+
+def verdict_timing(dataset_name: str = "elpv-combined", backbone: str = "efficientnet_lite0", n: int = 40) -> dict:
+    """Per-image `inspect` time at batch 1, patch vs global mode, on one store holding both collections."""
+    data: Dataset = DATASETS[dataset_name]()
+    probes = [t.image for t in data.test[:: max(1, len(data.test) // n)]][:n]
+    with tempfile.TemporaryDirectory() as scratch:
+        store = EdgeStore(Path(scratch) / "store")
+        try:
+            service = NominalService(store, backbones=BackbonePool())
+            service.put_setting("timing", backbone=backbone, scoring="patch")
+            started = time.perf_counter()
+            service.index("timing", data.train)
+            index_s = time.perf_counter() - started
+            times = {}
+            for mode in ("patch", "global", "patch"):  # patch twice: the first call loads the bank
+                service.put_setting("timing", scoring=mode)
+                service.inspect("timing", probes[:1])  # warm-up (model, bank, caches)
+                started = time.perf_counter()
+                for image in probes:
+                    service.inspect("timing", [image])
+                times[mode] = (time.perf_counter() - started) / len(probes) * 1000.0
+            version = service.active_version("timing")
+            patch_count = store.count(service._patch_record(version)["collection"])
+        finally:
+            store.close()
+    return {"dataset": dataset_name, "backbone": backbone, "patch_ms": times["patch"], "global_ms": times["global"],
+            "ratio": times["patch"] / times["global"], "index_s": index_s, "bank_points": patch_count,
+            "n_train": len(data.train)}
 
 
 def run_grid(datasets: list[str], backbones: list[str], ks: list[int]) -> list[dict]:
@@ -76,13 +252,13 @@ def run_grid(datasets: list[str], backbones: list[str], ks: list[int]) -> list[d
     return rows
 
 
-def service_path(dataset_name: str, backbone: str, k: int) -> float:
+def service_path(dataset_name: str, backbone: str, k: int, scoring: str = "global") -> float:
     """ROC-AUC of one configuration through the product path: embedded store + NominalService.evaluate."""
     with tempfile.TemporaryDirectory() as scratch:
         store = EdgeStore(Path(scratch) / "store")
         try:
             service = NominalService(store, backbones=BackbonePool())
-            service.put_setting("bench", backbone=backbone, k=k)
+            service.put_setting("bench", backbone=backbone, k=k, scoring=scoring)
             result = service.evaluate(DATASETS[dataset_name](), setting="bench", out_dir=Path(scratch) / "report")
         finally:
             store.close()
@@ -90,11 +266,16 @@ def service_path(dataset_name: str, backbone: str, k: int) -> float:
 
 
 def print_table(rows: list[dict]) -> None:
-    print("| dataset | backbone | scoring | k | ROC-AUC | AP | F1-max | train | test PASS | test FAIL |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
+    print("| dataset | backbone | scoring | k | ROC-AUC | AP | F1-max | pixel ROC-AUC | bank bytes/image "
+          "| train | test PASS | test FAIL | anomalib anchors (ROC-AUC) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in sorted(rows, key=lambda r: (r["dataset"], r["backbone"], r["scoring"] != "global", str(r["k"]))):
+        pixel = "-" if r.get("pixel_roc_auc") is None else f"{r['pixel_roc_auc']:.4f}"
+        size = f"{r['bank_bytes_per_image']:,.0f}" if "bank_bytes_per_image" in r else "-"
+        anchor = ANCHORS.get((r["dataset"], r["backbone"]), "-") if r["scoring"] == "patch" else ""
         print(f"| {r['dataset']} | {r['backbone']} | {r['scoring']} | {r['k']} | {r['roc_auc']:.3f} | {r['ap']:.3f} "
-              f"| {r['f1_max']:.3f} | {r['n_train']} | {r['n_test_pass']} | {r['n_test_fail']} |")
+              f"| {r['f1_max']:.3f} | {pixel} | {size} | {r['n_train']} | {r['n_test_pass']} | {r['n_test_fail']} "
+              f"| {anchor} |")
 
 
 def main() -> None:
@@ -104,20 +285,60 @@ def main() -> None:
     parser.add_argument("--ks", nargs="+", type=int, default=KS)
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
     parser.add_argument("--no-check", action="store_true", help="skip the service-path cross-check")
+    parser.add_argument("--scoring", nargs="+", default=["global", "patch"], choices=["global", "patch"])
+    parser.add_argument("--no-timing", action="store_true", help="skip the patch vs global verdict timing")
+    parser.add_argument("--sweep", action="store_true", help="only the patch-choice sweep on ELPV poly")
+    parser.add_argument("--search", action="store_true", help="only the nearest-patch search backends")
+    parser.add_argument("--timing-only", action="store_true", help="only the patch vs global verdict timing")
     args = parser.parse_args()
 
-    rows = run_grid(args.datasets, args.backbones, args.ks)
+    if args.search:
+        compare_search()
+        return
+    if args.timing_only:
+        print_timing(verdict_timing(backbone=args.backbones[0]))
+        return
+    if args.sweep:
+        print("| change from the default PatchConfig | ROC-AUC | AP | F1-max | bank rows |")
+        print("| --- | --- | --- | --- | --- |")
+        rows = run_sweep()
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=2))
+        return
+    timing = None
+    rows = run_grid(args.datasets, args.backbones, args.ks) if "global" in args.scoring else []
+    if "patch" in args.scoring:
+        rows += run_patch(args.datasets, args.backbones, PatchConfig())
     print_table(rows)
+    for dataset in args.datasets:
+        for backbone in args.backbones:
+            mine = [r for r in rows if (r["dataset"], r["backbone"]) == (dataset, backbone)]
+            best_global = max((r["roc_auc"] for r in mine if r["scoring"] == "global"), default=None)
+            patch = next((r["roc_auc"] for r in mine if r["scoring"] == "patch"), None)
+            if best_global is not None and patch is not None:
+                print(f"{dataset} {backbone}: patch {patch:.3f} vs best global {best_global:.3f} "
+                      f"({'patch better' if patch > best_global else 'global better or equal'})")
+    if not args.no_timing and "patch" in args.scoring:
+        timing = verdict_timing(backbone=args.backbones[0])
+        print_timing(timing)
     best = max((r for r in rows if r["dataset"] == "elpv-combined"), key=lambda r: r["roc_auc"], default=None)
     if best:
         print(f"\nbest on ELPV combined: {best['backbone']} k={best['k']} ROC-AUC {best['roc_auc']:.3f}")
     if not args.no_check:
         dataset, backbone, k = args.datasets[-1], args.backbones[0], args.ks[0]
-        via_service = service_path(dataset, backbone, k)
-        grid = next(r["roc_auc"] for r in rows if (r["dataset"], r["backbone"], r["k"]) == (dataset, backbone, k))
-        print(f"service path check ({dataset}, {backbone}, k={k}): ROC-AUC {via_service:.4f} vs grid {grid:.4f}")
+        for scoring in args.scoring:
+            via_service = service_path(dataset, backbone, k, scoring)
+            grid = next(r["roc_auc"] for r in rows if r.get("scoring") == scoring
+                        and (r["dataset"], r["backbone"]) == (dataset, backbone) and r["k"] in (k, "-"))
+            print(f"service path check ({dataset}, {backbone}, {scoring}): ROC-AUC {via_service:.4f} vs grid {grid:.4f}")
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+        args.json.write_text(json.dumps({"rows": rows, "timing": timing}, indent=2))
+
+
+def print_timing(t: dict) -> None:
+    print(f"\nverdict time, batch 1, {t['dataset']} ({t['n_train']} nominal images, {t['bank_points']} bank patches), "
+          f"{t['backbone']}: patch {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
+          f"ratio {t['ratio']:.2f}x (target <= 2x); service indexing {t['index_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,8 @@ from indexing.errors import (
     UnknownSetting,
 )
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
+from indexing.patch_bank import BankCache
+from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
@@ -47,7 +49,7 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
-from indexing.verdicts import Verdict, decide
+from indexing.verdicts import HeatMap, Verdict, decide
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
 Progress = Callable[[str, int, int], None]
@@ -90,6 +92,7 @@ class EvaluationResult:
     scores: np.ndarray
     is_fail: np.ndarray
     files: dict[str, Path]
+    pixel_roc_auc: float | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,9 @@ class NominalService:
         default_backbone: used when a new setting names none.
         max_pixels: decoded-size limit per image (decompression bombs).
         batch_size: images per forward pass.
+        patch_config: the patch recipe new patch banks are built with (existing
+            banks keep the recipe recorded with their version).
+        bank_cache: loaded patch banks; share one per process.
     """
 
     def __init__(
@@ -149,8 +155,12 @@ class NominalService:
         default_backbone: str = DEFAULT_BACKBONE,
         max_pixels: int = DEFAULT_MAX_PIXELS,
         batch_size: int = 32,
+        patch_config: PatchConfig | None = None,
+        bank_cache: BankCache | None = None,
     ) -> None:
         self.store = store
+        self.patch_config = patch_config or PatchConfig()
+        self.patches = PatchIndex(store, cache=bank_cache)
         self.backbones = backbones or BackbonePool()
         self.default_backbone = default_backbone
         self.max_pixels = max_pixels
@@ -212,10 +222,12 @@ class NominalService:
         """Remove a setting with every collection version and calibration it owns."""
         self.get_setting(name)
         with self._settings_lock:
-            self.store.delete_alias(alias_name(name))
-            for version in self.versions(name):
-                self.store.delete_collection(version.collection)
-                self.store.delete_record(VERSION_KIND, version.collection)
+            for kind in ("global", "patch"):
+                self.store.delete_alias(alias_name(name, kind=kind))
+                for version in self.versions(name, kind=kind):
+                    self.store.delete_collection(version.collection)
+                    self.store.delete_record(VERSION_KIND, version.collection)
+            self.patches.cache.forget(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
                     self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
@@ -232,9 +244,13 @@ class NominalService:
 
     # ----------------------------------------------------------------- versions
 
-    def versions(self, name: str) -> list[CollectionVersion]:
+    def versions(self, name: str, *, kind: str = "global") -> list[CollectionVersion]:
+        """Versions of one kind: "global" (image vectors) or "patch" (patch banks, same numbers)."""
         prefix = f"nominal__{name}__"
-        records = [r for r in self.store.list_records(VERSION_KIND) if r.get("setting") == name]
+        records = [
+            r for r in self.store.list_records(VERSION_KIND)
+            if r.get("setting") == name and r.get("kind", "global") == kind
+        ]
         found = [CollectionVersion.from_dict(r) for r in records if r["collection"].startswith(prefix)]
         return sorted(found, key=lambda v: v.version)
 
@@ -246,9 +262,15 @@ class NominalService:
         return CollectionVersion.from_dict(record) if record else None
 
     def begin_version(self, name: str, *, backbone: str | None = None) -> CollectionVersion:
-        """Create the next, empty, not yet active collection version of a setting."""
+        """Create the next, empty, not yet active collection version of a setting.
+
+        A patch-scoring setting also gets the patch collection of the same number;
+        `index_into` fills both and `activate` switches both.
+        """
         setting = self.get_setting(name)
         model = self.backbones.get(backbone or setting.backbone)
+        if setting.scoring == "patch":
+            model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
         with self._settings_lock:
             number = max((v.version for v in self.versions(name)), default=0) + 1
             version = CollectionVersion(
@@ -261,6 +283,15 @@ class NominalService:
             )
             self.store.create_collection(version.collection, model.dim)
             self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
+            if setting.scoring == "patch":
+                patch = CollectionVersion.from_dict({
+                    **version.to_dict(), "kind": "patch", "dim": self.patch_config.dim,
+                    "collection": collection_name(name, model.name, number, kind="patch"),
+                })
+                self.store.create_collection(patch.collection, patch.dim)
+                self.store.put_record(
+                    VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": self.patch_config.to_dict()}
+                )
         return version
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
@@ -272,8 +303,14 @@ class NominalService:
                 f"expected {expected_count}: not activated"
             )
         ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+        patch = self._patch_record(version)
         with self._settings_lock:
             self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
+            if patch is not None:
+                collection = patch["collection"]
+                patch = {**patch, "state": "ready", "count": self.store.count(collection)}
+                self.store.put_record(VERSION_KIND, collection, patch)
+                self.store.set_alias(alias_name(version.setting, kind="patch"), collection)
             self.store.set_alias(alias_name(version.setting), version.collection)
             setting = self.get_setting(version.setting)
             if setting.backbone != version.backbone:
@@ -395,10 +432,13 @@ class NominalService:
     ) -> IndexResult:
         """Embed and upsert images into one collection version, batch by batch."""
         backbone = self.backbone_for(version)
+        patch = self._patch_record(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
         for batch in self._decoded_batches(images, skip_bad=skip_bad):
             embedded = self._embed_decoded(version.setting, backbone, batch)
+            if patch is not None:
+                self._extend_patches(version, patch, backbone, batch)
             if embedded.points:
                 self.store.upsert(version.collection, embedded.points)
             indexed += len(embedded.points)
@@ -413,6 +453,22 @@ class NominalService:
             count=self.store.count(version.collection),
         )
 
+    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: "_Decoded") -> None:
+        """Add a batch's new images to the patch bank; images already in the version are left out,
+        so re-indexing an image never adds its patches twice."""
+        decoded, kept, _ = batch
+        present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
+        fresh = {}
+        for image, pixels in zip(kept, decoded):
+            if image.id not in present and image.id not in fresh:
+                fresh[image.id] = (image, pixels)
+        if fresh:
+            images, pixels = zip(*fresh.values())
+            self.patches.extend(
+                version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
+                backbone, list(images), list(pixels), batch_size=self.batch_size,
+            )
+
     def delete_image(self, name: str, image_id: str) -> bool:
         """Drop one nominal image from the active version; False if it was not there."""
         self.get_setting(name)
@@ -421,6 +477,9 @@ class NominalService:
             return False
         self.store.delete_points(version.collection, [image_id])
         self._refresh_count(version)
+        patch = self._patch_record(version)
+        if patch is not None:
+            self.patches.forget_image(name, patch["collection"], image_id)
         return True
 
     def nominal_image(self, name: str, image_id: str) -> Point | None:
@@ -441,12 +500,22 @@ class NominalService:
         hits = self.store.search(version.collection, vectors, k + 1)
         return [without_self(found, image.id, k) for image, found in zip(images, hits)]
 
-    def inspect(self, name: str, images: Sequence[ImageInput], *, k: int | None = None) -> list[Verdict]:
-        """Score each image against the active nominal set and apply the latest calibration."""
+    def inspect(
+        self, name: str, images: Sequence[ImageInput], *, k: int | None = None, heatmap: bool = False
+    ) -> list[Verdict]:
+        """Score each image against the active nominal set and apply the latest calibration.
+
+        A patch-scoring setting scores by the largest patch distance; its
+        neighbours are the nominal images holding the patches closest to the most
+        anomalous patch, and `heatmap=True` adds each image's heat map (raw grid and
+        PNG overlay). A global setting ignores `heatmap`.
+        """
         started = time.perf_counter()
         setting = self.get_setting(name)
         k = k or setting.k
         version = self._require_active(name)
+        if setting.scoring == "patch":
+            return self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
         calibration = self._usable_calibration(setting, version)
         vectors = self._embed_for(version, images)
         hits = self.store.search(version.collection, vectors, k + 1)
@@ -470,10 +539,61 @@ class NominalService:
             )
         return verdicts
 
+    def _inspect_patch(
+        self,
+        setting: MachineSetting,
+        version: CollectionVersion,
+        images: Sequence[ImageInput],
+        *,
+        k: int,
+        heatmap: bool,
+        started: float,
+    ) -> list[Verdict]:
+        calibration = self._usable_calibration(setting, version)
+        if not images:
+            raise BadImage("request", "no images given")
+        decoded, _, _ = self._decode_all(images, skip_bad=False)
+        results = self._patch_results(setting.name, version, images, decoded, neighbours=k, maps=heatmap)
+        elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
+        verdicts = []
+        for image, pixels, found in zip(images, decoded, results):
+            outcome, threshold, calibration_id = decide(found.score, calibration)
+            heat = None
+            if heatmap and found.heat is not None:
+                heat = HeatMap.build(found, pixels, threshold=threshold)
+            verdicts.append(
+                Verdict(
+                    source=image.source,
+                    image_id=image.id,
+                    verdict=outcome,
+                    score=found.score,
+                    threshold=threshold,
+                    calibration_id=calibration_id,
+                    neighbours=found.neighbours,
+                    elapsed_ms=elapsed_ms,
+                    heatmap=heat,
+                )
+            )
+        return verdicts
+
     def scores(self, name: str, images: Sequence[ImageInput], *, progress: Progress = _no_progress) -> np.ndarray:
-        """kNN scores of many images, in batches (leave-one-out for stored images)."""
+        """Scores of many images, in batches (leave-one-out for stored images): kNN or largest patch distance."""
+        return np.asarray([score for score, _ in self._scored(name, images, progress=progress)], dtype=np.float64)
+
+    def _scored(
+        self, name: str, images: Sequence[ImageInput], *, maps: bool = False, progress: Progress = _no_progress
+    ) -> list[tuple[float, PatchResult | None]]:
+        """(score, patch result or None in global mode) per image, in input order."""
         setting = self.get_setting(name)
         version = self._require_active(name)
+        if setting.scoring == "patch":
+            found: list[tuple[float, PatchResult | None]] = []
+            progress("scoring", 0, len(images))
+            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+                for result in self._patch_results(name, version, kept, decoded, neighbours=0, maps=maps):
+                    found.append((result.score, result))
+                progress("scoring", len(found), len(images))
+            return found
         backbone = self.backbone_for(version)
         out: list[float] = []
         progress("scoring", 0, len(images))
@@ -484,12 +604,23 @@ class NominalService:
                 near = without_self(found, image.id, setting.k)
                 out.append(knn_score([n.distance for n in near], setting.k))
             progress("scoring", len(out), len(images))
-        return np.asarray(out, dtype=np.float64)
+        return [(score, None) for score in out]
 
     def nominal_scores(self, name: str, *, progress: Progress = _no_progress) -> np.ndarray:
-        """Leave-one-out scores of the stored nominal images against the rest, without re-embedding."""
+        """Leave-one-out scores of the stored nominal images against the rest, without re-embedding.
+
+        In patch mode only each image's stored (coreset) patches can be scored, which
+        approximates its score (see `PatchIndex.nominal_scores`); give PASS images to
+        `calibrate` for an exact calibration.
+        """
         setting = self.get_setting(name)
         version = self._require_active(name)
+        if setting.scoring == "patch":
+            patch = self._require_patch(version)
+            progress("scoring nominal set", 0, 1)
+            scores = self.patches.nominal_scores(name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")))
+            progress("scoring nominal set", 1, 1)
+            return scores
         total = self.store.count(version.collection)
         out: list[float] = []
         progress("scoring nominal set", 0, total)
@@ -537,7 +668,7 @@ class NominalService:
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
             )
         result = calibrate(
-            pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=version.collection
+            pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=self._scored_collection(name, version)
         )
         return self.save_calibration(name, result)
 
@@ -589,20 +720,35 @@ class NominalService:
         The setting (backbone, k) must exist; its nominal set becomes the
         dataset's training images. The threshold is calibrated on the test set
         itself, which is optimistic; ROC-AUC and AP do not depend on it.
+
+        In patch mode the report also holds `heatmaps/` (one PNG overlay per test
+        image) and, where the dataset has defect masks (MVTec ground truth; good
+        images count as all-zero masks), the pixel ROC-AUC in metrics.json's extra.
         """
         started = time.perf_counter()
         self.index(setting, dataset.train, progress=progress)
         test_images = [t.image for t in dataset.test]
-        scores = self.scores(setting, test_images, progress=progress)
+        scored = self._scored(setting, test_images, progress=progress)
+        scores = np.asarray([score for score, _ in scored], dtype=np.float64)
         is_fail = np.array([t.is_fail for t in dataset.test], dtype=bool)
         version = self._require_active(setting)
         result = calibrate(
             scores[~is_fail], scores[is_fail], policy,
-            backbone=version.backbone_identity, collection=version.collection,
+            backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
         )
         self.save_calibration(setting, result)
         metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
         configured = self.get_setting(setting)
+        heat_files: dict[str, Path] = {}
+        pixel_auc: float | None = None
+        if configured.scoring == "patch":
+            patch = self._require_patch(version)
+            pixel_auc, heat_files = write_heatmaps(
+                Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
+                size=self.backbone_for(version).input_size,
+                sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
+                threshold=result.threshold, max_pixels=self.max_pixels, progress=progress,
+            )
         extra = {
             "dataset": dataset.name,
             "backbone": version.backbone_identity,
@@ -612,9 +758,16 @@ class NominalService:
             "groups": sorted({t.group for t in dataset.test}),
             "seconds": round(time.perf_counter() - started, 2),
         }
+        if configured.scoring == "patch":
+            extra["pixel_roc_auc"] = pixel_auc
+            extra["heatmaps"] = len(heat_files)
         paths = write_report(
             out_dir,
-            title=f"{dataset.name}: {configured.scoring} kNN (k={configured.k}) with {version.backbone}",
+            title=(
+                f"{dataset.name}: patch scoring (PatchCore-style) with {version.backbone}"
+                if configured.scoring == "patch"
+                else f"{dataset.name}: {configured.scoring} kNN (k={configured.k}) with {version.backbone}"
+            ),
             is_fail=is_fail,
             scores=scores,
             names=[image.source for image in test_images],
@@ -622,16 +775,63 @@ class NominalService:
             metrics=metrics,
             extra=extra,
         )
-        return EvaluationResult(metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths)
+        if heat_files:
+            paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
+        return EvaluationResult(
+            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc
+        )
 
     # ----------------------------------------------------------------- internals
 
     def _usable_calibration(self, setting: MachineSetting, version: CollectionVersion) -> Calibration | None:
-        """The latest calibration, if it was made on vectors of this version's backbone."""
+        """The latest calibration, if it was made on this backbone's vectors in the current scoring mode.
+
+        Global and patch scores have different scales, so a calibration made in one
+        mode is never applied in the other (its collection name says which).
+        """
         calibration = self.latest_calibration(setting.name)
         if calibration is None or calibration.backbone != version.backbone_identity:
             return None
+        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
+            return None
         return calibration
+
+    def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
+        """The patch collection's version record for a global version, or None (a global-only version)."""
+        name = collection_name(version.setting, version.backbone, version.version, kind="patch")
+        return self.store.get_record(VERSION_KIND, name)
+
+    def _require_patch(self, version: CollectionVersion) -> dict[str, Any]:
+        patch = self._patch_record(version)
+        if patch is None:
+            raise EmptyCollection(
+                f"setting {version.setting!r} scores by patches but version {version.version} has no patch bank "
+                "(it was built while the setting scored globally): re-index the setting to build one"
+            )
+        return patch
+
+    def _scored_collection(self, name: str, version: CollectionVersion) -> str:
+        """The collection a score of this setting comes from: the patch bank in patch mode."""
+        if self.get_setting(name).scoring == "patch":
+            return self._require_patch(version)["collection"]
+        return version.collection
+
+    def _patch_results(
+        self,
+        name: str,
+        version: CollectionVersion,
+        images: Sequence[ImageInput],
+        decoded: Sequence[Image.Image],
+        *,
+        neighbours: int,
+        maps: bool,
+    ) -> list[PatchResult]:
+        patch = self._require_patch(version)
+        return self.patches.score(
+            name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
+            self.backbone_for(version), images, decoded,
+            neighbours=neighbours, maps=maps, batch_size=self.batch_size,
+        )
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)

@@ -3,12 +3,42 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from indexing.calibration import Calibration, apply_threshold
 from indexing.store.base import Neighbour
 
+if TYPE_CHECKING:
+    from PIL import Image
+
+    from indexing.patch_mode import PatchResult
+
 Outcome = Literal["PASS", "FAIL", "UNCALIBRATED"]
+
+
+@dataclass(frozen=True)
+class HeatMap:
+    """Where an image differs from every nominal image (patch scoring only).
+
+    Attributes:
+        grid: rows x cols nearest-nominal-patch distance of each patch (the raw
+            map, before upsampling and smoothing), as lists of floats.
+        worst: (row, col) of the most anomalous patch in `grid`.
+        png: the smoothed map coloured over the image, PNG bytes (see
+            `indexing.heatmap.overlay_png` for the colour scale).
+    """
+
+    grid: list[list[float]]
+    worst: tuple[int, int]
+    png: bytes
+
+    @classmethod
+    def build(cls, found: "PatchResult", image: "Image.Image", *, threshold: float | None) -> "HeatMap":
+        from indexing.heatmap import overlay_png
+
+        assert found.heat is not None, "build needs a PatchResult scored with maps=True"
+        png = overlay_png(image, found.heat, threshold=threshold)
+        return cls(grid=found.grid.astype(float).round(6).tolist(), worst=found.worst, png=png)
 
 
 @dataclass(frozen=True)
@@ -27,6 +57,7 @@ class Verdict:
     calibration_id: str | None
     neighbours: list[Neighbour] = field(default_factory=list)
     elapsed_ms: float = 0.0
+    heatmap: HeatMap | None = None
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:

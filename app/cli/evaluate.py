@@ -16,6 +16,11 @@ from indexing.datasets import load_dataset
 from indexing.store import EdgeStore
 
 
+class Scoring(str, Enum):
+    global_ = "global"
+    patch = "patch"
+
+
 class Layout(str, Enum):
     mvtec = "mvtec"
     folders = "folders"
@@ -29,6 +34,7 @@ def evaluate(
     layout: Annotated[Layout, typer.Option(help="mvtec: train/good, test/good, test/<defect>; folders: pass/, fail/; elpv: the elpv-dataset package.")] = Layout.mvtec,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: NOMINAL_BACKBONE or the built-in default).")] = None,
     k: Annotated[int, typer.Option(min=1, help="Nearest nominal neighbours averaged into the score.")] = 1,
+    scoring: Annotated[Scoring, typer.Option(help="global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps.")] = Scoring.global_,
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
     policy: Annotated[str, typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`).")] = "f1",
     json_out: JsonOpt = False,
@@ -38,13 +44,17 @@ def evaluate(
     PASS training images are indexed into a scratch store (your own store is not
     touched), every test image is scored, a threshold is calibrated on the test
     set, and ROC-AUC, AP (FAIL positive), F1-max and a confusion matrix are
-    written with plots to --out.
+    written with plots to --out. With --scoring patch, heat-map PNGs of every
+    test image go to --out/heatmaps/, and the pixel ROC-AUC is reported where
+    the dataset has defect masks (MVTec ground_truth).
 
     Examples:
 
       nominal evaluate tests/fixtures/hazelnut_toy --layout mvtec --out report/
 
       nominal evaluate elpv --layout elpv --subset poly --k 3 --out report-poly/
+
+      nominal evaluate tests/fixtures/hazelnut_toy --scoring patch --out report-patch/
     """
     out = Output(json_mode=json_out)
     config = state(ctx).config
@@ -53,13 +63,13 @@ def evaluate(
         store = EdgeStore(Path(scratch) / "store")
         try:
             service = build_service(config, store, backbone_pool(config))
-            service.put_setting("evaluation", backbone=backbone or config.backbone, k=k)
+            service.put_setting("evaluation", backbone=backbone or config.backbone, k=k, scoring=scoring.value)
             with out.progress() as bars:
                 result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy, progress=bars)
         finally:
             store.close()
     m = result.metrics
-    out.data({"metrics": m, "calibration": result.calibration, "files": result.files})
+    out.data({"metrics": m, "calibration": result.calibration, "files": result.files, "pixel_roc_auc": result.pixel_roc_auc})
     for warning in result.calibration.warnings:
         out.warn(warning)
     out.table(
@@ -69,4 +79,7 @@ def evaluate(
     )
     c = m.confusion
     out.line(f"confusion: TP {c['tp']}  FP {c['fp']}  TN {c['tn']}  FN {c['fn']}")
+    if scoring is Scoring.patch:
+        pixel = "n/a (no masks)" if result.pixel_roc_auc is None else f"{result.pixel_roc_auc:.3f}"
+        out.line(f"pixel ROC-AUC: {pixel}; heat maps: {Path(out_dir) / 'heatmaps'}")
     out.line(f"report: {Path(out_dir) / 'report.md'}")

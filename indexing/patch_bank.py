@@ -1,0 +1,175 @@
+"""The patch memory bank: kept patch vectors, where each came from, and its search index.
+
+In the store a bank is a "patch" collection (one per setting, backbone and version,
+named by `collection_name(..., kind="patch")`); each point is one kept patch whose
+payload names its source image and grid position. Point ids are uuid5 of the image
+id and the patch index, so storing the same image's patch twice overwrites it.
+
+In memory a bank is a `PatchBank`: the vectors, their owners, and a fitted search
+backend. `BankCache` loads a bank from the store once per collection and keeps it;
+a setting whose alias moves to another collection gets the new bank on its next
+request (the cache key is the collection name, one entry per setting).
+
+The store keeps cosine collections, which normalise vectors on insert, so each
+point also records its vector's norm and the bank is rebuilt at the original
+length; patch vectors need not be unit length.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from indexing.patch_search import NearestNeighbours, default_nn
+from indexing.store.base import Point, VectorStore
+
+# uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
+PATCH_NAMESPACE = uuid.UUID("6b0f0f52-4f53-4c2a-9a43-1c3f7f1d2e55")
+
+
+def patch_point_id(image_id: str, patch: int) -> str:
+    """Deterministic point id of patch `patch` of image `image_id`."""
+    return str(uuid.uuid5(PATCH_NAMESPACE, f"{image_id}:{patch}"))
+
+
+def patch_points(image_id: str, source: str, vectors: np.ndarray, kept: np.ndarray, grid: tuple[int, int]) -> list[Point]:
+    """Points for the kept patches of one image.
+
+    Args:
+        image_id: the image's content id (its global point id).
+        source: where the image came from, shown with neighbours.
+        vectors: (P, d) all patch vectors of the image.
+        kept: indices of the patches to store.
+        grid: (rows, cols) of the patch grid.
+    """
+    cols = grid[1]
+    points = []
+    for patch in kept.tolist():
+        vector = vectors[patch]
+        norm = float(np.linalg.norm(vector))
+        payload = {
+            "image_id": image_id, "source": source, "patch": patch,
+            "row": patch // cols, "col": patch % cols, "norm": norm,
+        }
+        points.append(Point(id=patch_point_id(image_id, patch), vector=vector, payload=payload))
+    return points
+
+
+class PatchBank:
+    """Bank rows in memory with who owns them, searchable through `nn`.
+
+    Attributes:
+        vectors: (m, d) float32 rows, in search-index order.
+        image_ids: owner image id of each row.
+        patches: (m,) grid index of each row in its image.
+        cells: (m, 2) grid (row, col) of each row in its image.
+        sources: image id -> source, for neighbours.
+        nn: the fitted search backend over `vectors`.
+    """
+
+    def __init__(self, dim: int, nn: NearestNeighbours) -> None:
+        self.dim = dim
+        self.vectors = np.empty((0, dim), dtype=np.float32)
+        self.image_ids: list[str] = []
+        self.patches = np.empty(0, dtype=np.int64)
+        self.cells = np.empty((0, 2), dtype=np.int64)
+        self.sources: dict[str, str] = {}
+        self.nn = nn
+        self._rows: dict[str, list[int]] = {}
+        self.lock = threading.RLock()
+
+    def __len__(self) -> int:
+        return len(self.image_ids)
+
+    def holds(self, image_id: str) -> bool:
+        return image_id in self._rows
+
+    def rows_of(self, image_id: str) -> list[int]:
+        """Bank rows owned by an image (empty when it is not a nominal image)."""
+        return self._rows.get(image_id, [])
+
+    def add(self, points: Sequence[Point]) -> None:
+        """Append stored points (their vectors rescaled to the recorded norm)."""
+        if not points:
+            return
+        rows = np.stack([_original(p) for p in points]).astype(np.float32)
+        with self.lock:
+            start = len(self.image_ids)
+            for offset, point in enumerate(points):
+                owner = point.payload["image_id"]
+                self.image_ids.append(owner)
+                self._rows.setdefault(owner, []).append(start + offset)
+                self.sources[owner] = point.payload.get("source", owner)
+            self.patches = np.concatenate([self.patches, [int(p.payload["patch"]) for p in points]])
+            cells = np.array([[int(p.payload["row"]), int(p.payload["col"])] for p in points], dtype=np.int64)
+            self.cells = np.concatenate([self.cells, cells])
+            self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
+            self.nn.add(rows)
+
+    def bytes_used(self) -> int:
+        """Bytes of the in-memory vectors (the search index holds one more copy on a CPU)."""
+        return int(self.vectors.nbytes)
+
+
+def _original(point: Point) -> np.ndarray:
+    vector = np.asarray(point.vector, dtype=np.float32)
+    norm = point.payload.get("norm")
+    if norm is None:
+        return vector
+    length = float(np.linalg.norm(vector))
+    return vector * (norm / length) if length > 0 else vector
+
+
+def load_bank(store: VectorStore, collection: str, dim: int, nn: NearestNeighbours) -> PatchBank:
+    """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
+    bank = PatchBank(dim, nn)
+    batch: list[Point] = []
+    for point in store.scroll(collection, with_vectors=True, batch_size=4096):
+        batch.append(point)
+        if len(batch) == 4096:
+            bank.add(batch)
+            batch = []
+    bank.add(batch)
+    return bank
+
+
+class BankCache:
+    """One loaded bank per setting, keyed by the collection it was loaded from.
+
+    Args:
+        nn_factory: builds a fresh search backend for each bank loaded.
+    """
+
+    def __init__(self, nn_factory: Callable[[], NearestNeighbours] = default_nn) -> None:
+        self._nn_factory = nn_factory
+        self._banks: dict[str, tuple[str, PatchBank]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, store: VectorStore, setting: str, collection: str, dim: int) -> PatchBank:
+        """The bank of `collection`, loaded on first use; a setting's older collection is dropped."""
+        with self._lock:
+            cached = self._banks.get(setting)
+            if cached is not None and cached[0] == collection:
+                return cached[1]
+            bank = load_bank(store, collection, dim, self._nn_factory())
+            self._banks[setting] = (collection, bank)
+            return bank
+
+    def peek(self, setting: str, collection: str) -> PatchBank | None:
+        """The cached bank of `collection`, or None when it is not loaded."""
+        with self._lock:
+            cached = self._banks.get(setting)
+            return cached[1] if cached is not None and cached[0] == collection else None
+
+    def forget(self, setting: str) -> None:
+        with self._lock:
+            self._banks.pop(setting, None)
+
+    def loaded(self) -> dict[str, Any]:
+        """setting -> collection currently cached (for tests and status)."""
+        with self._lock:
+            return {setting: entry[0] for setting, entry in self._banks.items()}

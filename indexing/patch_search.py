@@ -1,0 +1,330 @@
+"""Nearest-patch search over a memory bank, and the PatchCore image score built on it.
+
+Search and scoring are kept apart (PatchCore's `FaissNN` / `NearestNeighbourScorer`):
+a backend answers "which bank rows are nearest to these queries" with a few verbs
+(`fit`, `add`, `run`, `reconstruct`, `reset`); `PatchScorer` turns the answers into
+an image score and a patch-distance grid and is handed the backend it searches with.
+
+Backends, all exact, all Euclidean (not squared) distances:
+
+- `TorchNN`: one matrix product per block of queries (||q||^2 + ||b||^2 - 2 q.b)
+  then a min/top-k. The CPU default: on the 2-core machines, 784 queries (one
+  224 px image) against 8,000 x 128-d bank rows take about 20-40 ms, faiss
+  `IndexFlatL2` 150-210 ms with 1 or 2 OpenMP threads (benchmarks/quality.py
+  `--search` prints the comparison).
+- `FaissNN`: faiss `IndexFlatL2`; the default when faiss sees a GPU.
+- `NumpyNN`: float64 numpy, chunked; the reference the others are tested against.
+
+`default_nn()` makes that choice in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from indexing.errors import EmptyCollection
+
+# Bank rows' nearest neighbours the PatchCore re-weighting looks at (anomalib uses 9).
+DEFAULT_REWEIGHT_K = 0
+
+
+class NearestNeighbours(Protocol):
+    def fit(self, bank: np.ndarray) -> None: ...
+
+    def add(self, rows: np.ndarray) -> None: ...
+
+    def run(
+        self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def reconstruct(self, row: int) -> np.ndarray: ...
+
+    def reset(self) -> None: ...
+
+    @property
+    def size(self) -> int: ...
+
+
+def _empty() -> EmptyCollection:
+    return EmptyCollection("the patch memory bank is empty: index PASS images into a setting with scoring=patch first")
+
+
+class FaissNN:
+    """Exact L2 nearest neighbours with faiss (`IndexFlatL2`), on the GPU when faiss has one.
+
+    Args:
+        threads: OpenMP threads faiss may use (process-wide faiss setting).
+        gpu: use a GPU index; None means "when faiss sees a GPU".
+    """
+
+    def __init__(self, *, threads: int = 1, gpu: bool | None = None) -> None:
+        import faiss
+
+        self._faiss = faiss
+        faiss.omp_set_num_threads(threads)
+        self._gpu = faiss.get_num_gpus() > 0 if gpu is None else gpu
+        self._index = None
+        self._dim = 0
+
+    def fit(self, bank: np.ndarray) -> None:
+        """Replace the index with `bank` (m, d) float32 rows."""
+        bank = np.ascontiguousarray(bank, dtype=np.float32)
+        self.reset()
+        self._dim = bank.shape[1]
+        index = self._faiss.IndexFlatL2(self._dim)
+        if self._gpu:
+            index = self._faiss.index_cpu_to_gpu(self._faiss.StandardGpuResources(), 0, index)
+        self._index = index
+        self.add(bank)
+
+    def add(self, rows: np.ndarray) -> None:
+        """Append rows; they get the next row numbers."""
+        if self._index is None:
+            self.fit(rows)
+            return
+        self._index.add(np.ascontiguousarray(rows, dtype=np.float32))
+
+    def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The k nearest bank rows of each query.
+
+        Args:
+            queries: (n, d) float32.
+            k: neighbours per query (clipped to the searchable rows).
+            exclude: bank rows to ignore (leave-one-out: the query image's own patches).
+
+        Returns:
+            (distances (n, k) float32 Euclidean, indices (n, k) int64), nearest first.
+
+        Raises:
+            EmptyCollection: the bank is empty, or every row is excluded.
+        """
+        excluded = 0 if exclude is None else len(exclude)
+        if self.size - excluded <= 0:
+            raise _empty()
+        k = min(k, self.size - excluded)
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if excluded and not self._gpu:
+            selector = self._faiss.IDSelectorNot(self._faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64)))
+            sq, idx = self._index.search(queries, k, params=self._faiss.SearchParameters(sel=selector))
+        elif excluded:
+            # GPU indexes take no selector: over-fetch and drop the excluded rows.
+            sq, idx = self._index.search(queries, min(self.size, k + excluded))
+            sq, idx = _drop(sq, idx, exclude, k)
+        else:
+            sq, idx = self._index.search(queries, k)
+        return np.sqrt(np.maximum(sq, 0.0)), idx
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        """Bank row `row` as stored, (d,) float32."""
+        return self._index.reconstruct(int(row))
+
+    def reset(self) -> None:
+        if self._index is not None:
+            self._index.reset()
+        self._index = None
+
+    @property
+    def size(self) -> int:
+        return 0 if self._index is None else int(self._index.ntotal)
+
+
+class TorchNN:
+    """Exact L2 nearest neighbours as blocked float32 matrix products (torch's BLAS).
+
+    Args:
+        block: bank rows x queries per product is kept under this many floats (memory bound).
+    """
+
+    def __init__(self, *, block: int = 1 << 24) -> None:
+        # (bank rows, their squared norms), swapped as one tuple so a search running
+        # while `add` extends the bank sees the old bank or the new one, never a mix.
+        self._state = (torch.empty((0, 0)), torch.empty(0))
+        self._block = block
+
+    def fit(self, bank: np.ndarray) -> None:
+        rows = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32).copy())
+        self._state = (rows, (rows * rows).sum(dim=1))
+
+    def add(self, rows: np.ndarray) -> None:
+        if self.size == 0:
+            self.fit(rows)
+            return
+        bank, norms = self._state
+        extra = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32).copy())
+        self._state = (torch.cat([bank, extra]), torch.cat([norms, (extra * extra).sum(dim=1)]))
+
+    def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as `FaissNN.run`."""
+        bank, norms = self._state
+        size = int(bank.shape[0])
+        banned = torch.as_tensor(np.unique(np.asarray(list(exclude or ()), dtype=np.int64)))
+        if size - banned.numel() <= 0:
+            raise _empty()
+        k = min(k, size - banned.numel())
+        q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+        step = max(1, self._block // max(size, 1))
+        out_d = torch.empty((len(q), k))
+        out_i = torch.empty((len(q), k), dtype=torch.int64)
+        with torch.inference_mode():
+            for start in range(0, len(q), step):
+                part = q[start : start + step]
+                sq = torch.addmm(norms[None, :], part, bank.T, alpha=-2.0)
+                sq += (part * part).sum(dim=1, keepdim=True)
+                if banned.numel():
+                    sq[:, banned] = float("inf")
+                if k == 1:
+                    d, i = sq.min(dim=1, keepdim=True)
+                else:
+                    d, i = sq.topk(k, dim=1, largest=False)
+                out_d[start : start + step] = d
+                out_i[start : start + step] = i
+        return out_d.clamp_(min=0.0).sqrt_().numpy(), out_i.numpy()
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        return self._state[0][int(row)].numpy().copy()
+
+    def reset(self) -> None:
+        self._state = (torch.empty((0, 0)), torch.empty(0))
+
+    @property
+    def size(self) -> int:
+        return int(self._state[0].shape[0])
+
+
+def default_nn() -> NearestNeighbours:
+    """faiss on a GPU when faiss sees one, else `TorchNN` (measured faster than faiss on CPU here)."""
+    try:
+        import faiss
+    except ImportError:
+        return TorchNN()
+    return FaissNN() if faiss.get_num_gpus() > 0 else TorchNN()
+
+
+class NumpyNN:
+    """Exact L2 nearest neighbours with numpy, in chunks: the reference `FaissNN` is checked against."""
+
+    def __init__(self, *, chunk_size: int = 1024) -> None:
+        self._bank = np.empty((0, 0), dtype=np.float32)
+        self._chunk = chunk_size
+
+    def fit(self, bank: np.ndarray) -> None:
+        self._bank = np.ascontiguousarray(bank, dtype=np.float32)
+
+    def add(self, rows: np.ndarray) -> None:
+        rows = np.ascontiguousarray(rows, dtype=np.float32)
+        self._bank = rows if self._bank.size == 0 else np.concatenate([self._bank, rows])
+
+    def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        excluded = np.zeros(self.size, dtype=bool)
+        if exclude is not None and len(exclude):
+            excluded[np.asarray(exclude, dtype=np.int64)] = True
+        if self.size - excluded.sum() <= 0:
+            raise _empty()
+        k = min(k, int(self.size - excluded.sum()))
+        queries = np.asarray(queries, dtype=np.float32)
+        bank_sq = (self._bank.astype(np.float64) ** 2).sum(axis=1)
+        out_d = np.empty((len(queries), k), dtype=np.float32)
+        out_i = np.empty((len(queries), k), dtype=np.int64)
+        for start in range(0, len(queries), self._chunk):
+            q = queries[start : start + self._chunk].astype(np.float64)
+            sq = (q**2).sum(axis=1)[:, None] - 2.0 * q @ self._bank.T.astype(np.float64) + bank_sq[None, :]
+            sq[:, excluded] = np.inf
+            part = np.argpartition(sq, k - 1, axis=1)[:, :k]
+            part_sq = np.take_along_axis(sq, part, axis=1)
+            order = np.argsort(part_sq, axis=1, kind="stable")
+            out_i[start : start + len(q)] = np.take_along_axis(part, order, axis=1)
+            out_d[start : start + len(q)] = np.sqrt(np.maximum(np.take_along_axis(part_sq, order, axis=1), 0.0))
+        return out_d, out_i
+
+    def reconstruct(self, row: int) -> np.ndarray:
+        return self._bank[int(row)].copy()
+
+    def reset(self) -> None:
+        self._bank = np.empty((0, 0), dtype=np.float32)
+
+    @property
+    def size(self) -> int:
+        return int(self._bank.shape[0])
+
+
+def _drop(sq: np.ndarray, idx: np.ndarray, exclude: Sequence[int], k: int) -> tuple[np.ndarray, np.ndarray]:
+    banned = set(int(i) for i in exclude)
+    keep = ~np.isin(idx, list(banned))
+    out_sq = np.empty((len(sq), k), dtype=np.float32)
+    out_idx = np.empty((len(sq), k), dtype=np.int64)
+    for row in range(len(sq)):
+        out_sq[row] = sq[row][keep[row]][:k]
+        out_idx[row] = idx[row][keep[row]][:k]
+    return out_sq, out_idx
+
+
+@dataclass(frozen=True)
+class PatchScore:
+    """The patch-level answer for one image.
+
+    Attributes:
+        score: the image score (max patch distance, re-weighted if enabled).
+        distances: (rows * cols,) float32 nearest-bank distance of each patch.
+        nearest: (rows * cols,) int64 bank row nearest to each patch.
+        worst: index of the patch with the largest distance.
+    """
+
+    score: float
+    distances: np.ndarray
+    nearest: np.ndarray
+    worst: int
+
+
+class PatchScorer:
+    """Image score = the largest distance from a patch to its nearest bank patch.
+
+    With `reweight_k` > 0 the PatchCore re-weighting is applied: the worst patch's
+    distance s* is scaled by 1 - softmax(d)[0], where d holds its distances to its
+    nearest bank patch m* and to m*'s `reweight_k` nearest bank neighbours. A worst
+    patch whose bank neighbourhood is sparse (rare but nominal) is damped.
+
+    Args:
+        nn: the search backend, fitted on the bank by the caller.
+        reweight_k: neighbours of m* for the re-weighting; 0 turns it off.
+    """
+
+    def __init__(self, nn: NearestNeighbours, *, reweight_k: int = DEFAULT_REWEIGHT_K) -> None:
+        if reweight_k < 0:
+            raise ValueError(f"reweight_k must be >= 0, got {reweight_k}")
+        self.nn = nn
+        self.reweight_k = reweight_k
+
+    def run(self, patches: np.ndarray, *, exclude: Sequence[int] | None = None) -> PatchScore:
+        """Score one image.
+
+        Args:
+            patches: (P, d) patch vectors of the image.
+            exclude: bank rows to ignore (the image's own patches, for leave-one-out).
+
+        Returns:
+            Its `PatchScore`.
+        """
+        distances, indices = self.nn.run(patches, 1, exclude=exclude)
+        distances, nearest = distances[:, 0], indices[:, 0]
+        worst = int(np.argmax(distances))
+        score = float(distances[worst])
+        if self.reweight_k > 0:
+            score *= self._weight(patches[worst], int(nearest[worst]), exclude)
+        return PatchScore(score=score, distances=distances, nearest=nearest, worst=worst)
+
+    def _weight(self, patch: np.ndarray, nearest_row: int, exclude: Sequence[int] | None) -> float:
+        bank_row = self._bank_row(nearest_row)
+        _, support = self.nn.run(bank_row[None, :], self.reweight_k + 1, exclude=exclude)
+        rows = np.stack([self._bank_row(int(i)) for i in support[0]])
+        d = np.sqrt(((rows - patch[None, :]) ** 2).sum(axis=1))
+        # softmax over the distances; support[0][0] is m* itself (distance 0 to its own row).
+        e = np.exp(d - d.max())
+        return float(1.0 - e[0] / e.sum())
+
+    def _bank_row(self, row: int) -> np.ndarray:
+        return self.nn.reconstruct(row)

@@ -1,0 +1,176 @@
+"""Patch scoring end to end: real weights, real Hazelnut Toy images, the embedded store."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.metrics import roc_auc_score
+
+from indexing.errors import EmptyCollection
+from indexing.images import ImageInput
+from indexing.service import BackbonePool, NominalService
+from indexing.settings import alias_name
+from indexing.store import EdgeStore
+
+pytestmark = pytest.mark.slow
+
+SETTING = "nuts"
+
+
+@pytest.fixture(scope="module")
+def indexed(tmp_path_factory: pytest.TempPathFactory, pool: BackbonePool, hazelnut_sets) -> Iterator[Path]:
+    """A store path holding a patch setting indexed on the Hazelnut Toy training images (built once)."""
+    path = tmp_path_factory.mktemp("patch") / "store"
+    store = EdgeStore(path)
+    try:
+        service = NominalService(store, backbones=pool)
+        service.put_setting(SETTING, scoring="patch")
+        service.index(SETTING, hazelnut_sets["train"])
+    finally:
+        store.close()
+    yield path
+
+
+@pytest.fixture
+def patch_service(indexed: Path, pool: BackbonePool) -> Iterator[NominalService]:
+    store = EdgeStore(indexed)
+    try:
+        yield NominalService(store, backbones=pool)
+    finally:
+        store.close()
+
+
+def patch_collection(service: NominalService) -> str:
+    collection = service.store.resolve_alias(alias_name(SETTING, kind="patch"))
+    assert collection is not None
+    return collection
+
+
+def test_patch_setting_keeps_a_versioned_bank_beside_the_global_collection(patch_service, hazelnut_sets) -> None:
+    store = patch_service.store
+    collection = patch_collection(patch_service)
+    assert collection == f"nominal__{SETTING}__efficientnet_lite0__patch__v1"
+    assert store.resolve_alias(alias_name(SETTING)) == f"nominal__{SETTING}__efficientnet_lite0__v1"
+    assert store.count(store.resolve_alias(alias_name(SETTING))) == len(hazelnut_sets["train"])
+    # 1% of 28 x 784 patches
+    assert 150 <= store.count(collection) <= 300
+    point = next(store.scroll(collection, with_vectors=True))
+    ids = {image.id for image in hazelnut_sets["train"]}
+    assert point.payload["image_id"] in ids
+    assert 0 <= point.payload["row"] < 28 and 0 <= point.payload["col"] < 28
+    assert [v.kind for v in patch_service.versions(SETTING, kind="patch")] == ["patch"]
+    assert [v.version for v in patch_service.versions(SETTING)] == [1]
+
+
+def test_patch_scores_separate_good_from_colour_defects(patch_service, hazelnut_sets) -> None:
+    good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
+    scores = patch_service.scores(SETTING, good + defect)
+    assert roc_auc_score([0] * len(good) + [1] * len(defect), scores) >= 0.95
+
+
+def test_heat_map_peaks_inside_the_defect_mask(patch_service, hazelnut: Path, hazelnut_sets) -> None:
+    defects = hazelnut_sets["defect"]
+    verdicts = patch_service.inspect(SETTING, defects, heatmap=True, k=2)
+    hits = 0
+    for image, verdict in zip(defects, verdicts):
+        heat = verdict.heatmap
+        assert heat is not None and len(heat.grid) == 28 and len(heat.grid[0]) == 28
+        assert Image.open(io.BytesIO(heat.png)).size == (512, 512)
+        mask_path = hazelnut / "ground_truth" / "colour" / Path(image.source).with_suffix(".png").name
+        with Image.open(mask_path) as mask:
+            cells = np.asarray(mask.convert("L").resize((28, 28), Image.Resampling.BOX)) > 0
+        # the peak cell or one of its 8 neighbours lies on the defect (the map is 8 px per cell)
+        row, col = heat.worst
+        hits += bool(cells[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2].any())
+        assert len(verdict.neighbours) == 2 and len({n.id for n in verdict.neighbours}) == 2
+        assert all("source" in n.payload and "row" in n.payload for n in verdict.neighbours)
+    assert hits / len(defects) >= 0.8
+
+
+def test_bank_survives_a_store_reopen_and_the_cache_follows_the_alias(indexed, pool, hazelnut_sets) -> None:
+    probe = hazelnut_sets["defect"][:2]
+    with EdgeStore(indexed) as store:
+        first = NominalService(store, backbones=pool).scores(SETTING, probe)
+    with EdgeStore(indexed) as store:
+        service = NominalService(store, backbones=pool)
+        again = service.scores(SETTING, probe)
+        np.testing.assert_allclose(again, first, rtol=1e-5)
+        assert service.patches.cache.loaded() == {SETTING: patch_collection(service)}
+
+
+def test_a_nominal_image_is_scored_without_its_own_patches(patch_service, hazelnut_sets) -> None:
+    image = hazelnut_sets["train"][0]
+    own = patch_service.scores(SETTING, [image])[0]
+    # Same pixels, different bytes (a trailing byte after the JPEG end): not a nominal image, so
+    # its own patches count as neighbours and the score drops.
+    stranger = ImageInput(data=image.data + b"\0", source="copy.jpg")
+    assert patch_service.scores(SETTING, [stranger])[0] < own
+    nominal = patch_service.nominal_scores(SETTING)
+    assert len(nominal) >= 20 and (nominal > 0).all()
+
+
+def test_reindexing_the_same_images_adds_no_patches_and_new_images_extend_the_bank(
+    patch_service, hazelnut_sets
+) -> None:
+    collection = patch_collection(patch_service)
+    before = patch_service.store.count(collection)
+    ids_before = {p.id for p in patch_service.store.scroll(collection)}
+    patch_service.index(SETTING, hazelnut_sets["train"][:4])
+    assert patch_service.store.count(collection) == before
+    extra = hazelnut_sets["good"][:2]
+    patch_service.index(SETTING, extra)
+    try:
+        ids_after = {p.id for p in patch_service.store.scroll(collection)}
+        assert ids_before < ids_after, "extending keeps every patch already in the bank"
+        bank = patch_service.patches.bank(SETTING, collection, patch_service.patch_config.dim)
+        assert len(bank) == len(ids_after) and any(bank.rows_of(image.id) for image in extra)
+    finally:
+        for image in extra:
+            patch_service.delete_image(SETTING, image.id)
+    assert {p.id for p in patch_service.store.scroll(collection)} == ids_before
+
+
+def test_calibrated_patch_verdicts_and_a_new_version_moves_both_aliases(patch_service, hazelnut_sets) -> None:
+    good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
+    calibration = patch_service.calibrate(SETTING, pass_images=good, fail_images=defect)
+    assert "__patch__" in calibration.collection
+    verdicts = patch_service.inspect(SETTING, good + defect)
+    correct = sum(v.verdict == "PASS" for v in verdicts[: len(good)]) + sum(v.verdict == "FAIL" for v in verdicts[len(good) :])
+    assert correct / len(verdicts) >= 0.9
+    # a global-mode calibration is never applied to patch scores, and back
+    patch_service.put_setting(SETTING, scoring="global")
+    try:
+        assert patch_service.inspect(SETTING, good[:1])[0].verdict == "UNCALIBRATED"
+    finally:
+        patch_service.put_setting(SETTING, scoring="patch")
+
+    version = patch_service.begin_version(SETTING)
+    patch_service.index_into(version, hazelnut_sets["train"][:6])
+    patch_service.activate(version)
+    assert patch_collection(patch_service).endswith("__patch__v2")
+    patch_service.scores(SETTING, good[:1])
+    assert patch_service.patches.cache.loaded() == {SETTING: patch_collection(patch_service)}
+
+
+def test_a_global_version_has_no_patch_bank_to_score_with(service, hazelnut_sets) -> None:
+    service.index("plain", hazelnut_sets["train"][:3])
+    service.put_setting("plain", scoring="patch")
+    with pytest.raises(EmptyCollection, match="re-index"):
+        service.scores("plain", hazelnut_sets["good"][:1])
+
+
+def test_patch_evaluation_writes_heat_maps_and_pixel_auc(patch_service, hazelnut: Path, tmp_path: Path) -> None:
+    from indexing.datasets import load_dataset
+
+    data = load_dataset(hazelnut, "mvtec")
+    result = patch_service.evaluate(data, setting=SETTING, out_dir=tmp_path / "report")
+    assert result.metrics.roc_auc is not None and result.metrics.roc_auc >= 0.95
+    assert result.pixel_roc_auc is not None and result.pixel_roc_auc >= 0.9
+    pngs = sorted((tmp_path / "report" / "heatmaps").glob("*.png"))
+    assert len(pngs) == len(data.test) and result.files["heatmaps"] == tmp_path / "report" / "heatmaps"
+    assert '"pixel_roc_auc"' in (tmp_path / "report" / "metrics.json").read_text()

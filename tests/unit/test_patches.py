@@ -1,0 +1,180 @@
+"""Patch features, coreset sampling, nearest-patch search and heat maps: shapes, invariants, oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from indexing.backbones.base import FeatureMaps
+from indexing.errors import EmptyCollection
+from indexing.heatmap import heat_map, pixel_roc_auc
+from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN
+from indexing.patches import PatchMaker
+from indexing.sampler import GreedyCoresetSampler, IdentitySampler
+from indexing.scoring import exact_knn
+
+
+def maps(n: int = 2, c1: int = 40, c2: int = 112, side: int = 28, seed: int = 0) -> FeatureMaps:
+    generator = torch.Generator().manual_seed(seed)
+    return FeatureMaps(
+        torch.randn(n, c1, side, side, generator=generator), torch.randn(n, c2, side // 2, side // 2, generator=generator)
+    )
+
+
+def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+# ---------------------------------------------------------------- patchify
+
+
+@pytest.mark.parametrize("projection", ["pool", "random"])
+@pytest.mark.parametrize("channels", [(40, 112), (32, 96)])
+def test_patchify_gives_one_vector_per_stride8_cell(projection: str, channels: tuple[int, int]) -> None:
+    patches = PatchMaker(dim=64, projection=projection).patchify(maps(3, *channels))
+    assert patches.grid == (28, 28)
+    assert patches.vectors.shape == (3, 784, 64) and patches.vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(patches.vectors, axis=2), 1.0, atol=1e-5)
+
+
+def test_patchify_is_deterministic_and_normalisation_optional() -> None:
+    features = maps(1)
+    a = PatchMaker(projection="random", seed=3).patchify(features).vectors
+    b = PatchMaker(projection="random", seed=3).patchify(features).vectors
+    np.testing.assert_array_equal(a, b)
+    raw = PatchMaker(normalise=False).patchify(features).vectors
+    assert not np.allclose(np.linalg.norm(raw, axis=2), 1.0)
+
+
+def test_aggregation_averages_the_3x3_neighbourhood() -> None:
+    fine = torch.zeros(1, 2, 8, 8)
+    fine[0, :, 4, 4] = 9.0  # one hot cell spreads to its 8 neighbours, each 9 / 9 = 1
+    coarse = torch.zeros(1, 2, 4, 4)
+    vectors = PatchMaker(dim=4, normalise=False).patchify(FeatureMaps(fine, coarse)).vectors[0].reshape(8, 8, 4)
+    # dim 4 pools 2 channels to 2: the fine half is the map itself.
+    assert vectors[4, 4, 0] == pytest.approx(1.0) and vectors[3, 5, 0] == pytest.approx(1.0)
+    assert vectors[2, 4, 0] == pytest.approx(0.0) and vectors[4, 4, 2] == pytest.approx(0.0)
+
+
+def test_patch_maker_rejects_bad_settings() -> None:
+    for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2}):
+        with pytest.raises(ValueError):
+            PatchMaker(**bad)
+
+
+# ---------------------------------------------------------------- samplers
+
+
+def clusters(rng: np.random.Generator, sizes: tuple[int, ...], d: int = 16) -> np.ndarray:
+    centres = np.eye(d, dtype=np.float32)[: len(sizes)] * 100.0
+    return np.concatenate([c + rng.standard_normal((n, d)).astype(np.float32) for c, n in zip(centres, sizes)])
+
+
+def test_coreset_picks_one_point_per_far_cluster_first() -> None:
+    rng = np.random.default_rng(0)
+    x = clusters(rng, (300, 5, 95))  # a small cluster must not be missed
+    picked = GreedyCoresetSampler(3 / 400).run(x)
+    assert len(picked) == 3
+    assert sorted(np.digitize(picked, [300, 305])) == [0, 1, 2]
+
+
+def test_coreset_starts_from_the_covered_bank() -> None:
+    rng = np.random.default_rng(1)
+    x = clusters(rng, (100, 100))
+    covered = x[:1] + 0.01  # the bank already holds cluster 0
+    picked = GreedyCoresetSampler(1 / 200).run(x, covered=covered)
+    assert picked.tolist()[0] >= 100, "the first new point must come from the uncovered cluster"
+
+
+def test_coreset_is_seeded_and_sized_and_identity_keeps_all() -> None:
+    x = np.random.default_rng(2).standard_normal((1000, 256)).astype(np.float32)
+    a, b = GreedyCoresetSampler(0.05, seed=4).run(x), GreedyCoresetSampler(0.05, seed=4).run(x)
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 50 and len(np.unique(a)) == 50 and np.all(np.diff(a) > 0)
+    assert len(GreedyCoresetSampler(1e-6).run(x)) == 1
+    np.testing.assert_array_equal(IdentitySampler().run(x), np.arange(1000))
+    np.testing.assert_array_equal(GreedyCoresetSampler(1.0).run(x), np.arange(1000))
+
+
+@pytest.mark.parametrize("ratio", [0.0, -0.1, 1.5, float("nan")])
+def test_coreset_rejects_bad_ratios(ratio: float) -> None:
+    with pytest.raises(ValueError, match="ratio"):
+        GreedyCoresetSampler(ratio)
+
+
+# ---------------------------------------------------------------- search
+
+
+@pytest.mark.parametrize("backend", [TorchNN, FaissNN, NumpyNN])
+def test_nearest_patch_search_matches_the_exact_knn_oracle(backend) -> None:
+    rng = np.random.default_rng(5)
+    bank, queries = unit_rows(rng, 2000, 32), unit_rows(rng, 300, 32)
+    nn = backend()
+    nn.fit(bank[:1500])
+    nn.add(bank[1500:])
+    distances, indices = nn.run(queries, 4)
+    cosine, expected = exact_knn(bank, queries, 4)
+    np.testing.assert_array_equal(indices, expected)
+    # unit rows: ||a - b|| = sqrt(2 (1 - cos))
+    np.testing.assert_allclose(distances, np.sqrt(2.0 * np.maximum(cosine, 0)), atol=2e-3)
+
+
+@pytest.mark.parametrize("backend", [TorchNN, FaissNN])
+def test_search_excludes_rows_like_the_reference(backend) -> None:
+    rng = np.random.default_rng(6)
+    bank, queries = unit_rows(rng, 500, 16), unit_rows(rng, 40, 16)
+    excluded = list(range(0, 500, 3))
+    nn, reference = backend(), NumpyNN()
+    nn.fit(bank)
+    reference.fit(bank)
+    got_d, got_i = nn.run(queries, 3, exclude=excluded)
+    want_d, want_i = reference.run(queries, 3, exclude=excluded)
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_allclose(got_d, want_d, atol=1e-4)
+    assert not set(got_i.ravel()) & set(excluded)
+
+
+def test_an_empty_or_fully_excluded_bank_fails_loudly() -> None:
+    nn = TorchNN()
+    with pytest.raises(EmptyCollection, match="index PASS images"):
+        nn.run(np.ones((1, 4), np.float32), 1)
+    nn.fit(np.ones((2, 4), np.float32))
+    with pytest.raises(EmptyCollection):
+        nn.run(np.ones((1, 4), np.float32), 1, exclude=[0, 1])
+
+
+def test_image_score_is_the_largest_nearest_patch_distance() -> None:
+    rng = np.random.default_rng(7)
+    bank = unit_rows(rng, 200, 8)
+    patches = np.concatenate([bank[:9] + 0.001, -bank[:1]])  # nine nominal patches and one far one
+    nn = TorchNN()
+    nn.fit(bank)
+    found = PatchScorer(nn).run(patches)
+    assert found.worst == 9
+    assert found.score == pytest.approx(float(found.distances.max()))
+    assert found.distances[:9].max() < 0.01
+    weighted = PatchScorer(nn, reweight_k=3).run(patches)
+    assert 0 < weighted.score <= found.score
+
+
+# ---------------------------------------------------------------- heat maps
+
+
+def test_heat_map_is_image_sized_and_peaks_where_the_far_patch_is() -> None:
+    distances = np.zeros((28, 28), np.float32)
+    distances[20, 5] = 1.0
+    heat = heat_map(distances, (28, 28), (224, 224))
+    assert heat.shape == (224, 224) and heat.dtype == np.float32
+    row, col = np.unravel_index(np.argmax(heat), heat.shape)
+    assert abs(row - (20 * 8 + 4)) <= 4 and abs(col - (5 * 8 + 4)) <= 4
+
+
+def test_pixel_roc_auc_pools_pixels_and_needs_a_defect() -> None:
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    heat = np.zeros((4, 4), np.float32)
+    heat[0, 0] = 1.0
+    assert pixel_roc_auc([heat, np.zeros((4, 4))], [mask, np.zeros((4, 4), bool)]) == 1.0
+    assert pixel_roc_auc([heat], [np.zeros((4, 4), bool)]) is None
