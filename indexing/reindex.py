@@ -13,6 +13,12 @@ The body of a re-index job, whoever runs it:
    answered;
 5. `activate`: one atomic alias move; then delete old versions beyond `keep`.
 
+A patch-scoring setting's version also holds a patch bank. Its patch features are
+computed where the bank is written, by `LocalEmbedder` from the batch it already
+decoded: workers return global vectors only (patch features of a batch are tens
+of MB, too much for the result backend), so such a re-index runs its forward
+passes in the orchestrating process.
+
 A cancelled or failed re-index deletes its half-built version and leaves the
 alias where it was. Point ids come from image content, so a batch embedded
 twice (a redelivered task) overwrites its points instead of duplicating them.
@@ -121,6 +127,8 @@ class BatchEmbedder(Protocol):
     """
 
     stores_points: bool
+    # True when `embed` also fills the version's patch bank (if it has one).
+    builds_patch_bank: bool
 
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]: ...
 
@@ -151,6 +159,7 @@ class LocalEmbedder:
     """
 
     stores_points = False
+    builds_patch_bank = True
 
     def __init__(self, service: NominalService) -> None:
         self.service = service
@@ -168,6 +177,8 @@ class LocalEmbedder:
                 assert pending is not None
                 decoded, unreadable = pending.result()
                 pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
+                # Before the batch's global points are upserted: the bank skips images already in the version.
+                self.service.extend_patch_bank(version, decoded)
                 embedded = self.service.embed_decoded(version.setting, backbone, decoded)
                 yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
 
@@ -211,6 +222,8 @@ def reindex(
         if stale.state == "building":  # left by a re-index whose process died
             service.discard_version(stale)
     version = service.begin_version(setting, backbone=backbone)
+    if service.has_patch_bank(version) and not embedder.builds_patch_bank:
+        embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
     try:
         ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
         progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])

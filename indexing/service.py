@@ -323,6 +323,10 @@ class NominalService:
         with self._settings_lock:
             if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
                 raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
+            patch = self._patch_record(version)
+            if patch is not None:
+                self.store.delete_collection(patch["collection"])
+                self.store.delete_record(VERSION_KIND, patch["collection"])
             self.store.delete_collection(version.collection)
             self.store.delete_record(VERSION_KIND, version.collection)
 
@@ -452,6 +456,20 @@ class NominalService:
             skipped=skipped,
             count=self.store.count(version.collection),
         )
+
+    def has_patch_bank(self, version: CollectionVersion) -> bool:
+        """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
+        return self._patch_record(version) is not None
+
+    def extend_patch_bank(self, version: CollectionVersion, batch: "_Decoded") -> None:
+        """Add a decoded batch (`decode_batch`) to the version's patch bank; nothing for a global-only version.
+
+        Call it before upserting the batch's global points: images already in the
+        version are left out, so an image is never added twice.
+        """
+        patch = self._patch_record(version)
+        if patch is not None:
+            self._extend_patches(version, patch, self.backbone_for(version), batch)
 
     def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: "_Decoded") -> None:
         """Add a batch's new images to the patch bank; images already in the version are left out,

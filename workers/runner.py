@@ -61,6 +61,7 @@ class CeleryEmbedder:
     def __init__(self, app: Celery, *, workers_write: bool) -> None:
         self.app = app
         self.stores_points = workers_write
+        self.builds_patch_bank = False  # workers return global vectors only (indexing/reindex.py)
 
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]:
         task = "nominal.index_batch" if self.stores_points else "nominal.embed_batch"

@@ -157,3 +157,28 @@ def test_inspections_during_a_reindex_are_all_answered(service, runner, source, 
     assert len(answered) >= 2
     # Every answer came from one whole version: v1 (test/good) or v2 (the source folder), never a mix.
     assert all(folders in ({"good"}, {"source"}) for folders in answered), answered
+
+
+def test_a_patch_setting_is_reindexed_with_its_patch_bank_and_pruning_removes_old_banks(
+    service, runner, source, hazelnut_sets
+) -> None:
+    service.put_setting("hazelnut", scoring="patch")
+    seed(service, hazelnut_sets)
+    first = service.active_version("hazelnut")
+    first_bank = service._patch_record(first)["collection"]
+    for expected_version in (2, 3, 4):
+        done = wait_for(runner, runner.submit_reindex("hazelnut", str(source)))
+        assert done.state == "succeeded", done.message
+        assert done.result["version"] == expected_version
+    active = service.active_version("hazelnut")
+    bank = service._patch_record(active)["collection"]
+    assert service.store.count(bank) > 0, "the new version's patch bank is filled, not empty"
+    assert service.store.resolve_alias("nominal__hazelnut__patch__active") == bank
+    defect = service.inspect("hazelnut", hazelnut_sets["defect"][:1])[0]
+    good = service.inspect("hazelnut", hazelnut_sets["good"][5:6])[0]
+    assert defect.score > good.score > 0
+    assert first_bank not in service.store.collections(), "pruning the old version removed its patch bank too"
+    assert len([c for c in service.store.collections() if "__patch__" in c]) == 3, "active + 2 kept for rollback"
+    back = service.rollback("hazelnut")
+    assert back.version == 3
+    assert service.store.resolve_alias("nominal__hazelnut__patch__active") == service._patch_record(back)["collection"]
