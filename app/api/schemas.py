@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -10,7 +11,7 @@ from indexing.calibration import Calibration
 from indexing.jobs import Job
 from indexing.service import SettingStatus
 from indexing.store.base import Neighbour
-from indexing.verdicts import Verdict
+from indexing.verdicts import HeatMap, Verdict
 
 
 class SettingPut(BaseModel):
@@ -90,6 +91,17 @@ class NeighbourPublic(BaseModel):
         )
 
 
+class HeatMapPublic(BaseModel):
+    grid: list[list[float]] = Field(description="Nearest-nominal-patch distance of each patch, rows x cols.")
+    worst: tuple[int, int] = Field(description="(row, col) of the most anomalous patch.")
+    png: str = Field(description="The smoothed map coloured over the image, as a data:image/png;base64 URL.")
+
+    @classmethod
+    def of(cls, heatmap: HeatMap) -> "HeatMapPublic":
+        encoded = base64.b64encode(heatmap.png).decode("ascii")
+        return cls(grid=heatmap.grid, worst=heatmap.worst, png=f"data:image/png;base64,{encoded}")
+
+
 class VerdictPublic(BaseModel):
     source: str
     image_id: str
@@ -99,6 +111,7 @@ class VerdictPublic(BaseModel):
     calibration_id: str | None
     elapsed_ms: float
     neighbors: list[NeighbourPublic]
+    heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
     @classmethod
     def of(cls, setting: str, verdict: Verdict) -> "VerdictPublic":
@@ -106,6 +119,7 @@ class VerdictPublic(BaseModel):
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
+            heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import time
 from collections.abc import Iterator
@@ -223,3 +224,19 @@ def test_a_truncated_image_to_inspect_is_refused_with_422(filled: TestClient, ba
     response = filled.post("/v1/settings/hz/inspect", files=files_of([bad_images["truncated"]]))
     assert response.status_code == 422
     assert "truncated.jpg" in response.json()["detail"][0]["msg"] and "truncated" in response.json()["detail"][0]["msg"]
+
+
+def test_a_patch_setting_answers_with_a_heat_map_when_asked(client: TestClient, hazelnut: Path) -> None:
+    assert client.put("/v1/settings/hzp", json={"scoring": "patch"}).json()["scoring"] == "patch"
+    job = client.post("/v1/settings/hzp/images", files=files_of(jpgs(hazelnut / "train" / "good"))).json()
+    assert wait_job(client, job["job_id"])["state"] == "succeeded"
+    defect = hazelnut / "test" / "colour" / "00.jpg"
+    plain = client.post("/v1/settings/hzp/inspect", files=files_of([defect])).json()["results"][0]
+    assert plain["heatmap"] is None and plain["score"] > 0 and plain["neighbors"]
+    result = client.post("/v1/settings/hzp/inspect", files=files_of([defect]), data={"heatmap": "true"}).json()["results"][0]
+    heatmap = result["heatmap"]
+    rows, cols = len(heatmap["grid"]), len(heatmap["grid"][0])
+    assert rows == cols == 28 and 0 <= heatmap["worst"][0] < rows and 0 <= heatmap["worst"][1] < cols
+    assert max(max(row) for row in heatmap["grid"]) == pytest.approx(result["score"], rel=1e-3)
+    png = base64.b64decode(heatmap["png"].removeprefix("data:image/png;base64,"))
+    assert Image.open(io.BytesIO(png)).size == Image.open(defect).size

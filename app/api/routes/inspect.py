@@ -19,10 +19,20 @@ KField = Annotated[int | None, Form(ge=1, le=1000, description="Neighbours to us
 
 
 @router.post("/v1/settings/{setting}/inspect")
-def inspect(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KField = None) -> InspectPublic:
-    """PASS, FAIL or UNCALIBRATED for each file, with score, threshold, calibration id and nearest nominal images."""
+def inspect(
+    setting: str,
+    runtime: RuntimeDep,
+    files: FilesField = None,
+    k: KField = None,
+    heatmap: Annotated[bool, Form(description="Patch-scoring settings: add each image's heat map.")] = False,
+) -> InspectPublic:
+    """PASS, FAIL or UNCALIBRATED for each file, with score, threshold, calibration id and nearest nominal images.
+
+    In a patch-scoring setting the neighbours hold the patches closest to the
+    most anomalous region, and `heatmap=true` adds where the image differs.
+    """
     images = _checked_upload(runtime, setting, files)
-    verdicts = runtime.service.inspect(setting, images, k=k)
+    verdicts = runtime.service.inspect(setting, images, k=k, heatmap=heatmap)
     for verdict in verdicts:
         runtime.metrics.verdicts.labels(setting, verdict.verdict).inc()
         runtime.metrics.inference.labels(setting).observe(verdict.elapsed_ms / 1000.0)

@@ -306,6 +306,7 @@ async function inspect(files) {
   results.replaceChildren(paragraph(`Inspecting ${files.map((f) => f.name).join(", ")}…`, "muted"));
   const form = new FormData();
   files.forEach((f) => form.append("files", f, f.name));
+  form.append("heatmap", "true");  // patch-scoring settings answer with a heat map; global ones ignore it
   let answer;
   try {
     answer = await (await api(`/v1/settings/${encodeURIComponent(state.setting)}/inspect`, { method: "POST", form })).json();
