@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Queue
 
 from app.config import Config, get_config
 
@@ -63,6 +64,8 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "task_default_queue": DEFAULT_QUEUE,
+        # Declared, so a worker started without --queues (celery -A workers.celery_app worker) takes both.
+        "task_queues": [Queue(name) for name in QUEUES],
         "task_routes": {"nominal.embed_batch": {"queue": EMBED_QUEUE}, "nominal.index_batch": {"queue": EMBED_QUEUE}},
         "result_expires": 24 * 3600,
         "worker_hijack_root_logger": False,

@@ -101,14 +101,17 @@ def test_cancel_leaves_the_old_version_active_and_deletes_the_half_built_one(
     service, runner, source, hazelnut_sets
 ) -> None:
     seed(service, hazelnut_sets)
-    service.batch_size = 2  # many small batches: the cancel lands between two of them
+    for copy in range(4):  # 140 files, one per batch: seconds of work, so the cancel lands mid-way
+        shutil.copytree(source, source.parent / f"copy{copy}", ignore=shutil.ignore_patterns("copy*"))
+        shutil.move(source.parent / f"copy{copy}", source / f"copy{copy}")
+    service.batch_size = 1
     job = runner.submit_reindex("hazelnut", str(source))
     deadline = time.monotonic() + 60
     while (runner.board.get(job.id).done or 0) == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     runner.cancel(job.id)
     done = wait_for(runner, job)
-    assert done.state == "cancelled" and done.done < 28
+    assert done.state == "cancelled" and done.done < 140
     assert service.active_version("hazelnut").version == 1 and service.status("hazelnut").count == 4
     assert [v.version for v in service.versions("hazelnut")] == [1]
     assert not any("__v2" in c for c in service.store.collections())
