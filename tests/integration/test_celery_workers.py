@@ -25,8 +25,8 @@ import redis
 
 from app.config import Config
 from app.runtime import build_runner
-from indexing.jobs import Job
 from indexing.service import NominalService
+from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -181,7 +181,7 @@ def test_a_worker_killed_mid_reindex_loses_nothing(deployment, start_worker, ser
         assert killed_at < 29 and service.active_version("hz").version == 1
         second = start_worker("second")
         second.wait_ready()
-        done = wait_for(runner.board, job, timeout=180)
+        done = wait_for_job(runner.board, job, timeout=180)
     finally:
         watching.set()
         watcher.join()
@@ -211,7 +211,7 @@ def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, 
         job = runner.submit_reindex("hz", str(source))
         wait_until(lambda: runner.board.get(job.id).done >= 1, timeout=120)
         runner.cancel(job.id)
-        done = wait_for(runner.board, job, timeout=60)
+        done = wait_for_job(runner.board, job, timeout=60)
     finally:
         runner.close()
     assert done.state == "cancelled" and done.done < 29
@@ -235,7 +235,3 @@ def wait_until(condition, *, timeout: float) -> None:
         time.sleep(0.02)
     raise AssertionError(f"condition not met in {timeout} s")
 
-
-def wait_for(board, job: Job, *, timeout: float) -> Job:
-    wait_until(lambda: board.get(job.id).finished, timeout=timeout)
-    return board.get(job.id)

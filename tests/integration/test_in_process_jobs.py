@@ -2,27 +2,17 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 
 from indexing.image_store import ImageStore
 from indexing.images import ImageInput
-from indexing.jobs import Job
 from indexing.runner import InProcessRunner
+from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
-
-def wait_for(runner: InProcessRunner, job: Job, timeout: float = 120.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = runner.board.get(job.id)
-        if current is not None and current.finished:
-            return current
-        time.sleep(0.05)
-    raise AssertionError(f"job {job.id} did not finish in {timeout} s")
 
 
 def test_an_index_job_adds_images_and_lists_the_bad_ones(tmp_path: Path, service, hazelnut_sets, bad_images) -> None:
@@ -33,7 +23,7 @@ def test_an_index_job_adds_images_and_lists_the_bad_ones(tmp_path: Path, service
         refs = [images.put(i) for i in good + [ImageInput.from_path(bad_images["truncated"])]]
         job = runner.submit_index("hazelnut", refs)
         assert job.state == "queued" and job.total == 7
-        done = wait_for(runner, job)
+        done = wait_for_job(runner.board, job)
     finally:
         runner.close()
     assert done.state == "succeeded", done.message
@@ -47,7 +37,7 @@ def test_a_job_whose_images_are_all_bad_fails_and_says_why(tmp_path: Path, servi
     runner = InProcessRunner(service, images)
     try:
         refs = [images.put(ImageInput.from_path(p)) for p in bad_images.values()]
-        done = wait_for(runner, runner.submit_index("line-1", refs))
+        done = wait_for_job(runner.board, runner.submit_index("line-1", refs))
     finally:
         runner.close()
     assert done.state == "failed" and "nothing was indexed" in (done.message or "")

@@ -12,22 +12,13 @@ import pytest
 from indexing.errors import NoPreviousVersion
 from indexing.image_store import ImageStore
 from indexing.images import ImageInput
-from indexing.jobs import Job
 from indexing.reindex import read_source
 from indexing.runner import InProcessRunner
 from indexing.service import NominalService
+from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
-
-def wait_for(runner, job: Job, timeout: float = 180.0) -> Job:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        current = runner.board.get(job.id)
-        if current is not None and current.finished:
-            return current
-        time.sleep(0.05)
-    raise AssertionError(f"job {job.id} did not finish in {timeout} s")
 
 
 @pytest.fixture
@@ -53,7 +44,7 @@ def test_reindex_builds_a_new_version_and_switches_to_it(service, runner, source
     seed(service, hazelnut_sets)
     shutil.copy(bad_images["truncated"], source / "zz_truncated.jpg")
     (source / "zz_not_an_image.png").write_bytes(b"not an image")
-    done = wait_for(runner, runner.submit_reindex("hazelnut", str(source)))
+    done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(source)))
     assert done.state == "succeeded", done.message
     assert done.result["version"] == 2 and done.result["indexed"] == 28 and done.result["skipped"] == 2
     assert (done.done, done.total) == (30, 30)
@@ -70,7 +61,7 @@ def test_a_manifest_carries_metadata_and_missing_files_are_reported(service, run
     manifest = source / "manifest.csv"
     manifest.write_text("path,lot\n" + "".join(f"{n},L{i}\n" for i, n in enumerate(names)) + "missing.jpg,L9\n")
     assert [i.metadata for i in read_source(manifest)][:2] == [{"lot": "L0"}, {"lot": "L1"}]
-    done = wait_for(runner, runner.submit_reindex("hazelnut", str(manifest)))
+    done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(manifest)))
     assert done.state == "succeeded", done.message
     assert done.result["indexed"] == 5 and done.errors[0]["source"].endswith("missing.jpg")
     stored = {p.payload["metadata"]["lot"] for p in service.store.scroll(service.active_version("hazelnut").collection)}
@@ -88,7 +79,7 @@ def test_old_versions_beyond_keep_are_deleted_and_rollback_returns_to_the_previo
         for p in sorted(source.iterdir())[:3]:
             shutil.copy(p, small / p.name)
         for _ in range(2):
-            assert wait_for(runner, runner.submit_reindex("hazelnut", str(small))).state == "succeeded"
+            assert wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(small))).state == "succeeded"
     finally:
         runner.close()
     assert [v.version for v in service.versions("hazelnut")] == [2, 3]
@@ -110,7 +101,7 @@ def test_cancel_leaves_the_old_version_active_and_deletes_the_half_built_one(
     while (runner.board.get(job.id).done or 0) == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     runner.cancel(job.id)
-    done = wait_for(runner, job)
+    done = wait_for_job(runner.board, job)
     assert done.state == "cancelled" and done.done < 140
     assert service.active_version("hazelnut").version == 1 and service.status("hazelnut").count == 4
     assert [v.version for v in service.versions("hazelnut")] == [1]
@@ -125,7 +116,7 @@ def test_a_reindex_with_no_usable_image_fails_and_switches_nothing(
     bad.mkdir()
     for p in bad_images.values():
         shutil.copy(p, bad / p.name)
-    done = wait_for(runner, runner.submit_reindex("hazelnut", str(bad)))
+    done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(bad)))
     assert done.state == "failed" and "nothing switched" in done.message
     assert done.error_count == len(bad_images)
     assert [v.version for v in service.versions("hazelnut")] == [1]
@@ -150,7 +141,7 @@ def test_inspections_during_a_reindex_are_all_answered(service, runner, source, 
     for thread in clients:
         thread.start()
     try:
-        done = wait_for(runner, runner.submit_reindex("hazelnut", str(source)))
+        done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(source)))
     finally:
         stop.set()
         for thread in clients:
@@ -170,7 +161,7 @@ def test_a_patch_setting_is_reindexed_with_its_patch_bank_and_pruning_removes_ol
     first = service.active_version("hazelnut")
     first_bank = service._patch_record(first)["collection"]
     for expected_version in (2, 3, 4):
-        done = wait_for(runner, runner.submit_reindex("hazelnut", str(source)))
+        done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(source)))
         assert done.state == "succeeded", done.message
         assert done.result["version"] == expected_version
     active = service.active_version("hazelnut")
