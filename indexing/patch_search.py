@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from indexing.errors import EmptyCollection
+from indexing.torch_thread import run_on_torch_thread
 
 # Bank rows' nearest neighbours the PatchCore re-weighting looks at (anomalib uses 9).
 DEFAULT_REWEIGHT_K = 0
@@ -159,7 +160,10 @@ class TorchNN:
         self._state = (torch.cat([bank, extra]), torch.cat([norms, (extra * extra).sum(dim=1)]))
 
     def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Same contract as `FaissNN.run`."""
+        """Same contract as `FaissNN.run`; runs where torch runs (`indexing.torch_thread`)."""
+        return run_on_torch_thread(self._run, queries, k, exclude=exclude)
+
+    def _run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         bank, norms = self._state
         size = int(bank.shape[0])
         banned = torch.as_tensor(np.unique(np.asarray(list(exclude or ()), dtype=np.int64)))

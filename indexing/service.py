@@ -49,6 +49,7 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
+from indexing.torch_thread import run_on_torch_thread
 from indexing.verdicts import HeatMap, Verdict, decide
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
@@ -117,7 +118,7 @@ class BackbonePool:
     def get(self, name: str) -> Backbone:
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = self._loader(name)
+                self._loaded[name] = run_on_torch_thread(self._loader, name)
             return self._loaded[name]
 
 

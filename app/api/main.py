@@ -63,7 +63,7 @@ def create_app(config: Config | None = None) -> FastAPI:
 
     app = FastAPI(title="Nominal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     errors.install(app)
-    app.middleware("http")(metrics.middleware)
+    app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
     for module in (settings, images, inspect, calibrations, feedback, jobs, health):
         app.include_router(module.router)

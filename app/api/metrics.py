@@ -6,11 +6,10 @@ Each app gets its own registry, so several apps in one process (tests) do not co
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
-
-from fastapi import Request, Response
+from fastapi import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -35,19 +34,32 @@ class Metrics:
             ["setting"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
 
-    async def middleware(self, request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        status = 500
-        try:
-            response = await call_next(request)
-            status = response.status_code
-            return response
-        finally:
-            route = request.scope.get("route")
-            # The template ("/v1/settings/{setting}"), not the raw path: bounded label values.
-            template = getattr(route, "path", "unmatched")
-            self.requests.labels(request.method, template, str(status)).inc()
-            self.latency.labels(request.method, template).observe(time.perf_counter() - started)
+    def middleware(self, app: ASGIApp) -> ASGIApp:
+        """Counts and times every HTTP request, as plain ASGI (Starlette's BaseHTTPMiddleware costs latency)."""
+
+        async def measured(scope: Scope, receive: Receive, send: Send) -> None:
+            if scope["type"] != "http":
+                await app(scope, receive, send)
+                return
+            started = time.perf_counter()
+            status = 500
+
+            async def send_status(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            try:
+                await app(scope, receive, send_status)
+            finally:
+                # The router put the matched route in the scope: label by its template
+                # ("/v1/settings/{setting}"), not the raw path, so label values stay bounded.
+                template = getattr(scope.get("route"), "path", "unmatched")
+                self.requests.labels(scope["method"], template, str(status)).inc()
+                self.latency.labels(scope["method"], template).observe(time.perf_counter() - started)
+
+        return measured
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

@@ -54,10 +54,38 @@ def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, worker
     out.err.print(f"Nominal on http://{host}:{port} (operator page: http://{host}:{port}/, "
                   f"docs: http://{host}:{port}/docs), {store}", highlight=False)
     if workers == 1:
-        uvicorn.run(create_app(config), host=host, port=port, log_level="info")
+        _serve_with_torch_on_main_thread(uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port, log_level="info")))
     else:
         # Each worker process builds its own app (and model) from the environment.
         uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+
+
+def _serve_with_torch_on_main_thread(server) -> None:
+    """uvicorn on a thread; this (main) thread runs every torch call (see `indexing.torch_thread`).
+
+    uvicorn installs no signal handlers off the main thread, so SIGINT and SIGTERM
+    are caught here and ask it to shut down; torch calls are served until it has
+    (its shutdown may still wait for a job's last batch).
+    """
+    import signal
+    import threading
+
+    from indexing.torch_thread import serve_torch_calls
+
+    thread = threading.Thread(target=server.run, name="uvicorn")
+
+    def stop(signum: int, frame: object) -> None:
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    thread.start()
+    try:
+        serve_torch_calls(until=lambda: not thread.is_alive())
+    finally:
+        server.should_exit = True
+        thread.join()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _is_loopback(host: str) -> bool:

@@ -19,6 +19,7 @@ from PIL import Image
 
 from indexing.backbones.preprocess import Preprocess
 from indexing.errors import UnknownBackbone
+from indexing.torch_thread import run_on_torch_thread
 
 # The two mid-level maps PatchCore takes from ResNet layer2 and layer3.
 MAP_STRIDES: tuple[int, int] = (8, 16)
@@ -140,11 +141,15 @@ class Backbone:
         """
         _check_batch_size(batch_size)
         out = np.empty((len(images), self.dim), dtype=np.float32)
-        for start in range(0, len(images), batch_size):
-            x = self._input(images[start : start + batch_size])
+
+        def forward(batch: Sequence[Image.Image]) -> np.ndarray:
+            x = self._input(batch)
             with torch.inference_mode():
-                vectors = F.normalize(self._encoder.pooled(x).float(), dim=1)
-            out[start : start + len(x)] = vectors.cpu().numpy()
+                return F.normalize(self._encoder.pooled(x).float(), dim=1).cpu().numpy()
+
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            out[start : start + len(batch)] = run_on_torch_thread(forward, batch)
         return out
 
     def feature_maps(self, images: Sequence[Image.Image], batch_size: int = 32) -> FeatureMaps:
@@ -174,12 +179,16 @@ class Backbone:
         side8, side16 = (-(-self.input_size // s) for s in MAP_STRIDES)
         out8 = torch.empty((len(images), self.map_channels[0], side8, side8), dtype=torch.float32)
         out16 = torch.empty((len(images), self.map_channels[1], side16, side16), dtype=torch.float32)
-        for start in range(0, len(images), batch_size):
-            x = self._input(images[start : start + batch_size])
+
+        def forward(batch: Sequence[Image.Image], start: int) -> None:
+            x = self._input(batch)
             with torch.inference_mode():
                 map8, map16 = self._encoder.maps(x)
             out8[start : start + len(x)].copy_(map8)
             out16[start : start + len(x)].copy_(map16)
+
+        for start in range(0, len(images), batch_size):
+            run_on_torch_thread(forward, images[start : start + batch_size], start)
         return FeatureMaps(out8, out16)
 
     def _input(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.deps import ReadAccess, RuntimeDep
-from app.api.runtime import ApiRuntime
+from app.api.runtime import ApiRuntime, off_the_loop
 from app.api.schemas import InspectPublic, NeighboursOfImage, NeighboursPublic, NeighbourPublic, VerdictPublic
 from app.api.uploads import read_images
 from indexing.images import ImageInput
@@ -19,7 +19,7 @@ KField = Annotated[int | None, Form(ge=1, le=1000, description="Neighbours to us
 
 
 @router.post("/v1/settings/{setting}/inspect")
-def inspect(
+async def inspect(
     setting: str,
     runtime: RuntimeDep,
     files: FilesField = None,
@@ -31,8 +31,11 @@ def inspect(
     In a patch-scoring setting the neighbours hold the patches closest to the
     most anomalous region, and `heatmap=true` adds where the image differs.
     """
-    images = _checked_upload(runtime, setting, files)
-    verdicts = runtime.service.inspect(setting, images, k=k, heatmap=heatmap)
+
+    def work() -> list:
+        return runtime.service.inspect(setting, _checked_upload(runtime, setting, files), k=k, heatmap=heatmap)
+
+    verdicts = await off_the_loop(work)
     for verdict in verdicts:
         runtime.metrics.verdicts.labels(setting, verdict.verdict).inc()
         runtime.metrics.inference.labels(setting).observe(verdict.elapsed_ms / 1000.0)
@@ -40,10 +43,14 @@ def inspect(
 
 
 @router.post("/v1/settings/{setting}/neighbors")
-def neighbours(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KField = None) -> NeighboursPublic:
+async def neighbours(setting: str, runtime: RuntimeDep, files: FilesField = None, k: KField = None) -> NeighboursPublic:
     """The k nearest nominal images of each file, without a verdict."""
-    images = _checked_upload(runtime, setting, files)
-    found = runtime.service.neighbours(setting, images, k=k)
+
+    def work() -> tuple[list[ImageInput], list]:
+        images = _checked_upload(runtime, setting, files)
+        return images, runtime.service.neighbours(setting, images, k=k)
+
+    images, found = await off_the_loop(work)
     return NeighboursPublic(results=[
         NeighboursOfImage(source=image.source, neighbors=[NeighbourPublic.of(setting, n) for n in near])
         for image, near in zip(images, found)
