@@ -34,7 +34,6 @@ from __future__ import annotations
 import base64
 import csv
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +45,7 @@ from indexing.datasets import find_images
 from indexing.errors import BadImage, NoImages, VersionCheckFailed
 from indexing.images import ImageInput
 from indexing.jobs import JobProgress
+from indexing.prefetch import prefetched
 from indexing.service import EmbeddedBatch, NominalService, Skipped
 from indexing.settings import CollectionVersion
 from indexing.store.base import Point
@@ -153,10 +153,7 @@ def load_items(items: Sequence[SourceItem]) -> tuple[list[ImageInput], list[Skip
 
 
 class LocalEmbedder:
-    """Embeds in this process; the next batch is read and decoded on a thread while the model runs.
-
-    PIL and zlib release the GIL, so on a CPU the decode hides behind the forward pass.
-    """
+    """Embeds in this process; the next batch is read and decoded on a thread while the model runs."""
 
     stores_points = False
     builds_patch_bank = True
@@ -171,16 +168,11 @@ class LocalEmbedder:
             loaded, unreadable = load_items(items)
             return self.service.decode_batch(loaded, skip_bad=True), unreadable
 
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-read") as pool:
-            pending = pool.submit(read, batches[0]) if batches else None
-            for i in range(len(batches)):
-                assert pending is not None
-                decoded, unreadable = pending.result()
-                pending = pool.submit(read, batches[i + 1]) if i + 1 < len(batches) else None
-                # Before the batch's global points are upserted: the bank skips images already in the version.
-                self.service.extend_patch_bank(version, decoded)
-                embedded = self.service.embed_decoded(version.setting, backbone, decoded)
-                yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
+        for decoded, unreadable in prefetched(read, batches):
+            # Before the batch's global points are upserted: the bank skips images already in the version.
+            self.service.extend_patch_bank(version, decoded)
+            embedded = self.service.embed_decoded(version.setting, backbone, decoded)
+            yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
 
 
 def reindex(

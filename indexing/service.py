@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from indexing.errors import (
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.patch_bank import BankCache
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
+from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
@@ -910,19 +911,9 @@ class NominalService:
             raise BadImage(bad[0].source if len(bad) == 1 else f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
 
     def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
-        """Decoded batches; the next batch decodes on a thread while the model runs on this one.
-
-        PIL releases the GIL while decoding, so on a CPU worker this hides most of
-        the decode time behind the forward pass.
-        """
+        """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
         batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
-        with ThreadPoolExecutor(max_workers=1) as pool:
-            pending = [pool.submit(self._decode_all, batch, skip_bad=skip_bad) for batch in batches[:1]]
-            for i in range(len(batches)):
-                ready = pending.pop().result()
-                if i + 1 < len(batches):
-                    pending.append(pool.submit(self._decode_all, batches[i + 1], skip_bad=skip_bad))
-                yield ready
+        return prefetched(partial(self._decode_all, skip_bad=skip_bad), batches)
 
 
 _Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
