@@ -377,17 +377,23 @@ class NominalService:
         Kept separate from storage so a worker without the store can embed and
         hand the points to the process that owns it.
         """
-        return self._embed_decoded(setting, backbone, self._decode_all(images, skip_bad=skip_bad))
+        return self.embed_decoded(setting, backbone, self.decode_batch(images, skip_bad=skip_bad))
 
     def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
         """Decode one batch for `embed_decoded`; a thread can do this while the model runs on another."""
-        return self._decode_all(images, skip_bad=skip_bad)
+        decoded, kept, skipped = [], [], []
+        for image in images:
+            try:
+                decoded.append(decode(image, max_pixels=self.max_pixels))
+                kept.append(image)
+            except BadImage as error:
+                if not skip_bad:
+                    raise
+                skipped.append(Skipped(source=image.source, reason=error.reason))
+        return decoded, kept, skipped
 
     def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
         """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
-        return self._embed_decoded(setting, backbone, batch)
-
-    def _embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
         decoded, kept, skipped = batch
         if not kept:
             return EmbeddedBatch(points=[], skipped=skipped)
@@ -442,7 +448,7 @@ class NominalService:
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
         for batch in self._decoded_batches(images, skip_bad=skip_bad):
-            embedded = self._embed_decoded(version.setting, backbone, batch)
+            embedded = self.embed_decoded(version.setting, backbone, batch)
             if patch is not None:
                 self._extend_patches(version, patch, backbone, batch)
             if embedded.points:
@@ -572,7 +578,7 @@ class NominalService:
         calibration = self._usable_calibration(setting, version)
         if not images:
             raise BadImage("request", "no images given")
-        decoded, _, _ = self._decode_all(images, skip_bad=False)
+        decoded, _, _ = self.decode_batch(images, skip_bad=False)
         results = self._patch_results(setting.name, version, images, decoded, neighbours=k, maps=heatmap)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
@@ -880,20 +886,8 @@ class NominalService:
     def _embed_for(self, version: CollectionVersion, images: Sequence[ImageInput]) -> np.ndarray:
         if not images:
             raise BadImage("request", "no images given")
-        decoded, _, _ = self._decode_all(images, skip_bad=False)
+        decoded, _, _ = self.decode_batch(images, skip_bad=False)
         return self.backbone_for(version).embed(decoded, batch_size=self.batch_size)
-
-    def _decode_all(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
-        decoded, kept, skipped = [], [], []
-        for image in images:
-            try:
-                decoded.append(decode(image, max_pixels=self.max_pixels))
-                kept.append(image)
-            except BadImage as error:
-                if not skip_bad:
-                    raise
-                skipped.append(Skipped(source=image.source, reason=error.reason))
-        return decoded, kept, skipped
 
     def _validate(self, images: Sequence[ImageInput], progress: Progress) -> None:
         """Decode every image once so a bad one is refused before anything is written."""
@@ -913,7 +907,7 @@ class NominalService:
     def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
         """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
         batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
-        return prefetched(partial(self._decode_all, skip_bad=skip_bad), batches)
+        return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 
 _Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
