@@ -522,9 +522,7 @@ class NominalService:
         setting = self.get_setting(name)
         version = self._require_active(name)
         k = k or setting.k
-        vectors = self._embed_for(version, images)
-        hits = self.store.search(version.collection, vectors, k + 1)
-        return [without_self(found, image.id, k) for image, found in zip(images, hits)]
+        return self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
 
     def inspect(
         self, name: str, images: Sequence[ImageInput], *, k: int | None = None, heatmap: bool = False
@@ -543,12 +541,10 @@ class NominalService:
         if setting.scoring == "patch":
             return self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
         calibration = self._usable_calibration(setting, version)
-        vectors = self._embed_for(version, images)
-        hits = self.store.search(version.collection, vectors, k + 1)
+        nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
-        for image, found in zip(images, hits):
-            near = without_self(found, image.id, k)
+        for image, near in zip(images, nearest):
             score = knn_score([n.distance for n in near], k)
             outcome, threshold, calibration_id = decide(score, calibration)
             verdicts.append(
@@ -625,9 +621,7 @@ class NominalService:
         progress("scoring", 0, len(images))
         for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
             vectors = backbone.embed(decoded, batch_size=self.batch_size)
-            hits = self.store.search(version.collection, vectors, setting.k + 1)
-            for image, found in zip(kept, hits):
-                near = without_self(found, image.id, setting.k)
+            for near in self._nearest(version, vectors, [image.id for image in kept], setting.k):
                 out.append(knn_score([n.distance for n in near], setting.k))
             progress("scoring", len(out), len(images))
         return [(score, None) for score in out]
@@ -654,9 +648,8 @@ class NominalService:
 
         def flush() -> None:
             vectors = np.stack([p.vector for p in batch]).astype(np.float32)
-            hits = self.store.search(version.collection, vectors, setting.k + 1)
-            for point, found in zip(batch, hits):
-                out.append(knn_score([n.distance for n in without_self(found, point.id, setting.k)], setting.k))
+            for near in self._nearest(version, vectors, [p.id for p in batch], setting.k):
+                out.append(knn_score([n.distance for n in near], setting.k))
             batch.clear()
             progress("scoring nominal set", len(out), total)
 
@@ -858,6 +851,13 @@ class NominalService:
             self.backbone_for(version), images, decoded,
             neighbours=neighbours, maps=maps, batch_size=self.batch_size,
         )
+
+    def _nearest(
+        self, version: CollectionVersion, vectors: np.ndarray, ids: Sequence[str], k: int
+    ) -> list[list[Neighbour]]:
+        """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored)."""
+        hits = self.store.search(version.collection, vectors, k + 1)
+        return [without_self(found, own, k) for own, found in zip(ids, hits)]
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)
