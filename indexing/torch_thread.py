@@ -52,8 +52,16 @@ def submit_to_torch_thread(function: Callable[..., T], /, *args: Any, **kwargs: 
     return done
 
 
-def serve_torch_calls(until: Callable[[], bool], *, poll_s: float = 0.1) -> None:
+def serve_torch_calls(
+    until: Callable[[], bool], *, on_ready: Callable[[], None] | None = None, poll_s: float = 0.1
+) -> None:
     """Run torch calls from other threads on this, the main, thread until `until()` is true.
+
+    Args:
+        until: checked between calls; serving stops once it is true.
+        on_ready: called once calls are being served; start the threads that make them
+            here, so that none of their calls (a model load at start-up) runs elsewhere.
+        poll_s: how often `until` is checked while no call arrives.
 
     Raises:
         RuntimeError: not called on the main thread.
@@ -63,6 +71,8 @@ def serve_torch_calls(until: Callable[[], bool], *, poll_s: float = 0.1) -> None
         raise RuntimeError("serve_torch_calls must run on the main thread")
     _calls = queue.SimpleQueue()
     try:
+        if on_ready is not None:
+            on_ready()
         while not until():
             try:
                 item = _calls.get(timeout=poll_s)
@@ -70,23 +80,23 @@ def serve_torch_calls(until: Callable[[], bool], *, poll_s: float = 0.1) -> None
                 continue
             if item is None:
                 break
-            done, function, args, kwargs = item
-            if done.set_running_or_notify_cancel():
-                try:
-                    done.set_result(function(*args, **kwargs))
-                except BaseException as error:  # noqa: BLE001 - handed to the caller, who re-raises it
-                    done.set_exception(error)
+            _run(item)
     finally:
         calls, _calls = _calls, None
-        # Calls that arrived after the loop stopped run on their own threads instead of waiting forever.
+        # Calls that arrived after the loop stopped run here too instead of waiting forever.
         while True:
             try:
                 item = calls.get_nowait()
             except queue.Empty:
                 break
-            if item is not None and item[0].set_running_or_notify_cancel():
-                done, function, args, kwargs = item
-                try:
-                    done.set_result(function(*args, **kwargs))
-                except BaseException as error:  # noqa: BLE001
-                    done.set_exception(error)
+            if item is not None:
+                _run(item)
+
+
+def _run(item: tuple[Future[Any], Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> None:
+    done, function, args, kwargs = item
+    if done.set_running_or_notify_cancel():
+        try:
+            done.set_result(function(*args, **kwargs))
+        except BaseException as error:  # noqa: BLE001 - handed to the caller, who re-raises it
+            done.set_exception(error)

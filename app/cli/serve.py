@@ -78,12 +78,12 @@ def _serve_with_torch_on_main_thread(server) -> None:
         server.should_exit = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    thread.start()
     try:
-        serve_torch_calls(until=lambda: not thread.is_alive())
+        serve_torch_calls(until=lambda: not thread.is_alive(), on_ready=thread.start)
     finally:
         server.should_exit = True
-        thread.join()
+        if thread.is_alive():
+            thread.join()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
