@@ -16,12 +16,10 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
 from app.config import Config
 from app.runtime import build_runner
@@ -31,39 +29,23 @@ from tests.waiting import wait_for_job
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
-REDIS_URL = os.environ.get("NOMINAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
 # Short, so a killed worker's task comes back within the test; batches take well under a second.
 VISIBILITY_TIMEOUT_S = 6
 
 
-def _redis_or_skip() -> redis.Redis:
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL} (start one: see shared NOTES)")
-    return client
-
-
 @pytest.fixture
-def deployment(tmp_path: Path) -> Iterator[dict[str, str]]:
-    """Environment of one deployment: its Redis key prefix and data directory; keys deleted after."""
-    client = _redis_or_skip()
-    prefix = f"nominal-test-{uuid.uuid4().hex[:12]}:"
+def deployment(tmp_path: Path, redis_space) -> Iterator[dict[str, str]]:
+    """Environment of one deployment: its Redis key prefix (keys deleted after) and data directory."""
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
-        "REDIS_URL": REDIS_URL,
-        "NOMINAL_REDIS_PREFIX": prefix,
+        "REDIS_URL": redis_space.url,
+        "NOMINAL_REDIS_PREFIX": redis_space.prefix,
         "NOMINAL_VISIBILITY_TIMEOUT": str(VISIBILITY_TIMEOUT_S),
         "NOMINAL_DATA": str(tmp_path / "data"),
     }
     env.pop("QDRANT_URL", None)
     yield env
-    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        client.delete(*keys)
-    client.close()
 
 
 class Worker:

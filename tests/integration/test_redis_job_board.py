@@ -2,32 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from dataclasses import replace
 
 import pytest
-import redis
 
 from indexing.jobs import new_job, request_cancel
 from workers.board import RedisJobBoard
 
-REDIS_URL = os.environ.get("NOMINAL_TEST_REDIS_URL", "redis://127.0.0.1:6379/5")
-
 
 @pytest.fixture
-def board():
-    client = redis.Redis.from_url(REDIS_URL)
-    try:
-        client.ping()
-    except redis.RedisError:
-        pytest.skip(f"no Redis at {REDIS_URL}")
-    prefix = f"nominal-test-{uuid.uuid4().hex[:12]}:"
-    yield RedisJobBoard(client, prefix)
-    keys = list(client.scan_iter(match=f"{prefix}*"))
-    if keys:
-        client.delete(*keys)
-    client.close()
+def board(redis_space) -> RedisJobBoard:
+    return RedisJobBoard(redis_space.client, redis_space.prefix)
 
 
 def test_jobs_are_listed_newest_first_and_read_back_whole(board: RedisJobBoard) -> None:
