@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.patch_search import NearestNeighbours, default_nn
+from indexing.patch_search import BankSample, NearestNeighbours, default_nn, default_sample
 from indexing.store.base import Point, VectorStore
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
@@ -69,9 +69,10 @@ class PatchBank:
         cells: (m, 2) grid (row, col) of each row in its image.
         sources: image id -> source, for neighbours.
         nn: the fitted search backend over `vectors`.
+        sample: every few rows of the bank, for pruned scoring (see `PatchScorer`); None searches in full.
     """
 
-    def __init__(self, dim: int, nn: NearestNeighbours) -> None:
+    def __init__(self, dim: int, nn: NearestNeighbours, sample: BankSample | None = None) -> None:
         self.dim = dim
         self.vectors = np.empty((0, dim), dtype=np.float32)
         self.image_ids: list[str] = []
@@ -79,6 +80,7 @@ class PatchBank:
         self.cells = np.empty((0, 2), dtype=np.int64)
         self.sources: dict[str, str] = {}
         self.nn = nn
+        self.sample = sample
         self._rows: dict[str, list[int]] = {}
         self.lock = threading.RLock()
 
@@ -108,7 +110,10 @@ class PatchBank:
             cells = np.array([[int(p.payload["row"]), int(p.payload["col"])] for p in points], dtype=np.int64)
             self.cells = np.concatenate([self.cells, cells])
             self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
+            # The bank's backend first: a search that sees the new sample rows then sees them in the bank too.
             self.nn.add(rows)
+            if self.sample is not None:
+                self.sample.add(rows)
 
     def bytes_used(self) -> int:
         """Bytes of the in-memory vectors (the search index holds one more copy on a CPU)."""
@@ -124,9 +129,11 @@ def _original(point: Point) -> np.ndarray:
     return vector * (norm / length) if length > 0 else vector
 
 
-def load_bank(store: VectorStore, collection: str, dim: int, nn: NearestNeighbours) -> PatchBank:
+def load_bank(
+    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, sample: BankSample | None = None
+) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
-    bank = PatchBank(dim, nn)
+    bank = PatchBank(dim, nn, sample)
     batch: list[Point] = []
     for point in store.scroll(collection, with_vectors=True, batch_size=4096):
         batch.append(point)
@@ -142,10 +149,16 @@ class BankCache:
 
     Args:
         nn_factory: builds a fresh search backend for each bank loaded.
+        sample_factory: builds each bank's `BankSample`, or None for none.
     """
 
-    def __init__(self, nn_factory: Callable[[], NearestNeighbours] = default_nn) -> None:
+    def __init__(
+        self,
+        nn_factory: Callable[[], NearestNeighbours] = default_nn,
+        sample_factory: Callable[[], BankSample | None] = default_sample,
+    ) -> None:
         self._nn_factory = nn_factory
+        self._sample_factory = sample_factory
         self._banks: dict[str, tuple[str, PatchBank]] = {}
         self._lock = threading.Lock()
 
@@ -155,7 +168,7 @@ class BankCache:
             cached = self._banks.get(setting)
             if cached is not None and cached[0] == collection:
                 return cached[1]
-            bank = load_bank(store, collection, dim, self._nn_factory())
+            bank = load_bank(store, collection, dim, self._nn_factory(), self._sample_factory())
             self._banks[setting] = (collection, bank)
             return bank
 

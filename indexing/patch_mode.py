@@ -89,7 +89,8 @@ class PatchResult:
 
     Attributes:
         score: image score (largest patch distance, re-weighted if configured).
-        grid: (rows, cols) float32 nearest-bank distance of every patch.
+        grid: (rows, cols) float32 nearest-bank distance of every patch, when grids
+            or maps were asked for (a score alone skips most of that search).
         worst: (row, col) of the most anomalous patch.
         neighbours: nominal images holding the bank patches nearest to the worst
             patch, nearest first (id = image id, payload: source, row, col, patch).
@@ -97,7 +98,7 @@ class PatchResult:
     """
 
     score: float
-    grid: np.ndarray
+    grid: np.ndarray | None
     worst: tuple[int, int]
     neighbours: list[Neighbour] = field(default_factory=list)
     heat: np.ndarray | None = None
@@ -168,6 +169,7 @@ class PatchIndex:
         decoded: Sequence[Image.Image],
         *,
         neighbours: int = 0,
+        grids: bool = False,
         maps: bool = False,
         batch_size: int = 32,
     ) -> list[PatchResult]:
@@ -179,7 +181,8 @@ class PatchIndex:
 
         Args:
             neighbours: how many nominal images to name for the worst patch.
-            maps: also compute each image's smoothed heat map.
+            grids: also return each image's patch-distance grid (a full search).
+            maps: also return each image's grid and smoothed heat map.
         """
         bank = self.bank(setting, collection, config.dim)
         if len(bank) == 0:
@@ -187,15 +190,18 @@ class PatchIndex:
                 f"setting {setting!r} has no patch memory bank yet: index PASS images into it (scoring=patch)"
             )
         patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k)
+        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, sample=bank.sample)
         rows, cols = patches.grid
         results = []
         for image, vectors in zip(images, patches.vectors):
             own = bank.rows_of(image.id)
-            found = scorer.run(vectors, exclude=own or None)
+            found = scorer.run(vectors, exclude=own or None, grid=grids or maps)
             near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
-            grid = found.distances.reshape(rows, cols)
-            heat = heat_map(grid, patches.grid, (backbone.input_size,) * 2, sigma=config.sigma) if maps else None
+            grid = heat = None
+            if found.distances is not None:
+                grid = found.distances.reshape(rows, cols)
+            if maps:
+                heat = heat_map(grid, patches.grid, (backbone.input_size,) * 2, sigma=config.sigma)
             results.append(
                 PatchResult(score=found.score, grid=grid, worst=divmod(found.worst, cols), neighbours=near, heat=heat)
             )
@@ -224,13 +230,13 @@ class PatchIndex:
         an approximation. Calibrate with PASS images for an exact one.
         """
         bank = self.bank(setting, collection, config.dim)
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k)
+        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, sample=bank.sample)
         scores = []
         for image_id in dict.fromkeys(bank.image_ids):
             own = bank.rows_of(image_id)
             if len(own) == len(bank):
                 continue
-            scores.append(scorer.run(bank.vectors[own], exclude=own).score)
+            scores.append(scorer.run(bank.vectors[own], exclude=own, grid=False).score)
         return np.asarray(scores, dtype=np.float64)
 
     @staticmethod
@@ -292,6 +298,7 @@ def write_heatmaps(
     for number, (test, found) in enumerate(zip(tests, results)):
         if found is None:
             continue
+        assert found.grid is not None, "write_heatmaps needs results scored with grids=True"
         heat = heat_map(found.grid, found.grid.shape, (size, size), sigma=sigma)
         pixels = decode(test.image, max_pixels=max_pixels)
         path = folder / f"{number:04d}_{_safe(test.group)}_{found.score:.4f}.png"

@@ -603,16 +603,16 @@ class NominalService:
         return np.asarray([score for score, _ in self._scored(name, images, progress=progress)], dtype=np.float64)
 
     def _scored(
-        self, name: str, images: Sequence[ImageInput], *, maps: bool = False, progress: Progress = _no_progress
+        self, name: str, images: Sequence[ImageInput], *, grids: bool = False, progress: Progress = _no_progress
     ) -> list[tuple[float, PatchResult | None]]:
-        """(score, patch result or None in global mode) per image, in input order."""
+        """(score, patch result or None in global mode) per image, in input order; `grids` keeps patch-distance grids."""
         setting = self.get_setting(name)
         version = self._require_active(name)
         if setting.scoring == "patch":
             found: list[tuple[float, PatchResult | None]] = []
             progress("scoring", 0, len(images))
             for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
-                for result in self._patch_results(name, version, kept, decoded, neighbours=0, maps=maps):
+                for result in self._patch_results(name, version, kept, decoded, neighbours=0, grids=grids):
                     found.append((result.score, result))
                 progress("scoring", len(found), len(images))
             return found
@@ -747,7 +747,9 @@ class NominalService:
         started = time.perf_counter()
         self.index(setting, dataset.train, progress=progress)
         test_images = [t.image for t in dataset.test]
-        scored = self._scored(setting, test_images, progress=progress)
+        # Patch settings write a heat map per test image, so their full distance grids are needed.
+        patch_mode = self.get_setting(setting).scoring == "patch"
+        scored = self._scored(setting, test_images, grids=patch_mode, progress=progress)
         scores = np.asarray([score for score, _ in scored], dtype=np.float64)
         is_fail = np.array([t.is_fail for t in dataset.test], dtype=bool)
         version = self._require_active(setting)
@@ -843,13 +845,14 @@ class NominalService:
         decoded: Sequence[Image.Image],
         *,
         neighbours: int,
-        maps: bool,
+        grids: bool = False,
+        maps: bool = False,
     ) -> list[PatchResult]:
         patch = self._require_patch(version)
         return self.patches.score(
             name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
             self.backbone_for(version), images, decoded,
-            neighbours=neighbours, maps=maps, batch_size=self.batch_size,
+            neighbours=neighbours, grids=grids, maps=maps, batch_size=self.batch_size,
         )
 
     def _nearest(

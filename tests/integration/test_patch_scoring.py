@@ -92,6 +92,19 @@ def test_heat_map_peaks_inside_the_defect_mask(patch_service, hazelnut: Path, ha
     assert hits / len(defects) >= 0.8
 
 
+def test_a_verdict_without_a_heat_map_has_the_same_score_and_neighbours(patch_service, hazelnut_sets) -> None:
+    # Without a heat map only the patches that can hold the largest distance are searched in
+    # full; nominal images (train) are scored leave-one-out, so their exclusions count too.
+    images = hazelnut_sets["defect"] + hazelnut_sets["good"] + hazelnut_sets["train"][:4]
+    quick = patch_service.inspect(SETTING, images, k=2)
+    full = patch_service.inspect(SETTING, images, k=2, heatmap=True)
+    assert all(v.heatmap is None for v in quick)
+    np.testing.assert_allclose([v.score for v in quick], [v.score for v in full], rtol=1e-5)
+    for fast, slow in zip(quick, full):
+        assert slow.score == pytest.approx(max(max(row) for row in slow.heatmap.grid), rel=1e-5)
+        assert [n.id for n in fast.neighbours] == [n.id for n in slow.neighbours]
+
+
 def test_bank_survives_a_store_reopen_and_the_cache_follows_the_alias(indexed, pool, hazelnut_sets) -> None:
     probe = hazelnut_sets["defect"][:2]
     with EdgeStore(indexed) as store:

@@ -9,7 +9,7 @@ import torch
 from indexing.backbones.base import FeatureMaps
 from indexing.errors import EmptyCollection
 from indexing.heatmap import heat_map, pixel_roc_auc
-from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN
+from indexing.patch_search import BankSample, FaissNN, NumpyNN, PatchScorer, TorchNN
 from indexing.patches import PatchMaker
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler
 from indexing.scoring import exact_knn
@@ -157,6 +157,63 @@ def test_image_score_is_the_largest_nearest_patch_distance() -> None:
     assert found.distances[:9].max() < 0.01
     weighted = PatchScorer(nn, reweight_k=3).run(patches)
     assert 0 < weighted.score <= found.score
+
+
+def test_bank_sample_keeps_every_stride_th_bank_row_across_adds() -> None:
+    rows = np.arange(50, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
+    sample = BankSample(NumpyNN(), stride=4)
+    for chunk in (rows[:7], rows[7:8], rows[8:30], rows[30:]):  # adds that straddle the stride
+        sample.add(chunk)
+    kept = np.stack([sample.nn.reconstruct(i) for i in range(sample.nn.size)])[:, 0]
+    np.testing.assert_array_equal(kept, np.arange(0, 50, 4))
+
+
+def clustered(rng: np.random.Generator, n: int, d: int, centres: int = 40) -> np.ndarray:
+    """Rows around a few centres, like patches of one kind of part."""
+    centre = unit_rows(rng, centres, d)[rng.integers(0, centres, n)]
+    return (centre + 0.15 * rng.standard_normal((n, d))).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", [TorchNN, NumpyNN])
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_score_without_the_grid_equals_the_full_search(backend, leave_out: bool) -> None:
+    rng = np.random.default_rng(11)
+    bank = clustered(rng, 3000, 32)
+    nn, sample = backend(), BankSample(backend(), stride=8)
+    for part in np.array_split(bank, 5):  # a bank extended in steps, as indexing does
+        nn.add(part)
+        sample.add(part)
+    own = list(range(800, 1200))  # the scored image's bank rows, when it is a nominal image
+    unsampled = [r for r in range(3000) if r % 8 and not 800 <= r < 1200]
+    # Hard for the pruning: patches on unsampled bank rows (distance ~0, loose bounds)
+    # outrank the defect, whose bound is tight because it sits near a sampled row.
+    direction = unit_rows(rng, 1, 32)[0]
+    parts = [(bank[16] + 0.5 * direction)[None, :]]
+    if leave_out:
+        parts.append(bank[800:1200:8])  # its own sampled rows: their sample rows must not bound them
+    parts.append(bank[rng.choice(unsampled, 784 - sum(len(p) for p in parts), replace=False)])
+    patches = np.concatenate(parts) + 0.001 * rng.standard_normal((784, 32)).astype(np.float32)
+    patches = patches[rng.permutation(784)]
+    exclude = own if leave_out else None
+
+    want = PatchScorer(nn).run(patches, exclude=exclude)
+    got = PatchScorer(nn, sample=sample).run(patches, exclude=exclude, grid=False)
+    assert got.distances is None
+    assert got.score == pytest.approx(want.score, abs=1e-5)
+    assert (got.worst, got.nearest_row) == (want.worst, want.nearest_row)
+
+
+def test_score_without_the_grid_is_right_when_the_sample_is_all_left_out() -> None:
+    rng = np.random.default_rng(12)
+    bank = clustered(rng, 64, 8)
+    nn, sample = TorchNN(), BankSample(TorchNN(), stride=8)
+    nn.add(bank)
+    sample.add(bank)
+    exclude = list(range(0, 64, 8))  # every sampled row: no bound is finite
+    patches = clustered(rng, 100, 8)
+    want = PatchScorer(nn).run(patches, exclude=exclude)
+    got = PatchScorer(nn, sample=sample).run(patches, exclude=exclude, grid=False)
+    assert got.score == pytest.approx(want.score, abs=1e-5)
 
 
 # ---------------------------------------------------------------- heat maps
