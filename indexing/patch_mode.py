@@ -190,7 +190,7 @@ class PatchIndex:
                 f"setting {setting!r} has no patch memory bank yet: index PASS images into it (scoring=patch)"
             )
         patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, sample=bank.sample)
+        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, bounds=bank.bounds)
         rows, cols = patches.grid
         results = []
         for image, vectors in zip(images, patches.vectors):
@@ -230,7 +230,7 @@ class PatchIndex:
         an approximation. Calibrate with PASS images for an exact one.
         """
         bank = self.bank(setting, collection, config.dim)
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, sample=bank.sample)
+        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, bounds=bank.bounds)
         scores = []
         for image_id in dict.fromkeys(bank.image_ids):
             own = bank.rows_of(image_id)

@@ -9,7 +9,7 @@ import torch
 from indexing.backbones.base import FeatureMaps
 from indexing.errors import EmptyCollection
 from indexing.heatmap import heat_map, pixel_roc_auc
-from indexing.patch_search import BankSample, FaissNN, NumpyNN, PatchScorer, TorchNN
+from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN, UpperBounds
 from indexing.patches import PatchMaker
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler
 from indexing.scoring import exact_knn
@@ -159,60 +159,96 @@ def test_image_score_is_the_largest_nearest_patch_distance() -> None:
     assert 0 < weighted.score <= found.score
 
 
-def test_bank_sample_keeps_every_stride_th_bank_row_across_adds() -> None:
-    rows = np.arange(50, dtype=np.float32)[:, None] * np.ones((1, 4), np.float32)
-    sample = BankSample(NumpyNN(), stride=4)
-    for chunk in (rows[:7], rows[7:8], rows[8:30], rows[30:]):  # adds that straddle the stride
-        sample.add(chunk)
-    kept = np.stack([sample.nn.reconstruct(i) for i in range(sample.nn.size)])[:, 0]
-    np.testing.assert_array_equal(kept, np.arange(0, 50, 4))
-
-
 def clustered(rng: np.random.Generator, n: int, d: int, centres: int = 40) -> np.ndarray:
     """Rows around a few centres, like patches of one kind of part."""
     centre = unit_rows(rng, centres, d)[rng.integers(0, centres, n)]
     return (centre + 0.15 * rng.standard_normal((n, d))).astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", [TorchNN, NumpyNN])
-@pytest.mark.parametrize("leave_out", [False, True])
-def test_score_without_the_grid_equals_the_full_search(backend, leave_out: bool) -> None:
+def test_upper_bounds_never_undercut_the_nearest_row_as_the_bank_grows() -> None:
     rng = np.random.default_rng(11)
     bank = clustered(rng, 3000, 32)
-    nn, sample = backend(), BankSample(backend(), stride=8)
-    for part in np.array_split(bank, 5):  # a bank extended in steps, as indexing does
-        nn.add(part)
-        sample.add(part)
+    bounds, reference = UpperBounds(rows_per_cell=16), NumpyNN()
+    # Adds that retrain the cells (the bank doubles) and adds that only append.
+    for part in (bank[:100], bank[100:150], bank[150:210], bank[210:1000], bank[1000:1300], bank[1300:]):
+        bounds.add(part)
+        reference.add(part)
+        queries = np.concatenate([clustered(rng, 200, 32), reference.reconstruct(len(reference._bank) - 1)[None, :]])
+        got = bounds.run(queries)
+        want = reference.run(queries, 1)[0][:, 0]
+        assert (got >= want - 1e-5).all()
+        assert got[-1] == pytest.approx(0.0, abs=1e-3)  # a bank row is its own bound: same cell
+    assert bounds.size == 3000
+
+
+def test_upper_bounds_leave_excluded_rows_out() -> None:
+    rng = np.random.default_rng(12)
+    bank = clustered(rng, 2000, 32)
+    bounds, reference = UpperBounds(rows_per_cell=16), NumpyNN()
+    bounds.add(bank)
+    reference.add(bank)
+    own = list(range(500, 700))
+    got = bounds.run(bank[own], exclude=own)  # a nominal image's own rows, left out
+    want = reference.run(bank[own], 1, exclude=own)[0][:, 0]
+    assert (got >= want - 1e-5).all() and (got > 0.1).all()
+    assert np.isinf(UpperBounds().run(bank[:3])).all()  # nothing to bound with yet
+
+
+class SubsetBounds:
+    """Valid but loose bounds for the pruning logic: the nearest of every 8th bank row."""
+
+    def __init__(self, bank: np.ndarray) -> None:
+        self.nn = NumpyNN()
+        self.nn.fit(bank[::8])
+
+    def run(self, queries: np.ndarray, *, exclude=None) -> np.ndarray:
+        banned = [r // 8 for r in exclude or () if r % 8 == 0]
+        if len(banned) == self.nn.size:
+            return np.full(len(queries), np.inf, dtype=np.float32)
+        return self.nn.run(queries, 1, exclude=banned or None)[0][:, 0]
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+@pytest.mark.parametrize("bounds", ["ivf", "loose"])
+def test_score_without_the_grid_equals_the_full_search(bounds: str, leave_out: bool) -> None:
+    rng = np.random.default_rng(11)
+    bank = clustered(rng, 3000, 32)
+    nn = TorchNN()
+    nn.fit(bank)
+    if bounds == "ivf":
+        found_bounds = UpperBounds()
+        found_bounds.add(bank)
+    else:
+        found_bounds = SubsetBounds(bank)
     own = list(range(800, 1200))  # the scored image's bank rows, when it is a nominal image
-    unsampled = [r for r in range(3000) if r % 8 and not 800 <= r < 1200]
-    # Hard for the pruning: patches on unsampled bank rows (distance ~0, loose bounds)
-    # outrank the defect, whose bound is tight because it sits near a sampled row.
+    others = [r for r in range(3000) if r % 8 and not 800 <= r < 1200]
+    # Most patches lie on bank rows (distance ~0; loose bounds when the row is not in the
+    # subset) and outrank the defect, whose bound is tight because it sits near row 16.
     direction = unit_rows(rng, 1, 32)[0]
     parts = [(bank[16] + 0.5 * direction)[None, :]]
     if leave_out:
-        parts.append(bank[800:1200:8])  # its own sampled rows: their sample rows must not bound them
-    parts.append(bank[rng.choice(unsampled, 784 - sum(len(p) for p in parts), replace=False)])
+        parts.append(bank[800:1200:8])  # its own rows: they must not bound their own distance
+    parts.append(bank[rng.choice(others, 784 - sum(len(p) for p in parts), replace=False)])
     patches = np.concatenate(parts) + 0.001 * rng.standard_normal((784, 32)).astype(np.float32)
     patches = patches[rng.permutation(784)]
     exclude = own if leave_out else None
 
     want = PatchScorer(nn).run(patches, exclude=exclude)
-    got = PatchScorer(nn, sample=sample).run(patches, exclude=exclude, grid=False)
+    got = PatchScorer(nn, bounds=found_bounds).run(patches, exclude=exclude, grid=False)
     assert got.distances is None
     assert got.score == pytest.approx(want.score, abs=1e-5)
     assert (got.worst, got.nearest_row) == (want.worst, want.nearest_row)
 
 
-def test_score_without_the_grid_is_right_when_the_sample_is_all_left_out() -> None:
+def test_score_without_the_grid_is_right_when_no_bound_is_finite() -> None:
     rng = np.random.default_rng(12)
     bank = clustered(rng, 64, 8)
-    nn, sample = TorchNN(), BankSample(TorchNN(), stride=8)
-    nn.add(bank)
-    sample.add(bank)
-    exclude = list(range(0, 64, 8))  # every sampled row: no bound is finite
+    nn = TorchNN()
+    nn.fit(bank)
+    exclude = list(range(0, 64, 8))  # every subset row: no bound is finite
     patches = clustered(rng, 100, 8)
     want = PatchScorer(nn).run(patches, exclude=exclude)
-    got = PatchScorer(nn, sample=sample).run(patches, exclude=exclude, grid=False)
+    got = PatchScorer(nn, bounds=SubsetBounds(bank)).run(patches, exclude=exclude, grid=False)
     assert got.score == pytest.approx(want.score, abs=1e-5)
 
 
