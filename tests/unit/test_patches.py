@@ -136,6 +136,15 @@ def test_search_excludes_rows_like_the_reference(backend) -> None:
     assert not set(got_i.ravel()) & set(excluded)
 
 
+def test_faiss_and_its_bounds_leave_torch_threads_alone() -> None:
+    # faiss and torch share one OpenMP runtime: a thread count set for faiss would throttle
+    # every forward pass of the process.
+    before = torch.get_num_threads()
+    FaissNN().fit(np.ones((4, 8), np.float32))
+    UpperBounds().add(np.ones((4, 8), np.float32))
+    assert torch.get_num_threads() == before
+
+
 def test_an_empty_or_fully_excluded_bank_fails_loudly() -> None:
     nn = TorchNN()
     with pytest.raises(EmptyCollection, match="index PASS images"):
