@@ -116,7 +116,7 @@ class PatchBank:
                 self.bounds.add(rows)
 
     def bytes_used(self) -> int:
-        """Bytes of the in-memory vectors (the search index holds one more copy on a CPU)."""
+        """Bytes of the in-memory vectors (on a CPU the exact search and its `UpperBounds` hold one copy each as well)."""
         return int(self.vectors.nbytes)
 
 
