@@ -54,6 +54,14 @@ class Config(BaseSettings):
         validation_alias=AliasChoices("NOMINAL_API_KEYS"),
         description="Comma-separated KEY:ROLE pairs, ROLE read or admin (a bare KEY is admin). Empty: no auth, loopback only.",
     )
+    source_roots: str = Field(
+        "",
+        validation_alias=AliasChoices("NOMINAL_SOURCE_ROOTS"),
+        description=(
+            "Directories (':'-separated) that re-index sources named over HTTP must lie in. "
+            "Empty: re-index over HTTP is refused; `nominal reindex` on the server is not limited."
+        ),
+    )
     max_image_bytes: int = Field(
         25_000_000, validation_alias=AliasChoices("NOMINAL_MAX_IMAGE_BYTES"), gt=0, description="Upload limit per image."
     )
@@ -64,6 +72,10 @@ class Config(BaseSettings):
     @property
     def image_root(self) -> Path:
         return self.images_dir or self.data / "images"
+
+    def source_root_paths(self) -> list[Path]:
+        """`source_roots` as paths (empty entries dropped)."""
+        return [Path(part) for part in self.source_roots.split(":") if part.strip()]
 
     def key_roles(self) -> dict[str, str]:
         """API key -> role, from `api_keys`; ValueError naming the bad entry."""

@@ -74,6 +74,10 @@ class VersionCheckFailed(NominalError):
     """A re-indexed version that failed its checks before the switch; the old version stays active."""
 
 
+class SourceNotAllowed(NominalError):
+    """A re-index source, or an image it names, outside the directories sources may be read from."""
+
+
 class NotConfigured(NominalError):
     """A command that needs a part of the deployment (a broker, a server) that is not configured."""
 

@@ -42,7 +42,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from indexing.datasets import find_images
-from indexing.errors import BadImage, NoImages, VersionCheckFailed
+from indexing.errors import BadImage, NoImages, SourceNotAllowed, VersionCheckFailed
 from indexing.images import ImageInput
 from indexing.jobs import JobProgress
 from indexing.prefetch import prefetched
@@ -85,6 +85,46 @@ def read_source(source: str | Path) -> list[SourceItem]:
     if path.suffix.lower() == ".csv" and path.is_file():
         return read_manifest(path)
     return [SourceItem(str(found)) for found in find_images([source])]
+
+
+def read_source_within(source: str | Path, roots: Sequence[Path]) -> list[SourceItem]:
+    """`read_source`, for a source named by someone who may only read inside `roots` (an HTTP client).
+
+    The source's own directory is checked before anything is listed, so nothing
+    outside the roots is even looked at; then every image it names, which keeps a
+    manifest's absolute paths and symlinks from leading out. Paths are compared
+    resolved (symlinks and ".." followed).
+
+    Raises:
+        SourceNotAllowed: the source or one of its images lies outside every root.
+        NoImages: the source names no image.
+    """
+    resolved_roots = [Path(root).resolve() for root in roots]
+
+    def allowed(path: Path) -> bool:
+        where = path.resolve()
+        return any(where == root or where.is_relative_to(root) for root in resolved_roots)
+
+    place = "; ".join(str(root) for root in resolved_roots) or "none configured"
+    if not allowed(_fixed_part(Path(source))):
+        raise SourceNotAllowed(f"{source} is outside the directories re-index sources may be read from ({place})")
+    items = read_source(source)
+    outside = next((item.path for item in items if not allowed(Path(item.path))), None)
+    if outside is not None:
+        raise SourceNotAllowed(
+            f"{source} names {outside}, which is outside the directories re-index sources may be read from ({place})"
+        )
+    return items
+
+
+def _fixed_part(path: Path) -> Path:
+    """The leading components of a path or glob before the first wildcard."""
+    fixed = []
+    for part in path.parts:
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
 
 
 def read_manifest(manifest: Path) -> list[SourceItem]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from app.config import Config
-from indexing.errors import NoImages
-from indexing.reindex import batch_from_dict, batch_to_dict, batches_of, read_source
+from indexing.errors import NoImages, SourceNotAllowed
+from indexing.reindex import batch_from_dict, batch_to_dict, batches_of, read_source, read_source_within
 from indexing.service import EmbeddedBatch, Skipped
 from indexing.store.base import Point
 from workers.celery_app import EMBED_QUEUE, celery_settings
@@ -32,6 +32,30 @@ def test_a_folder_source_lists_its_images(tmp_path: Path, hazelnut: Path) -> Non
     items = read_source(hazelnut / "test" / "good")
     assert len(items) == 6 and all(i.metadata == {} for i in items)
     assert [len(b) for b in batches_of(items, 4)] == [4, 2]
+
+
+def test_a_source_named_over_http_must_lie_inside_the_allowed_roots(tmp_path: Path, hazelnut: Path) -> None:
+    import shutil
+
+    root, elsewhere = tmp_path / "sources", tmp_path / "elsewhere"
+    shutil.copytree(hazelnut / "test" / "good", root / "line-3")
+    shutil.copytree(hazelnut / "test" / "good", elsewhere)
+    assert len(read_source_within(root / "line-3", [root])) == 6
+    assert len(read_source_within(f"{root}/line-3/*.jpg", [root])) == 6
+    (root / "inside.csv").write_text("path\nline-3/" + next((root / "line-3").iterdir()).name + "\n")
+    assert len(read_source_within(root / "inside.csv", [root])) == 1
+
+    (root / "escape.csv").write_text(f"path\n{next(elsewhere.iterdir())}\n")  # a manifest pointing out
+    (root / "link").symlink_to(elsewhere, target_is_directory=True)  # a symlink pointing out
+    # Checked before listing: a missing folder outside is refused, not reported as empty.
+    outsiders = (elsewhere, f"{elsewhere}/*.jpg", root / ".." / "elsewhere", tmp_path / "missing")
+    for outside in (*outsiders, root / "escape.csv", root / "link"):
+        with pytest.raises(SourceNotAllowed, match="outside the directories"):
+            read_source_within(outside, [root])
+    with pytest.raises(SourceNotAllowed, match="none configured"):
+        read_source_within(root / "line-3", [])
+    with pytest.raises(NoImages):
+        read_source_within(root / "missing", [root])
 
 
 def test_points_survive_the_trip_through_the_result_backend() -> None:

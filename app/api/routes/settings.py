@@ -5,9 +5,11 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
+from app.api.errors import ApiError
 from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
 from indexing.backbones import available_backbones
-from indexing.reindex import read_source
+from indexing.errors import NoImages, SourceNotAllowed
+from indexing.reindex import read_source_within
 
 router = APIRouter(tags=["settings"])
 
@@ -48,10 +50,24 @@ def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> 
     """Build a new version from `source`, check it, then switch to it in one step (a job; cancel with DELETE /v1/jobs/{id}).
 
     Inspections are answered from the current version until the switch. The
-    source is read on the server (and by its workers), not uploaded.
+    source is read on the server (and by its workers), not uploaded, and only
+    inside the directories NOMINAL_SOURCE_ROOTS names (403 otherwise).
     """
     runtime.service.get_setting(setting)  # 404 before a job is queued
-    total = len(read_source(body.source))  # 422 for a source that names no image
+    roots = runtime.config.source_root_paths()
+    if not roots:
+        raise ApiError(
+            403, ["body", "source"],
+            "re-index over HTTP is off: set NOMINAL_SOURCE_ROOTS to the directories sources may be read from "
+            "(or run `nominal reindex` on the server)",
+            "source_not_allowed",
+        )
+    try:
+        total = len(read_source_within(body.source, roots))
+    except SourceNotAllowed as error:
+        raise ApiError(403, ["body", "source"], str(error), "source_not_allowed") from error
+    except NoImages as error:
+        raise ApiError(422, ["body", "source"], str(error), "no_images") from error
     job = runtime.runner.submit_reindex(setting, body.source, backbone=body.backbone)
     return JobAccepted(job_id=job.id, state=job.state, total=job.total or total, url=f"/v1/jobs/{job.id}")
 
