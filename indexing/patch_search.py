@@ -277,6 +277,7 @@ class UpperBounds:
         # A rough clustering is enough for bounds: few iterations on a small sample, fixed seed.
         index.cp.niter = 10
         index.cp.max_points_per_centroid = self._rows_per_cell
+        index.cp.min_points_per_centroid = 1  # a first image's few rows make one cell; no warning for it
         index.cp.seed = 1234
         index.train(rows)
         index.add(rows)
