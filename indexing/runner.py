@@ -10,8 +10,9 @@ runner uses to turn a job body's outcome into the job's final state.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from indexing.errors import NominalError
@@ -49,6 +50,39 @@ def run_job(board: JobBoard, job: Job, body: JobBody) -> Job:
     return progress.finish("succeeded", result=result)
 
 
+class JobQueue:
+    """This process's jobs, run one at a time on a background thread, in submission order.
+
+    `close` asks every job it still holds to cancel before waiting for them: the
+    process is going away and the work cannot outlive it, so a running job stops
+    at its next batch (its half-built version deleted, the active one untouched)
+    and a queued one ends `cancelled` instead of staying `queued` forever. Without
+    that, a job waiting on batches that never come back (no worker left, a broker
+    that lost its queue) would hold the process open for ever.
+    """
+
+    def __init__(self, board: JobBoard) -> None:
+        self.board = board
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-job")
+        self._held: dict[str, Future[Job]] = {}
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job, body: JobBody) -> Job:
+        self.board.put(job)
+        with self._lock:
+            self._held = {i: f for i, f in self._held.items() if not f.done()}
+            self._held[job.id] = self._pool.submit(run_job, self.board, job, body)
+        return job
+
+    def close(self) -> None:
+        """Cancel the jobs still held, then wait for the running one to stop; idempotent."""
+        with self._lock:
+            held = [job_id for job_id, future in self._held.items() if not future.done()]
+        for job_id in held:
+            request_cancel(self.board, job_id)
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class InProcessRunner:
     """Runs jobs one at a time on a background thread; status lives in the store's records.
 
@@ -71,7 +105,7 @@ class InProcessRunner:
         self.images = images
         self.board = board or StoreJobBoard(service.store)
         self.keep_versions = keep_versions
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-job")
+        self._jobs = JobQueue(self.board)
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         job = new_job("index", setting, total=len(images))
@@ -87,9 +121,8 @@ class InProcessRunner:
         return request_cancel(self.board, job_id)
 
     def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Cancel this runner's unfinished jobs and wait for them to stop (see `JobQueue`)."""
+        self._jobs.close()
 
     def _submit(self, job: Job, body: JobBody) -> Job:
-        self.board.put(job)
-        self._pool.submit(run_job, self.board, job, body)
-        return job
+        return self._jobs.submit(job, body)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -36,7 +35,7 @@ from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, new_job, request_cancel
 from indexing.reindex import DEFAULT_KEEP_VERSIONS, SourceItem, batch_from_dict, reindex
-from indexing.runner import run_job
+from indexing.runner import JobQueue
 from indexing.service import EmbeddedBatch, NominalService, Skipped
 from indexing.settings import CollectionVersion
 from indexing.store.base import Point
@@ -126,37 +125,38 @@ class CeleryRunner:
         self.app = app
         self.workers_write = workers_write
         self.keep_versions = keep_versions
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nominal-job")
+        self._jobs = JobQueue(board)
 
     def submit_reindex(
         self, setting: str, source: str, *, backbone: str | None = None, detach: bool = False
     ) -> Job:
         job = new_job("reindex", setting)
-        self.board.put(job)
         if detach and self.workers_write:
+            self.board.put(job)
             self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone])
             return job
         embedder = CeleryEmbedder(self.app, workers_write=self.workers_write)
-        self._pool.submit(run_job, self.board, job, lambda progress: reindex(
+        return self._jobs.submit(job, lambda progress: reindex(
             self.service, progress, setting=setting, source=source, backbone=backbone,
             embedder=embedder, keep=self.keep_versions))
-        return job
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         job = new_job("index", setting, total=len(images))
-        self.board.put(job)
-        if self.workers_write:
-            self.app.send_task("nominal.index", args=[job.to_dict(), setting, [r.to_dict() for r in images]])
-        else:
-            self._pool.submit(run_job, self.board, job, lambda progress: index_refs(
+        if not self.workers_write:
+            return self._jobs.submit(job, lambda progress: index_refs(
                 self.service, self.images, progress, setting=setting, refs=images))
+        self.board.put(job)
+        self.app.send_task("nominal.index", args=[job.to_dict(), setting, [r.to_dict() for r in images]])
         return job
 
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)
 
     def close(self) -> None:
-        """Wait for the job this process orchestrates (cancel it first to stop sooner)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        """Cancel the jobs this process orchestrates and wait for them to stop (see `JobQueue`).
+
+        Jobs handed whole to a worker (`detach`, `nominal.index` with a server) are not this process's: they go on.
+        """
+        self._jobs.close()
         self.app.close()
 

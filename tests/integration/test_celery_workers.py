@@ -200,6 +200,21 @@ def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, 
     assert [v.version for v in service.versions("hz")] == [1] and service.active_version("hz").version == 1
 
 
+def test_closing_the_runner_cancels_a_reindex_no_worker_will_ever_serve(deployment, service, source, hazelnut_sets) -> None:
+    """The API stopping (or `nominal reindex` ending) while its re-index waits on batches: cancelled, not waited on for ever."""
+    service.index("hz", hazelnut_sets["good"])
+    runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)  # and no worker started
+    job = runner.submit_reindex("hz", str(source))
+    wait_until(lambda: runner.board.get(job.id).state == "running", timeout=60)
+    closer = threading.Thread(target=runner.close)
+    closer.start()
+    closer.join(timeout=30)
+    assert not closer.is_alive(), "close waited for batches no worker will ever embed"
+    assert runner.board.get(job.id).state == "cancelled"
+    assert [v.version for v in service.versions("hz")] == [1] and service.active_version("hz").version == 1
+    assert len(service.store.collections()) == 1, service.store.collections()  # the half-built version is gone
+
+
 def _config_from(env: dict[str, str]) -> dict[str, object]:
     return {
         "REDIS_URL": env["REDIS_URL"],
