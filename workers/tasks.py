@@ -3,7 +3,7 @@
 - `nominal.embed_batch`: read, decode and embed a batch of image paths; returns the
   points (vectors as base64) for the process that owns an embedded store to upsert.
 - `nominal.index_batch`: the same, written straight to the Qdrant server (QDRANT_URL).
-- `nominal.index`, `nominal.reindex`, `nominal.calibrate`: a whole job on one worker,
+- `nominal.index`, `nominal.reindex`: a whole job on one worker,
   status on the Redis job board (Qdrant server deployments only: an embedded store
   belongs to the process that opened it).
 
@@ -134,19 +134,6 @@ def index_job(job: dict[str, Any], setting: str, refs: list[dict[str, Any]]) -> 
     body = lambda progress: index_refs(  # noqa: E731
         service, images, progress, setting=setting, refs=[ImageRef.from_dict(r) for r in refs]
     )
-    return run_job(state.board, Job.from_dict(job), body).to_dict()
-
-
-@app.task(name="nominal.calibrate", base=_JobTask)
-def calibrate_job(job: dict[str, Any], setting: str, policy: str = "quantile") -> dict[str, Any]:
-    """Calibrate from the stored nominal images (leave-one-out scores), e.g. after a re-index."""
-    state = worker_state()
-    service = _server_service()
-
-    def body(progress: Any) -> dict[str, Any]:
-        progress.start()
-        return service.calibrate(setting, policy=policy, progress=progress).to_dict()
-
     return run_job(state.board, Job.from_dict(job), body).to_dict()
 
 
