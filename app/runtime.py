@@ -15,7 +15,7 @@ from app.config import Config
 from indexing.backbones import load_backbone
 from indexing.errors import NotConfigured
 from indexing.image_store import ImageStore
-from indexing.jobs import JobBoard, JobRunner, StoreJobBoard
+from indexing.jobs import JobBoard, JobRunner, StoreJobBoard, fail_interrupted_jobs
 from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
@@ -27,7 +27,10 @@ def open_configured_store(config: Config) -> VectorStore:
             qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
             shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
         )
-    return open_store(data_dir=config.data)
+    store = open_store(data_dir=config.data)
+    # This process now owns the embedded store, so jobs it records as unfinished were a dead process's.
+    fail_interrupted_jobs(StoreJobBoard(store))
+    return store
 
 
 def backbone_pool(config: Config) -> BackbonePool:

@@ -9,6 +9,7 @@ worker see the same status.
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 import uuid
@@ -163,6 +164,29 @@ def request_cancel(board: JobBoard, job_id: str) -> Job | None:
         job = replace(job, cancel_requested=True)
     board.put(job)
     return job
+
+
+def fail_interrupted_jobs(board: JobBoard) -> list[Job]:
+    """Mark the jobs a dead process left queued or running as failed, saying so; returns them.
+
+    Call only where no other process can be running them: on the embedded store's
+    board, when a process has just opened the store (it is the only one that can,
+    so an unfinished job there is a dead owner's). A re-index's half-built version
+    is deleted by the setting's next re-index. Without this, `nominal jobs` and
+    `GET /v1/jobs/{id}` would show such a job `running` for ever.
+    """
+    interrupted = []
+    for job in board.list(limit=sys.maxsize):
+        if job.finished:
+            continue
+        ended = replace(
+            job, state="failed", finished_at=time.time(),
+            message="interrupted: the process running it stopped before the job finished; "
+            "submitting it again is safe (a re-index left the active version as it was)",
+        )
+        board.put(ended)
+        interrupted.append(ended)
+    return interrupted
 
 
 class JobRunner(Protocol):

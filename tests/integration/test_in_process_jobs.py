@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,6 +20,7 @@ from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_an_index_job_adds_images_and_lists_the_bad_ones(tmp_path: Path, service, hazelnut_sets, bad_images) -> None:
@@ -53,3 +61,53 @@ def test_the_image_store_keeps_content_once_and_detects_corruption(tmp_path: Pat
     images.path(ref.sha256).write_bytes(b"changed")
     with pytest.raises(Exception, match="no longer matches"):
         images.load(ref)
+
+
+def test_a_reindex_killed_with_its_process_is_reported_failed_and_can_be_run_again(tmp_path: Path, hazelnut: Path) -> None:
+    """`kill -9` of `nominal reindex` mid-job: the next process to open the store says what happened."""
+    data = tmp_path / "data"
+    source = tmp_path / "source"
+    source.mkdir()
+    for copy in range(4):  # 112 files, so the job is still running when it is killed
+        for image in sorted((hazelnut / "train" / "good").iterdir()):
+            shutil.copy(image, source / f"{copy}_{image.name}")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMINAL_", "REDIS_URL", "QDRANT_"))}
+    env["PYTHONPATH"] = str(REPO)
+
+    def nominal(*args: str) -> dict:
+        done = subprocess.run([sys.executable, "-m", "app.cli.main", "--data", str(data), *args, "--json"],
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    nominal("index", "line-3", str(hazelnut / "test" / "good"))
+    doomed = subprocess.Popen([sys.executable, "-m", "app.cli.main", "--data", str(data), "reindex", "line-3", str(source), "--wait"],
+                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(j.get("state") == "running" and j.get("done", 0) >= 32 for j in _job_records(data)):
+            assert doomed.poll() is None and time.monotonic() < deadline, "the re-index ended before it could be killed"
+            time.sleep(0.05)
+    finally:
+        os.killpg(doomed.pid, signal.SIGKILL)
+        doomed.wait(timeout=30)
+
+    [job] = nominal("jobs")["jobs"]
+    assert job["state"] == "failed" and job["message"].startswith("interrupted"), job
+    assert nominal("settings")[0]["images"] == 6  # still answered from the version before the re-index
+
+    again = nominal("reindex", "line-3", str(source), "--wait")
+    assert again["state"] == "succeeded" and again["result"]["count"] == 28  # 4 copies of 28 distinct images
+    versions = sorted(p.name for p in (data / "collections").iterdir() if not p.name.startswith("."))
+    assert len(versions) == 2 and versions[-1] == again["result"]["collection"], versions  # the half-built one is gone
+
+
+def _job_records(data: Path) -> list[dict]:
+    """The job records as the store writes them (one JSON file each, replaced atomically), read without opening it."""
+    found = []
+    for path in (data / "records" / "job").glob("*.json"):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError):
+            continue
+    return found
