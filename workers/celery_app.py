@@ -17,7 +17,8 @@ Delivery policy, for tasks that must survive a worker dying:
   unacknowledged task waits before Redis hands it to another worker (Celery's
   default is an hour). It must exceed the longest task, or a slow task is run
   twice: batch tasks take seconds. Live workers sweep for such tasks every
-  tenth of it (at most every 10 s).
+  tenth of it (at most every 10 s); a worker killed mid-sweep holds the others'
+  sweeps back for at most one visibility timeout.
 
 Queues: `embed` takes the batch tasks (the forward pass: point GPU workers at it
 with `nominal worker --queues embed`), `nominal` the rest.
@@ -49,6 +50,9 @@ def celery_settings(config: Config) -> dict[str, Any]:
         "visibility_timeout": config.visibility_timeout,
         "unacked_restore_interval": sweep_s,
         "unacked_restore_throttle": 1,
+        # A worker killed while it sweeps keeps the sweep's lock until this expires (kombu: 300 s),
+        # holding back every redelivery: no longer than one visibility timeout.
+        "unacked_mutex_expire": config.visibility_timeout,
         "global_keyprefix": config.redis_prefix,
     }
     return {

@@ -25,6 +25,7 @@ from app.config import Config
 from app.runtime import build_runner
 from indexing.service import NominalService
 from tests.waiting import wait_for_job
+from workers.celery_app import celery_settings
 
 pytestmark = pytest.mark.slow
 
@@ -98,6 +99,8 @@ def start_worker(deployment: dict[str, str], tmp_path: Path) -> Iterator:
     yield start
     for worker in started:
         worker.stop()
+        # Captured, so pytest shows it only when the test failed (or timed out): what each worker last did.
+        print(f"--- {worker.log.name}, last lines ---\n{worker.log.read_text(errors='replace')[-4000:]}")
 
 
 @pytest.fixture
@@ -137,7 +140,9 @@ def test_cli_reindex_with_a_worker_against_the_embedded_store(deployment, start_
     assert back.returncode == 0 and json.loads(back.stdout)["version"] == 1, back.stderr
 
 
-def test_a_worker_killed_mid_reindex_loses_nothing(deployment, start_worker, service: NominalService, source, hazelnut_sets) -> None:
+def test_a_worker_killed_mid_reindex_loses_nothing(
+    deployment, start_worker, service: NominalService, source, hazelnut_sets, redis_space
+) -> None:
     service.index("hz", hazelnut_sets["good"])
     service.batch_size = 2  # 15 batch tasks: the kill lands mid-way
     first = start_worker("first")
@@ -158,6 +163,8 @@ def test_a_worker_killed_mid_reindex_loses_nothing(deployment, start_worker, ser
     try:
         job = runner.submit_reindex("hz", str(source))
         wait_until(lambda: runner.board.get(job.id).done >= 4, timeout=120)
+        # The worst moment to die: in the middle of a sweep for unacknowledged tasks, holding its lock.
+        redis_space.client.lock(f"{redis_space.prefix}unacked_mutex", timeout=_sweep_lock_expiry(deployment)).acquire()
         first.kill()
         killed_at = runner.board.get(job.id).done
         assert killed_at < 29 and service.active_version("hz").version == 1
@@ -222,6 +229,12 @@ def _config_from(env: dict[str, str]) -> dict[str, object]:
         "NOMINAL_VISIBILITY_TIMEOUT": int(env["NOMINAL_VISIBILITY_TIMEOUT"]),
         "NOMINAL_DATA": env["NOMINAL_DATA"],
     }
+
+
+def _sweep_lock_expiry(env: dict[str, str]) -> int:
+    """Seconds a worker's lock on the sweep for unacknowledged tasks lasts, as the workers are configured."""
+    transport = celery_settings(Config(_env_file=None, **_config_from(env)))["broker_transport_options"]
+    return int(transport.get("unacked_mutex_expire", 300))  # kombu's default when not configured
 
 
 def wait_until(condition, *, timeout: float) -> None:
