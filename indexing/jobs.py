@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
@@ -85,10 +86,14 @@ class JobBoard(Protocol):
     def put(self, job: Job) -> None:
         """Store a job's full status, replacing the previous one."""
 
-    def get(self, job_id: str) -> Job | None: ...
+    def get(self, job_id: str) -> Job | None:
+        """The job's status; a running job whose process died reads as failed, `interrupted: ...`."""
 
     def list(self, *, limit: int = 50) -> list[Job]:
         """Most recent first."""
+
+    def heartbeat(self, job_id: str) -> AbstractContextManager[None]:
+        """Held by the process running the job, for as long as it runs it: how readers tell it is alive."""
 
 
 class StoreJobBoard:
@@ -112,6 +117,11 @@ class StoreJobBoard:
     def list(self, *, limit: int = 50) -> list[Job]:
         jobs = [Job.from_dict(r) for r in self._store.list_records(JOB_KIND)]
         return sorted(jobs, key=lambda j: j.created_at, reverse=True)[:limit]
+
+    def heartbeat(self, job_id: str) -> AbstractContextManager[None]:
+        # Nothing to beat: only the process that owns the store runs its jobs, and a dead
+        # owner's jobs are found when the store is next opened (`fail_interrupted_jobs`).
+        return nullcontext()
 
 
 class JobCancelled(Exception):
@@ -175,18 +185,19 @@ def fail_interrupted_jobs(board: JobBoard) -> list[Job]:
     is deleted by the setting's next re-index. Without this, `nominal jobs` and
     `GET /v1/jobs/{id}` would show such a job `running` for ever.
     """
-    interrupted = []
-    for job in board.list(limit=sys.maxsize):
-        if job.finished:
-            continue
-        ended = replace(
-            job, state="failed", finished_at=time.time(),
-            message="interrupted: the process running it stopped before the job finished; "
-            "submitting it again is safe (a re-index left the active version as it was)",
-        )
-        board.put(ended)
-        interrupted.append(ended)
-    return interrupted
+    ended = [interrupted(job) for job in board.list(limit=sys.maxsize) if not job.finished]
+    for job in ended:
+        board.put(job)
+    return ended
+
+
+def interrupted(job: Job) -> Job:
+    """`job` as failed because the process running it died."""
+    return replace(
+        job, state="failed", finished_at=time.time(),
+        message="interrupted: the process running it stopped before the job finished; "
+        "submitting it again is safe (a re-index left the active version as it was)",
+    )
 
 
 class JobRunner(Protocol):

@@ -38,16 +38,17 @@ def run_job(board: JobBoard, job: Job, body: JobBody) -> Job:
     if current.finished:  # cancelled while queued
         return current
     progress = JobProgress(board, current)
-    try:
-        result = body(progress)
-    except JobCancelled:
-        return progress.finish("cancelled", message="cancelled by request")
-    except NominalError as error:
-        return progress.finish("failed", message=str(error))
-    except Exception as error:  # noqa: BLE001 - a job must end in a state a user can read
-        log.exception("job %s (%s) failed", job.id, job.kind)
-        return progress.finish("failed", message=f"internal error: {type(error).__name__}: {error}")
-    return progress.finish("succeeded", result=result)
+    with board.heartbeat(job.id):
+        try:
+            result = body(progress)
+        except JobCancelled:
+            return progress.finish("cancelled", message="cancelled by request")
+        except NominalError as error:
+            return progress.finish("failed", message=str(error))
+        except Exception as error:  # noqa: BLE001 - a job must end in a state a user can read
+            log.exception("job %s (%s) failed", job.id, job.kind)
+            return progress.finish("failed", message=f"internal error: {type(error).__name__}: {error}")
+        return progress.finish("succeeded", result=result)
 
 
 class JobQueue:
