@@ -112,7 +112,8 @@ def index_batch(version: dict[str, Any], items: list[dict[str, Any]]) -> dict[st
 class _JobTask(Task):
     # A whole job runs for minutes or hours, longer than the visibility timeout: acknowledged on
     # receipt so Redis does not hand it to a second worker while the first still runs it. A worker
-    # dying mid-job leaves it failed-to-finish on the board and the alias where it was.
+    # dying mid-job leaves the alias where it was, and its job reads as interrupted once the
+    # heartbeat `run_job` keeps on the board lapses (`RedisJobBoard.heartbeat`).
     acks_late = False
 
 
