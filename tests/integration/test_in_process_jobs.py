@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from app.cli.main import main
 from indexing.image_store import ImageStore
 from indexing.images import ImageInput
 from indexing.runner import InProcessRunner
@@ -63,22 +64,25 @@ def test_the_image_store_keeps_content_once_and_detects_corruption(tmp_path: Pat
         images.load(ref)
 
 
-def test_a_reindex_killed_with_its_process_is_reported_failed_and_can_be_run_again(tmp_path: Path, hazelnut: Path) -> None:
-    """`kill -9` of `nominal reindex` mid-job: the next process to open the store says what happened."""
+def test_a_reindex_killed_with_its_process_is_reported_failed_and_can_be_run_again(
+    tmp_path: Path, hazelnut: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`kill -9` of `nominal reindex` mid-job: the next process to open the store (here, this one) says what happened."""
     data = tmp_path / "data"
     source = tmp_path / "source"
     source.mkdir()
     for copy in range(4):  # 112 files, so the job is still running when it is killed
         for image in sorted((hazelnut / "train" / "good").iterdir()):
             shutil.copy(image, source / f"{copy}_{image.name}")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("NOMINAL_", "REDIS_URL", "QDRANT_"))}
-    env["PYTHONPATH"] = str(REPO)
+    for name in [k for k in os.environ if k.startswith(("NOMINAL_", "REDIS_URL", "QDRANT_"))]:
+        monkeypatch.delenv(name)  # the embedded default, jobs in-process
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def nominal(*args: str) -> dict:
-        done = subprocess.run([sys.executable, "-m", "app.cli.main", "--data", str(data), *args, "--json"],
-                              cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-        assert done.returncode == 0, done.stderr
-        return json.loads(done.stdout)
+        code = main(["--data", str(data), *args, "--json"])
+        captured = capsys.readouterr()
+        assert code == 0, captured.err
+        return json.loads(captured.out)
 
     nominal("index", "line-3", str(hazelnut / "test" / "good"))
     doomed = subprocess.Popen([sys.executable, "-m", "app.cli.main", "--data", str(data), "reindex", "line-3", str(source), "--wait"],
