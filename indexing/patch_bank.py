@@ -17,9 +17,10 @@ length; patch vectors need not be unit length.
 
 from __future__ import annotations
 
+import itertools
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,6 +30,8 @@ from indexing.store.base import Point, VectorStore
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
 PATCH_NAMESPACE = uuid.UUID("6b0f0f52-4f53-4c2a-9a43-1c3f7f1d2e55")
+# Points read from the store per step while a bank loads (each step is reduced to arrays at once).
+LOAD_BATCH = 4096
 
 
 def patch_point_id(image_id: str, patch: int) -> str:
@@ -96,19 +99,37 @@ class PatchBank:
 
     def add(self, points: Sequence[Point]) -> None:
         """Append stored points (their vectors rescaled to the recorded norm)."""
-        if not points:
+        self.extend([points])
+
+    def extend(self, batches: Iterable[Sequence[Point]]) -> None:
+        """Append several batches of points in one step.
+
+        Each batch is reduced to arrays as it arrives, and the bank grows once at
+        the end: growing it batch by batch copied every row again at each batch,
+        so load time grew with the square of the bank (`benchmarks/bank_load.py`).
+        """
+        blocks, owners, sources, patches, cells = [], [], {}, [], []
+        for points in batches:
+            if not points:
+                continue
+            blocks.append(_original(points))
+            for point in points:
+                owner = point.payload["image_id"]
+                owners.append(owner)
+                sources[owner] = point.payload.get("source", owner)
+                patches.append(int(point.payload["patch"]))
+                cells.append((int(point.payload["row"]), int(point.payload["col"])))
+        if not blocks:
             return
-        rows = np.stack([_original(p) for p in points]).astype(np.float32)
+        rows = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.lock:
             start = len(self.image_ids)
-            for offset, point in enumerate(points):
-                owner = point.payload["image_id"]
-                self.image_ids.append(owner)
+            for offset, owner in enumerate(owners):
                 self._rows.setdefault(owner, []).append(start + offset)
-                self.sources[owner] = point.payload.get("source", owner)
-            self.patches = np.concatenate([self.patches, [int(p.payload["patch"]) for p in points]])
-            cells = np.array([[int(p.payload["row"]), int(p.payload["col"])] for p in points], dtype=np.int64)
-            self.cells = np.concatenate([self.cells, cells])
+            self.image_ids.extend(owners)
+            self.sources.update(sources)
+            self.patches = np.concatenate([self.patches, np.asarray(patches, dtype=np.int64)])
+            self.cells = np.concatenate([self.cells, np.asarray(cells, dtype=np.int64).reshape(-1, 2)])
             self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
             # The bank's backend first: a search that finds a new row through the bounds then finds it in the bank too.
             self.nn.add(rows)
@@ -120,13 +141,14 @@ class PatchBank:
         return int(self.vectors.nbytes)
 
 
-def _original(point: Point) -> np.ndarray:
-    vector = np.asarray(point.vector, dtype=np.float32)
-    norm = point.payload.get("norm")
-    if norm is None:
-        return vector
-    length = float(np.linalg.norm(vector))
-    return vector * (norm / length) if length > 0 else vector
+def _original(points: Sequence[Point]) -> np.ndarray:
+    """(n, d) float32 rows at the length each point recorded (the store kept them normalised)."""
+    rows = np.stack([np.asarray(p.vector, dtype=np.float32) for p in points])
+    norms = np.array([p.payload.get("norm", np.nan) for p in points], dtype=np.float32)
+    lengths = np.linalg.norm(rows, axis=1)
+    rescale = ~np.isnan(norms) & (lengths > 0)
+    rows[rescale] *= (norms[rescale] / lengths[rescale])[:, None]
+    return rows
 
 
 def load_bank(
@@ -134,13 +156,8 @@ def load_bank(
 ) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
     bank = PatchBank(dim, nn, bounds)
-    batch: list[Point] = []
-    for point in store.scroll(collection, with_vectors=True, batch_size=4096):
-        batch.append(point)
-        if len(batch) == 4096:
-            bank.add(batch)
-            batch = []
-    bank.add(batch)
+    points = store.scroll(collection, with_vectors=True, batch_size=LOAD_BATCH)
+    bank.extend(iter(lambda: list(itertools.islice(points, LOAD_BATCH)), []))
     return bank
 
 
