@@ -27,10 +27,7 @@ def open_configured_store(config: Config) -> VectorStore:
             qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
             shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
         )
-    store = open_store(data_dir=config.data)
-    # This process now owns the embedded store, so jobs it records as unfinished were a dead process's.
-    fail_interrupted_jobs(StoreJobBoard(store))
-    return store
+    return open_store(data_dir=config.data)
 
 
 def backbone_pool(config: Config) -> BackbonePool:
@@ -58,20 +55,31 @@ def service_for(config: Config) -> Iterator[NominalService]:
 
 
 def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
-    """Where job status lives: Redis with REDIS_URL (every process sees it), else the store's records."""
+    """Where job status lives: Redis with REDIS_URL (every process sees it), else the store's records.
+
+    On the embedded store, jobs a dead process left unfinished are marked interrupted first:
+    build one board per process, before any job of its own is submitted.
+    """
     if config.redis_url:
         from workers.board import RedisJobBoard
 
         return RedisJobBoard.from_url(config.redis_url, config.redis_prefix)
     if store is None:
         raise NotConfigured("job status without REDIS_URL lives in the store: open it first")
-    return StoreJobBoard(store)
+    board = StoreJobBoard(store)
+    if not config.qdrant_url:
+        # This process owns the embedded store, so jobs it records as unfinished were a dead process's.
+        # Here, not on every store open: it reads every job record, and only job readers and runners need it.
+        fail_interrupted_jobs(board)
+    return board
 
 
 def build_runner(config: Config, service: NominalService) -> JobRunner:
     """Where long work runs: Celery workers when REDIS_URL is set, else a thread of this process (embedded default)."""
     if not config.redis_url:
-        return InProcessRunner(service, ImageStore(config.image_root), keep_versions=config.keep_versions)
+        return InProcessRunner(
+            service, ImageStore(config.image_root), job_board(config, service.store), keep_versions=config.keep_versions
+        )
     from workers.celery_app import make_app
     from workers.runner import CeleryRunner
 

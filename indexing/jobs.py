@@ -120,7 +120,7 @@ class StoreJobBoard:
 
     def heartbeat(self, job_id: str) -> AbstractContextManager[None]:
         # Nothing to beat: only the process that owns the store runs its jobs, and a dead
-        # owner's jobs are found when the store is next opened (`fail_interrupted_jobs`).
+        # owner's jobs are found by the next owner to read or run jobs (`fail_interrupted_jobs`).
         return nullcontext()
 
 
@@ -180,10 +180,11 @@ def fail_interrupted_jobs(board: JobBoard) -> list[Job]:
     """Mark the jobs a dead process left queued or running as failed, saying so; returns them.
 
     Call only where no other process can be running them: on the embedded store's
-    board, when a process has just opened the store (it is the only one that can,
-    so an unfinished job there is a dead owner's). A re-index's half-built version
-    is deleted by the setting's next re-index. Without this, `nominal jobs` and
-    `GET /v1/jobs/{id}` would show such a job `running` for ever.
+    board, in the process that opened the store (the only one that can, so an
+    unfinished job there is a dead owner's), before it submits jobs of its own.
+    A re-index's half-built version is deleted by the setting's next re-index.
+    Without this, `nominal jobs` and `GET /v1/jobs/{id}` would show such a job
+    `running` for ever.
     """
     ended = [interrupted(job) for job in board.list(limit=sys.maxsize) if not job.finished]
     for job in ended:
