@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
@@ -215,10 +216,14 @@ class JobRunner(Protocol):
         """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
         ...
 
-    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+    def submit_reindex(
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None
+    ) -> Job:
         """Build a new version of the setting from a source (folder, glob, manifest CSV) and switch to it.
 
         See `indexing.reindex.reindex`; inspections use the old version until the switch.
+        `roots`: the directories every file the job reads must lie in (None: no limit);
+        checked where each file is opened, not only now.
         """
         ...
 

@@ -32,124 +32,25 @@ shared Qdrant server would collide, and the later one wins.)
 from __future__ import annotations
 
 import base64
-import csv
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from indexing.datasets import find_images
-from indexing.errors import BadImage, NoImages, SourceNotAllowed, VersionCheckFailed
+from indexing.errors import BadImage, VersionCheckFailed
 from indexing.images import ImageInput
 from indexing.jobs import JobProgress
 from indexing.prefetch import prefetched
 from indexing.service import EmbeddedBatch, NominalService, Skipped
 from indexing.settings import CollectionVersion
+from indexing.sources import SourceItem, read_manifest, read_source, read_source_within  # noqa: F401 - re-exported
 from indexing.store.base import Point
 
 # Older ready versions kept for `rollback` after a re-index switches.
 DEFAULT_KEEP_VERSIONS = 2
 # Stored points queried before the switch to check that the new version answers.
 SAMPLE_QUERIES = 3
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One image a re-index source names: a path any worker can read, and its metadata."""
-
-    path: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def load(self) -> ImageInput:
-        """The image's bytes; `BadImage` if the file cannot be read."""
-        return ImageInput.from_path(self.path, self.metadata)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "metadata": dict(self.metadata)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SourceItem":
-        return cls(path=data["path"], metadata=dict(data.get("metadata") or {}))
-
-
-def read_source(source: str | Path) -> list[SourceItem]:
-    """The images a re-index source names: a manifest CSV, or a folder or glob of image files.
-
-    Raises:
-        NoImages: the source names no image (or the manifest has no `path` column).
-    """
-    path = Path(source)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return read_manifest(path)
-    return [SourceItem(str(found)) for found in find_images([source])]
-
-
-def read_source_within(source: str | Path, roots: Sequence[Path]) -> list[SourceItem]:
-    """`read_source`, for a source named by someone who may only read inside `roots` (an HTTP client).
-
-    The source's own directory is checked before anything is listed, so nothing
-    outside the roots is even looked at; then every image it names, which keeps a
-    manifest's absolute paths and symlinks from leading out. Paths are compared
-    resolved (symlinks and ".." followed).
-
-    Raises:
-        SourceNotAllowed: the source or one of its images lies outside every root.
-        NoImages: the source names no image.
-    """
-    resolved_roots = [Path(root).resolve() for root in roots]
-
-    def allowed(path: Path) -> bool:
-        where = path.resolve()
-        return any(where == root or where.is_relative_to(root) for root in resolved_roots)
-
-    place = "; ".join(str(root) for root in resolved_roots) or "none configured"
-    if not allowed(_fixed_part(Path(source))):
-        raise SourceNotAllowed(f"{source} is outside the directories re-index sources may be read from ({place})")
-    items = read_source(source)
-    outside = next((item.path for item in items if not allowed(Path(item.path))), None)
-    if outside is not None:
-        raise SourceNotAllowed(
-            f"{source} names {outside}, which is outside the directories re-index sources may be read from ({place})"
-        )
-    return items
-
-
-def _fixed_part(path: Path) -> Path:
-    """The leading components of a path or glob before the first wildcard."""
-    fixed = []
-    for part in path.parts:
-        if any(c in part for c in "*?["):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
-def read_manifest(manifest: Path) -> list[SourceItem]:
-    """Rows of a manifest CSV: `path` (absolute, or relative to the CSV's folder) and metadata columns.
-
-    A listed file that is missing is not an error here: it is reported as a bad
-    image of the job, like any other file that cannot be read.
-    """
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise NoImages(
-                f"{manifest}: a manifest needs a header row with a `path` column "
-                f"(found {', '.join(reader.fieldnames or []) or 'no header'})"
-            )
-        items = []
-        for row in reader:
-            where = (row.pop("path") or "").strip()
-            if not where:
-                continue
-            resolved = Path(where) if Path(where).is_absolute() else manifest.parent / where
-            items.append(SourceItem(str(resolved), {k: v for k, v in row.items() if k and v not in (None, "")}))
-    if not items:
-        raise NoImages(f"{manifest}: the manifest lists no images (add rows with a `path`)")
-    return items
 
 
 def batches_of(items: Sequence[SourceItem], size: int) -> list[list[SourceItem]]:
@@ -225,6 +126,7 @@ def reindex(
     embedder: BatchEmbedder | None = None,
     keep: int = DEFAULT_KEEP_VERSIONS,
     batch_size: int | None = None,
+    roots: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build a new version of `setting` from `source`, check it, and switch to it.
 
@@ -238,6 +140,10 @@ def reindex(
         embedder: who embeds; this process by default.
         keep: older ready versions kept for rollback after the switch.
         batch_size: images per batch (per task on workers); the service's by default.
+        roots: the directories the source was allowed to name (an HTTP client's
+            `NOMINAL_SOURCE_ROOTS`), None for no limit. The source is listed again
+            inside them here, and each item carries them to whichever process
+            opens its file, where they are checked on the file actually opened.
 
     Returns:
         The job's result: {"version", "collection", "indexed", "skipped", "count", "pruned"}.
@@ -246,7 +152,7 @@ def reindex(
         NoImages, UnknownSetting, VersionCheckFailed, JobCancelled: nothing switched,
             the half-built version deleted.
     """
-    items = read_source(source)
+    items = read_source(source, roots)
     service.get_setting(setting)
     progress.start(len(items))
     embedder = embedder or LocalEmbedder(service)

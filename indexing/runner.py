@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -113,10 +113,13 @@ class InProcessRunner:
         return self._submit(job, lambda progress: index_refs(
             self.service, self.images, progress, setting=setting, refs=images))
 
-    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+    def submit_reindex(
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None
+    ) -> Job:
         job = new_job("reindex", setting)
         return self._submit(job, lambda progress: reindex(
-            self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions))
+            self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions,
+            roots=roots))
 
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)

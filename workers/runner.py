@@ -128,17 +128,19 @@ class CeleryRunner:
         self._jobs = JobQueue(board)
 
     def submit_reindex(
-        self, setting: str, source: str, *, backbone: str | None = None, detach: bool = False
+        self, setting: str, source: str, *, backbone: str | None = None, detach: bool = False,
+        roots: Sequence[str] | None = None,
     ) -> Job:
         job = new_job("reindex", setting)
+        listed = [str(root) for root in roots] if roots is not None else None
         if detach and self.workers_write:
             self.board.put(job)
-            self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone])
+            self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone, listed])
             return job
         embedder = CeleryEmbedder(self.app, workers_write=self.workers_write)
         return self._jobs.submit(job, lambda progress: reindex(
             self.service, progress, setting=setting, source=source, backbone=backbone,
-            embedder=embedder, keep=self.keep_versions))
+            embedder=embedder, keep=self.keep_versions, roots=listed))
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         job = new_job("index", setting, total=len(images))

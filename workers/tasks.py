@@ -118,11 +118,14 @@ class _JobTask(Task):
 
 
 @app.task(name="nominal.reindex", base=_JobTask)
-def reindex_job(job: dict[str, Any], setting: str, source: str, backbone: str | None = None) -> dict[str, Any]:
+def reindex_job(
+    job: dict[str, Any], setting: str, source: str, backbone: str | None = None, roots: list[str] | None = None
+) -> dict[str, Any]:
     state = worker_state()
     service = _server_service()
     body = lambda progress: reindex(  # noqa: E731
-        service, progress, setting=setting, source=source, backbone=backbone, keep=state.config.keep_versions
+        service, progress, setting=setting, source=source, backbone=backbone, keep=state.config.keep_versions,
+        roots=roots,
     )
     return run_job(state.board, Job.from_dict(job), body).to_dict()
 

@@ -9,7 +9,7 @@ from app.api.errors import ApiError
 from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
 from indexing.backbones import available_backbones
 from indexing.errors import NoImages, SourceNotAllowed
-from indexing.reindex import read_source_within
+from indexing.sources import read_source
 
 router = APIRouter(tags=["settings"])
 
@@ -63,12 +63,16 @@ def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> 
             "source_not_allowed",
         )
     try:
-        total = len(read_source_within(body.source, roots))
+        total = len(read_source(body.source, roots))
     except SourceNotAllowed as error:
         raise ApiError(403, ["body", "source"], str(error), "source_not_allowed") from error
     except NoImages as error:
         raise ApiError(422, ["body", "source"], str(error), "no_images") from error
-    job = runtime.runner.submit_reindex(setting, body.source, backbone=body.backbone)
+    # The job lists the source again and opens every file inside the same roots, wherever it runs:
+    # what was checked here may have changed by then (a swapped symlink, a new file matching a glob).
+    job = runtime.runner.submit_reindex(
+        setting, body.source, backbone=body.backbone, roots=[str(root) for root in roots]
+    )
     return JobAccepted(job_id=job.id, state=job.state, total=job.total or total, url=f"/v1/jobs/{job.id}")
 
 
