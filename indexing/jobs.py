@@ -18,6 +18,7 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from indexing.errors import InvalidName
 from indexing.image_store import ImageRef
 from indexing.store.base import VectorStore
 
@@ -111,7 +112,7 @@ class StoreJobBoard:
     def get(self, job_id: str) -> Job | None:
         try:
             record = self._store.get_record(JOB_KIND, job_id)
-        except ValueError:  # not a valid key, so no such job
+        except (InvalidName, ValueError):  # not a valid key, so no such job
             return None
         return Job.from_dict(record) if record else None
 
@@ -229,6 +230,14 @@ class JobRunner(Protocol):
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop (see `request_cancel`); None if there is no such job."""
+        ...
+
+    def ping(self) -> str | None:
+        """Check what the runner needs beyond the store (a broker) answers; for readiness.
+
+        Returns the name of what was checked ("broker"), or None when the runner needs
+        nothing else. Raises (any exception, its message saying why) when it does not answer.
+        """
         ...
 
     def close(self) -> None:

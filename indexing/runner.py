@@ -124,6 +124,10 @@ class InProcessRunner:
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)
 
+    def ping(self) -> str | None:
+        """Jobs run on a thread of this process: nothing beyond the store to check."""
+        return None
+
     def close(self) -> None:
         """Cancel this runner's unfinished jobs and wait for them to stop (see `JobQueue`)."""
         self._jobs.close()

@@ -28,9 +28,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
+from indexing.errors import StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, new_job, request_cancel
@@ -154,6 +156,18 @@ class CeleryRunner:
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)
 
+    def ping(self) -> str | None:
+        """The broker (Redis) answers a PING within 2 s; raises `StoreUnavailable` naming it otherwise."""
+        url = self.app.conf.broker_url
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            raise StoreUnavailable(f"broker {_redacted(url)} does not answer ({error})") from error
+        finally:
+            client.close()
+        return "broker"
+
     def close(self) -> None:
         """Cancel the jobs this process orchestrates and wait for them to stop (see `JobQueue`).
 
@@ -162,3 +176,14 @@ class CeleryRunner:
         self._jobs.close()
         self.app.close()
 
+
+
+def _redacted(url: str) -> str:
+    """A broker URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)
