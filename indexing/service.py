@@ -25,6 +25,7 @@ from indexing.calibration import Calibration, calibrate
 from indexing.datasets import Dataset
 from indexing.evaluation import Metrics, compute_metrics, write_report
 from indexing.errors import (
+    BackboneChangeNeedsReindex,
     BackboneMismatch,
     BadImage,
     EmptyCollection,
@@ -204,13 +205,18 @@ class NominalService:
             else:
                 current = MachineSetting.from_dict(record)
                 active = self.active_version(name)
-                if backbone and backbone != current.backbone and active is not None and active.count > 0:
-                    raise BackboneMismatch(
-                        f"setting {name!r} holds {active.count} images embedded with {current.backbone}; "
-                        f"vectors of {backbone} cannot be mixed with them: re-index the setting with the new backbone"
-                    )
                 if backbone:
-                    self.backbones.get(backbone)
+                    backbone = self.backbones.get(backbone).name  # unknown: refused here; aliases: canonical
+                if active is not None:
+                    # The active version is the one source of truth for the backbone: its vectors use it.
+                    current = current.updated(backbone=active.backbone)
+                    if backbone and backbone != active.backbone:
+                        raise BackboneChangeNeedsReindex(
+                            f"setting {name!r} is built on {active.backbone} (version {active.version}, "
+                            f"{active.count} images); a change of backbone is a re-index: "
+                            f"POST /v1/settings/{name}/reindex with {{\"source\": ..., \"backbone\": \"{backbone}\"}} "
+                            f"(or `nominal reindex {name} SOURCE --backbone {backbone}`)"
+                        )
                 changes = {
                     key: value
                     for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
@@ -241,6 +247,8 @@ class NominalService:
     def status(self, name: str) -> SettingStatus:
         setting = self.get_setting(name)
         active = self.active_version(name)
+        if active is not None and setting.backbone != active.backbone:
+            setting = setting.updated(backbone=active.backbone)  # what its vectors use, whatever a record says
         count = self.store.count(active.collection) if active else 0
         return SettingStatus(setting=setting, active=active, count=count, calibration=self.latest_calibration(name))
 

@@ -8,7 +8,7 @@ from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.errors import ApiError
 from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
 from indexing.backbones import available_backbones
-from indexing.errors import NoImages, SourceNotAllowed
+from indexing.errors import BackboneChangeNeedsReindex, NoImages, SourceNotAllowed
 from indexing.sources import read_source
 
 router = APIRouter(tags=["settings"])
@@ -28,8 +28,15 @@ def list_settings(runtime: RuntimeDep) -> SettingsPublic:
 
 @router.put("/v1/settings/{setting}", dependencies=[AdminAccess])
 def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep) -> SettingPublic:
-    """Create a machine setting or change the fields given; changing the backbone of a filled setting needs a re-index (409)."""
-    runtime.service.put_setting(setting, **body.model_dump())
+    """Create a machine setting or change the fields given.
+
+    The backbone is the active version's: once a setting has a version, a change of
+    backbone is a re-index (`POST .../reindex` with `backbone`); a PUT naming another answers 409.
+    """
+    try:
+        runtime.service.put_setting(setting, **body.model_dump())
+    except BackboneChangeNeedsReindex as error:
+        raise ApiError(409, ["body", "backbone"], str(error), "backbone_change_needs_reindex") from error
     return SettingPublic.of(runtime.service.status(setting))
 
 
