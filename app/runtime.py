@@ -7,6 +7,7 @@ workers (REDIS_URL).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -15,10 +16,13 @@ from app.config import Config
 from indexing.backbones import load_backbone
 from indexing.errors import NotConfigured
 from indexing.image_store import ImageStore
+from indexing.locks import LocalLocks, RedisLocks, SettingLocks
 from indexing.jobs import JobBoard, JobRunner, StoreJobBoard, fail_interrupted_jobs
 from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
+
+log = logging.getLogger(__name__)
 
 
 def open_configured_store(config: Config) -> VectorStore:
@@ -34,6 +38,18 @@ def backbone_pool(config: Config) -> BackbonePool:
     return BackbonePool(partial(load_backbone, device=config.device, weights_dir=config.weights_dir))
 
 
+def setting_locks(config: Config, store: VectorStore | None) -> SettingLocks:
+    """Locks in Redis when other processes write to the same store (a Qdrant server), else this process's."""
+    if store is not None and store.shared:
+        if config.redis_url:
+            return RedisLocks.from_url(config.redis_url, config.redis_prefix)
+        log.warning(
+            "QDRANT_URL without REDIS_URL: setting updates are locked in this process only; "
+            "run one writing process, or set REDIS_URL so several can share the server safely"
+        )
+    return LocalLocks()
+
+
 def build_service(config: Config, store: VectorStore, pool: BackbonePool | None = None) -> NominalService:
     return NominalService(
         store,
@@ -41,6 +57,7 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         default_backbone=config.backbone,
         max_pixels=config.max_pixels,
         batch_size=config.batch_size,
+        locks=setting_locks(config, store),
     )
 
 
@@ -67,7 +84,7 @@ def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:
     if store is None:
         raise NotConfigured("job status without REDIS_URL lives in the store: open it first")
     board = StoreJobBoard(store)
-    if not config.qdrant_url:
+    if not store.shared:
         # This process owns the embedded store, so jobs it records as unfinished were a dead process's.
         # Here, not on every store open: it reads every job record, and only job readers and runners need it.
         fail_interrupted_jobs(board)
@@ -88,6 +105,6 @@ def build_runner(config: Config, service: NominalService) -> JobRunner:
         ImageStore(config.image_root),
         job_board(config),
         make_app(config),
-        workers_write=config.qdrant_url is not None,
+        workers_write=service.store.shared,
         keep_versions=config.keep_versions,
     )

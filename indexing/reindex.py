@@ -23,10 +23,12 @@ A cancelled or failed re-index deletes its half-built version and leaves the
 alias where it was. Point ids come from image content, so a batch embedded
 twice (a redelivered task) overwrites its points instead of duplicating them.
 
-One re-index per setting at a time: a new one first deletes versions still
-marked building, which a re-index whose process died leaves behind. (Runners
-run one job at a time per process; two processes re-indexing one setting on a
-shared Qdrant server would collide, and the later one wins.)
+One re-index per setting at a time, in every process that shares the store: a
+re-index holds the setting's `reindex:` lock (`RedisLocks` on a shared Qdrant
+server), and a second one waits for it (its job says so, and can be cancelled).
+Holding it, a re-index first deletes versions still marked building, which a
+re-index whose process died leaves behind. Images uploaded while a version is
+built go into it as well (`NominalService.index`), so the switch loses none.
 """
 
 from __future__ import annotations
@@ -156,21 +158,27 @@ def reindex(
     service.get_setting(setting)
     progress.start(len(items))
     embedder = embedder or LocalEmbedder(service)
-    for stale in service.versions(setting):
-        if stale.state == "building":  # left by a re-index whose process died
-            service.discard_version(stale)
-    version = service.begin_version(setting, backbone=backbone)
-    if service.has_patch_bank(version) and not embedder.builds_patch_bank:
-        embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
-    try:
-        ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
-        progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
-        _check(service, version, ids)
-        ready = service.activate(version, expected_count=len(ids))
-    except BaseException:
-        service.discard_version(version)
-        raise
-    pruned = service.prune_versions(setting, keep=keep)
+
+    def waiting() -> None:
+        progress("waiting for another re-index of this setting to finish", 0, len(items))  # raises on cancel
+
+    # One re-index per setting at a time, across every process sharing the store (see indexing/locks.py).
+    with service.locks.hold(f"reindex:{setting}", waiting=waiting):
+        for stale in service.versions(setting):
+            if stale.state == "building":  # left by a re-index whose process died: the lock says none runs
+                service.discard_version(stale)
+        version = service.begin_version(setting, backbone=backbone)
+        if service.has_patch_bank(version) and not embedder.builds_patch_bank:
+            embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
+        try:
+            ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
+            progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
+            _check(service, version, ids)
+            ready = service.activate(version, expected_count=len(ids))
+        except BaseException:
+            service.discard_version(version)
+            raise
+        pruned = service.prune_versions(setting, keep=keep)
     return {
         "version": ready.version,
         "collection": ready.collection,
@@ -211,11 +219,15 @@ def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -
         raise VersionCheckFailed(
             f"no image of the source could be used for {version.setting!r}: nothing switched (see the job's errors)"
         )
-    count = service.store.count(version.collection)
-    if count != len(ids):
+    # Images uploaded while the version is built are added to it too (`NominalService.index`), so it
+    # may hold more points than the source gave, never fewer: every id of the source must be there.
+    present = sum(
+        len(service.store.retrieve(version.collection, chunk)) for chunk in batches_of(sorted(ids), 1024)
+    )
+    if present != len(ids):
         raise VersionCheckFailed(
-            f"version {version.version} of {version.setting!r} holds {count} points for {len(ids)} distinct images: "
-            "not switched; re-run the re-index"
+            f"version {version.version} of {version.setting!r} holds {present} of the {len(ids)} distinct images "
+            "embedded: not switched; re-run the re-index"
         )
     sample = service.store.retrieve(version.collection, sorted(ids)[:SAMPLE_QUERIES], with_vectors=True)
     vectors = np.stack([p.vector for p in sample]).astype(np.float32) if sample else np.empty((0, version.dim))

@@ -34,6 +34,7 @@ from indexing.errors import (
     UnknownSetting,
 )
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
+from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.prefetch import prefetched
@@ -148,6 +149,8 @@ class NominalService:
         patch_config: the patch recipe new patch banks are built with (existing
             banks keep the recipe recorded with their version).
         bank_cache: loaded patch banks; share one per process.
+        locks: the setting locks; `LocalLocks` (this process) by default, `RedisLocks`
+            when other processes write to the same store.
     """
 
     def __init__(
@@ -160,6 +163,7 @@ class NominalService:
         batch_size: int = 32,
         patch_config: PatchConfig | None = None,
         bank_cache: BankCache | None = None,
+        locks: SettingLocks | None = None,
     ) -> None:
         self.store = store
         self.patch_config = patch_config or PatchConfig()
@@ -168,7 +172,9 @@ class NominalService:
         self.default_backbone = default_backbone
         self.max_pixels = max_pixels
         self.batch_size = batch_size
-        self._settings_lock = threading.RLock()
+        # Every read-modify-write of a setting's records, numbering and alias holds its lock;
+        # `RedisLocks` when several processes share the store (see indexing/locks.py).
+        self.locks: SettingLocks = locks or LocalLocks()
 
     # ----------------------------------------------------------------- settings
 
@@ -191,8 +197,8 @@ class NominalService:
         description: str | None = None,
     ) -> MachineSetting:
         """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
-        with self._settings_lock:
-            record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+        with self._lock(check_setting_name(name)):
+            record = self.store.get_record(SETTING_KIND, name)
             if record is None:
                 setting = MachineSetting(
                     name=name,
@@ -229,7 +235,7 @@ class NominalService:
     def delete_setting(self, name: str) -> None:
         """Remove a setting with every collection version and calibration it owns."""
         self.get_setting(name)
-        with self._settings_lock:
+        with self._lock(name):
             for kind in ("global", "patch"):
                 self.store.delete_alias(alias_name(name, kind=kind))
                 for version in self.versions(name, kind=kind):
@@ -281,7 +287,7 @@ class NominalService:
         model = self.backbones.get(backbone or setting.backbone)
         if setting.scoring == "patch":
             model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
-        with self._settings_lock:
+        with self._lock(name):
             number = max((v.version for v in self.versions(name)), default=0) + 1
             version = CollectionVersion(
                 setting=name,
@@ -306,15 +312,15 @@ class NominalService:
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
         """Check a built version and make it the active one in one atomic alias move."""
-        count = self.store.count(version.collection)
-        if expected_count is not None and count != expected_count:
-            raise EmptyCollection(
-                f"version {version.version} of {version.setting!r} holds {count} points, "
-                f"expected {expected_count}: not activated"
-            )
-        ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
-        patch = self._patch_record(version)
-        with self._settings_lock:
+        with self._lock(version.setting):
+            count = self.store.count(version.collection)
+            if expected_count is not None and count < expected_count:
+                raise EmptyCollection(
+                    f"version {version.version} of {version.setting!r} holds {count} points, "
+                    f"expected {expected_count}: not activated"
+                )
+            ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+            patch = self._patch_record(version)
             self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
             if patch is not None:
                 collection = patch["collection"]
@@ -330,7 +336,7 @@ class NominalService:
 
     def discard_version(self, version: CollectionVersion) -> None:
         """Delete a version that is not active (a half-built or superseded one), vectors and record."""
-        with self._settings_lock:
+        with self._lock(version.setting):
             if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
                 raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
             patch = self._patch_record(version)
@@ -348,27 +354,29 @@ class NominalService:
         Raises:
             NoPreviousVersion: there is no ready version older than the active one.
         """
-        active = self._require_active(name)
-        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-        if not older:
-            raise NoPreviousVersion(
-                f"setting {name!r} has no version older than v{active.version} to roll back to "
-                "(versions are kept by re-indexing; see `nominal settings show`)"
-            )
-        return self.activate(older[-1])
+        with self._lock(check_setting_name(name)):
+            active = self._require_active(name)
+            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+            if not older:
+                raise NoPreviousVersion(
+                    f"setting {name!r} has no version older than v{active.version} to roll back to "
+                    "(versions are kept by re-indexing; see `nominal settings show`)"
+                )
+            return self.activate(older[-1])
 
     def prune_versions(self, name: str, *, keep: int) -> list[CollectionVersion]:
         """Delete ready versions older than the active one beyond the `keep` newest; returns those deleted."""
         if keep < 0:
             raise ValueError(f"keep must be 0 or more, got {keep}")
-        active = self.active_version(name)
-        if active is None:
-            return []
-        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-        doomed = older[: max(len(older) - keep, 0)]
-        for version in doomed:
-            self.discard_version(version)
-        return doomed
+        with self._lock(check_setting_name(name)):
+            active = self.active_version(name)
+            if active is None:
+                return []
+            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+            doomed = older[: max(len(older) - keep, 0)]
+            for version in doomed:
+                self.discard_version(version)
+            return doomed
 
     # ----------------------------------------------------------------- indexing
 
@@ -424,6 +432,11 @@ class NominalService:
 
         With `skip_bad=False` every image is decoded before anything is written,
         and one bad image rejects the whole call: the store is unchanged.
+
+        The call holds the setting's lock, so it is not lost to a re-index running
+        meanwhile (in any process): the images also go into any version being built,
+        which the re-index then switches to. Images indexed before a re-index began
+        are replaced by its source, as a re-index means (roll back to get them back).
         """
         if not images:
             raise BadImage(name, "no images given")
@@ -431,15 +444,19 @@ class NominalService:
         if not skip_bad:
             # Before the setting is created: a refused call leaves no trace.
             self._validate(images, progress)
-        try:
-            setting = self.get_setting(name)
-        except UnknownSetting:
-            setting = self.put_setting(name)
-        version = self.active_version(name)
-        if version is None:
-            version = self.activate(self.begin_version(name, backbone=setting.backbone))
-        result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
-        self._refresh_count(version)
+        with self._lock(name):
+            try:
+                setting = self.get_setting(name)
+            except UnknownSetting:
+                setting = self.put_setting(name)
+            version = self.active_version(name)
+            if version is None:
+                version = self.activate(self.begin_version(name, backbone=setting.backbone))
+            building = [v for v in self.versions(name) if v.state == "building"]
+            result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
+            for other in building:
+                self.index_into(other, images, skip_bad=True)
+            self._refresh_count(version)
         return result
 
     def index_into(
@@ -701,7 +718,7 @@ class NominalService:
 
     def save_calibration(self, name: str, result: Calibration) -> Calibration:
         record = {**result.to_dict(), "setting": name}
-        with self._settings_lock:
+        with self._lock(name):
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
             setting = self.get_setting(name).updated(calibration_id=result.id)
             self.store.put_record(SETTING_KIND, name, setting.to_dict())
@@ -880,9 +897,16 @@ class NominalService:
         return version
 
     def _refresh_count(self, version: CollectionVersion) -> None:
-        record = self.store.get_record(VERSION_KIND, version.collection) or version.to_dict()
-        record["count"] = self.store.count(version.collection)
-        self.store.put_record(VERSION_KIND, version.collection, record)
+        with self._lock(version.setting):
+            record = self.store.get_record(VERSION_KIND, version.collection)
+            if record is None:  # discarded meanwhile (a failed re-index's version): nothing to count
+                return
+            record["count"] = self.store.count(version.collection)
+            self.store.put_record(VERSION_KIND, version.collection, record)
+
+    def _lock(self, name: str):  # noqa: ANN202 - a context manager
+        """The lock of one setting's records, numbering and alias."""
+        return self.locks.hold(f"setting:{name}")
 
     def backbone_for(self, version: CollectionVersion) -> Backbone:
         """The loaded model `version` was built with; `BackboneMismatch` if this process has other weights."""

@@ -56,6 +56,10 @@ class Neighbour:
 
 @runtime_checkable
 class VectorStore(Protocol):
+    # True when other processes may write to the same store (a Qdrant server), so writers
+    # must coordinate; False for the embedded store, which one process owns.
+    shared: bool
+
     def create_collection(self, name: str, dim: int) -> None:
         """Create an empty cosine collection of `dim`-d vectors; ValueError if it exists."""
 
