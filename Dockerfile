@@ -26,7 +26,10 @@ FROM build AS build-cpu
 RUN pip install --no-deps .
 
 FROM build AS build-cuda
-RUN pip install --no-deps . && pip install "faiss-gpu-cu12>=1.8"
+# faiss-gpu and faiss-cpu both install the `faiss` module: with both, whichever wrote last wins,
+# and removing one later deletes files of the other. The CUDA image holds faiss-gpu only.
+RUN pip install --no-deps . && pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.8" \
+ && test "$(pip list 2>/dev/null | grep -ci '^faiss')" = 1
 
 FROM python:3.11-slim AS runtime
 # A non-root user owning only the data directory.
