@@ -23,7 +23,7 @@ from PIL import Image
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.datasets import Dataset
-from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
     BackboneMismatch,
     BadImage,
@@ -892,6 +892,8 @@ class NominalService:
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
             extra["heatmaps"] = len(heat_files)
+        from indexing.report import write_report  # here: verdicts and workers never load matplotlib
+
         paths = write_report(
             out_dir,
             title=(
@@ -902,6 +904,8 @@ class NominalService:
             is_fail=is_fail,
             scores=scores,
             names=[image.source for image in test_images],
+            images=test_images,
+            in_sample=True,
             calibration=result,
             metrics=metrics,
             extra=extra,

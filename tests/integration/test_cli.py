@@ -176,6 +176,28 @@ def test_evaluate_writes_a_report_without_touching_the_store(capsys, data_dir: P
     assert {"metrics.json", "report.md", "pr_curve.png", "roc_curve.png", "confusion_matrix.png"} <= written
     assert json.loads((report / "metrics.json").read_text())["metrics"]["roc_auc"] == metrics["roc_auc"]
     assert not data_dir.exists() or run_json(capsys, data_dir, "settings") == {"settings": []}
+    markdown = (report / "report.md").read_text()
+    assert "In-sample threshold" in markdown
+    thumbnails = sorted((report / "thumbnails").glob("*.png"))
+    assert thumbnails and all(f"thumbnails/{p.name}" in markdown for p in thumbnails)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--out", "{file}"], "--out:"),
+        (["--out", "{report}", "--policy", "recall>=2"], "--policy:"),
+        (["--out", "{report}", "--subset", "poly"], "--subset is for --layout elpv only"),
+    ],
+)
+def test_evaluate_refuses_bad_arguments_before_any_work(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path,
+                                                        args, message) -> None:
+    file = tmp_path / "README.md"
+    file.write_text("mine")
+    argv = [a.format(file=file, report=tmp_path / "report") for a in args]
+    code, _, err = run(capsys, data_dir, "evaluate", str(hazelnut), "--layout", "mvtec", *argv)
+    assert code == 1 and message in err and len(err.strip().splitlines()) == 1
+    assert file.read_text() == "mine" and not (tmp_path / "report").exists()
 
 
 def test_usage_errors_exit_2_with_usage_and_no_traceback(capsys) -> None:

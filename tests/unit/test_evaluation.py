@@ -21,7 +21,8 @@ from sklearn.metrics import (
 
 from indexing.calibration import calibrate
 from indexing.errors import NoImages
-from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.evaluation import Metrics, compute_metrics
+from indexing.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = {
