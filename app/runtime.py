@@ -58,6 +58,7 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         max_pixels=config.max_pixels,
         batch_size=config.batch_size,
         locks=setting_locks(config, store),
+        images=ImageStore(config.image_root),
     )
 
 

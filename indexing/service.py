@@ -21,9 +21,9 @@ import numpy as np
 from PIL import Image
 
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from indexing.calibration import Calibration, calibrate
+from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.datasets import Dataset
-from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
     BackboneChangeNeedsReindex,
     BackboneMismatch,
@@ -31,8 +31,10 @@ from indexing.errors import (
     EmptyCollection,
     InvalidCalibration,
     NoPreviousVersion,
+    UnknownCalibration,
     UnknownSetting,
 )
+from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
@@ -101,10 +103,32 @@ class EvaluationResult:
 
 @dataclass(frozen=True)
 class SettingStatus:
+    """A setting as verdicts see it.
+
+    `calibration` is the one verdicts use (None: UNCALIBRATED); `calibration_note` says
+    why the active calibration no longer applies (another backbone or scoring mode);
+    `candidate` is a newer recorded calibration that is not active.
+    """
+
     setting: MachineSetting
     active: CollectionVersion | None
     count: int
     calibration: Calibration | None
+    calibration_note: str | None = None
+    candidate: Calibration | None = None
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A new calibration and what became of it: `active`, or `held_back` with the reason.
+
+    `replaced` is the calibration verdicts used before, when this one took its place.
+    """
+
+    calibration: Calibration
+    active: bool
+    held_back: str | None
+    replaced: Calibration | None
 
 
 class BackbonePool:
@@ -151,6 +175,7 @@ class NominalService:
         bank_cache: loaded patch banks; share one per process.
         locks: the setting locks; `LocalLocks` (this process) by default, `RedisLocks`
             when other processes write to the same store.
+        images: where uploaded images are kept (operator feedback is read from it).
     """
 
     def __init__(
@@ -164,8 +189,10 @@ class NominalService:
         patch_config: PatchConfig | None = None,
         bank_cache: BankCache | None = None,
         locks: SettingLocks | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.store = store
+        self.images = images
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.backbones = backbones or BackbonePool()
@@ -251,12 +278,21 @@ class NominalService:
             self.store.delete_record(SETTING_KIND, name)
 
     def status(self, name: str) -> SettingStatus:
+        """The setting, its active version, and the calibration verdicts use, with why another does not apply."""
         setting = self.get_setting(name)
         active = self.active_version(name)
         if active is not None and setting.backbone != active.backbone:
             setting = setting.updated(backbone=active.backbone)  # what its vectors use, whatever a record says
         count = self.store.count(active.collection) if active else 0
-        return SettingStatus(setting=setting, active=active, count=count, calibration=self.latest_calibration(name))
+        chosen = self.latest_calibration(name)
+        stale = self._stale_reason(setting, active, chosen) if chosen and active else None
+        newest = next(iter(self.calibrations(name)), None)
+        return SettingStatus(
+            setting=setting, active=active, count=count,
+            calibration=None if stale or active is None else chosen,
+            calibration_note=stale,
+            candidate=newest if newest and (chosen is None or newest.id != chosen.id) else None,
+        )
 
     # ----------------------------------------------------------------- versions
 
@@ -359,8 +395,8 @@ class NominalService:
             older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
             if not older:
                 raise NoPreviousVersion(
-                    f"setting {name!r} has no version older than v{active.version} to roll back to "
-                    "(versions are kept by re-indexing; see `nominal settings show`)"
+                    f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
+                    "a re-index keeps the version it replaces"
                 )
             return self.activate(older[-1])
 
@@ -694,15 +730,32 @@ class NominalService:
         *,
         pass_images: Sequence[ImageInput] = (),
         fail_images: Sequence[ImageInput] = (),
-        policy: str = "f1",
+        policy: str | None = None,
+        use_feedback: bool = True,
+        activate: bool = True,
         progress: Progress = _no_progress,
-    ) -> Calibration:
-        """Calibrate a threshold and make it the setting's current calibration.
+    ) -> "Calibrated":
+        """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
 
-        With no PASS images given, the stored nominal images are scored
-        leave-one-out, so a PASS-only `quantile` calibration needs no extra data.
+        With no PASS images given, the stored nominal images are scored leave-one-out,
+        so a PASS-only `quantile` calibration needs no extra data. With `use_feedback`,
+        the images operators labelled FAIL join `fail_images`. Without a policy:
+        ``f1`` with FAIL images, ``quantile:0.01`` without (`default_policy`).
+
+        How a calibration goes live (the one rule the API, CLI and page show): it is
+        always recorded; it replaces the active one when `activate` is set and it is
+        not degenerate (`Calibration.degenerate`). Otherwise it waits as a candidate
+        that `activate_calibration` can make live.
+
+        Raises:
+            InvalidCalibration: a policy that needs FAIL images given none (`field`
+                "policy"), too few PASS scores, or a bad policy.
         """
+        if policy is not None:
+            parse_policy(policy)  # a malformed policy is refused before anything else is looked at
         version = self._require_active(name)
+        fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
+        policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
         pass_scores = (
             self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
         )
@@ -714,25 +767,82 @@ class NominalService:
         result = calibrate(
             pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=self._scored_collection(name, version)
         )
-        return self.save_calibration(name, result)
+        held_back = result.degenerate if activate else "not activated on request"
+        replaced = self.usable_calibration(name)
+        self.save_calibration(name, result, activate=held_back is None)
+        return Calibrated(
+            calibration=result, active=held_back is None, held_back=held_back,
+            replaced=replaced if held_back is None else None,
+        )
 
-    def save_calibration(self, name: str, result: Calibration) -> Calibration:
+    def _feedback_fail_images(self, name: str) -> list[ImageInput]:
+        """The images operators marked FAIL (missed defects) that this process can read."""
+        if self.images is None:
+            return []
+        found = []
+        for record in self.labels(name, "FAIL"):
+            try:
+                found.append(self.images.load(ImageRef.from_dict(record)))
+            except BadImage:
+                continue  # an image store without that file (another host): the images given still count
+        return found
+
+    def save_calibration(self, name: str, result: Calibration, *, activate: bool = True) -> Calibration:
+        """Record a calibration; with `activate`, verdicts use it from now on."""
         record = {**result.to_dict(), "setting": name}
         with self._lock(name):
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
-            setting = self.get_setting(name).updated(calibration_id=result.id)
-            self.store.put_record(SETTING_KIND, name, setting.to_dict())
+            if activate:
+                setting = self.get_setting(name).updated(calibration_id=result.id)
+                self.store.put_record(SETTING_KIND, name, setting.to_dict())
         return result
 
+    def activate_calibration(self, name: str, calibration_id: str) -> Calibrated:
+        """Make a recorded calibration the one verdicts use (an explicit choice: degenerate ones too).
+
+        Raises:
+            UnknownCalibration: no such calibration for this setting.
+            BackboneMismatch: it was made on other vectors than the active version's.
+        """
+        calibration = self.calibration(name, calibration_id)
+        version = self._require_active(name)
+        stale = self._stale_reason(self.get_setting(name), version, calibration)
+        if stale:
+            raise BackboneMismatch(f"calibration {calibration_id} cannot be activated: {stale}")
+        replaced = self.usable_calibration(name)
+        self.save_calibration(name, calibration, activate=True)
+        return Calibrated(calibration=calibration, active=True, held_back=None, replaced=replaced)
+
+    def calibration(self, name: str, calibration_id: str) -> Calibration:
+        self.get_setting(name)
+        record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
+        if record is None:
+            raise UnknownCalibration(name, calibration_id)
+        return Calibration.from_dict({key: value for key, value in record.items() if key != "setting"})
+
+    def calibrations(self, name: str) -> list[Calibration]:
+        """Every calibration recorded for the setting, newest first."""
+        self.get_setting(name)
+        found = [
+            Calibration.from_dict({key: value for key, value in r.items() if key != "setting"})
+            for r in self.store.list_records(CALIBRATION_KIND) if r.get("setting") == name
+        ]
+        return sorted(found, key=lambda c: c.created_at, reverse=True)
+
     def latest_calibration(self, name: str) -> Calibration | None:
+        """The calibration last made active (which verdicts use if it still fits the active version)."""
         setting = self.get_setting(name)
         if setting.calibration_id is None:
             return None
-        record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, setting.calibration_id))
-        if record is None:
+        try:
+            return self.calibration(name, setting.calibration_id)
+        except UnknownCalibration:
             return None
-        record = {key: value for key, value in record.items() if key != "setting"}
-        return Calibration.from_dict(record)
+
+    def usable_calibration(self, name: str) -> Calibration | None:
+        """The calibration verdicts use now: the active one, if it fits the active version."""
+        version = self.active_version(name)
+        return None if version is None else self._usable_calibration(self.get_setting(name), version)
 
     # ----------------------------------------------------------------- feedback
 
@@ -756,7 +866,7 @@ class NominalService:
         *,
         setting: str,
         out_dir: str | Path,
-        policy: str = "f1",
+        policy: str | None = None,
         progress: Progress = _no_progress,
     ) -> EvaluationResult:
         """The industry-standard evaluation: fit on PASS only, score the labelled test set, report.
@@ -807,6 +917,8 @@ class NominalService:
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
             extra["heatmaps"] = len(heat_files)
+        from indexing.report import write_report  # here: verdicts and workers never load matplotlib
+
         paths = write_report(
             out_dir,
             title=(
@@ -817,6 +929,8 @@ class NominalService:
             is_fail=is_fail,
             scores=scores,
             names=[image.source for image in test_images],
+            images=test_images,
+            in_sample=True,
             calibration=result,
             metrics=metrics,
             extra=extra,
@@ -836,11 +950,21 @@ class NominalService:
         mode is never applied in the other (its collection name says which).
         """
         calibration = self.latest_calibration(setting.name)
-        if calibration is None or calibration.backbone != version.backbone_identity:
-            return None
-        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
+        if calibration is None or self._stale_reason(setting, version, calibration):
             return None
         return calibration
+
+    @staticmethod
+    def _stale_reason(setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
+        """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
+        if calibration.backbone != version.backbone_identity:
+            return (f"calibration {calibration.id} was made on {calibration.backbone} vectors and the active "
+                    f"version {version.version} holds {version.backbone_identity} vectors: calibrate again")
+        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
+            made = "patch" if "__patch__" in calibration.collection else "global"
+            return (f"calibration {calibration.id} was made on {made} scores and the setting now scores "
+                    f"{setting.scoring}: calibrate again")
+        return None
 
     def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
         """The patch collection's version record for a global version, or None (a global-only version)."""
@@ -937,7 +1061,9 @@ class NominalService:
         if bad:
             listed = "; ".join(f"{error.source}: {error.reason}" for error in bad[:5])
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise BadImage(bad[0].source if len(bad) == 1 else f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
+            if len(bad) == 1:
+                raise BadImage(bad[0].source, f"{bad[0].reason}; nothing was indexed")
+            raise BadImage(f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
 
     def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
         """Decoded batches; the next batch decodes on a thread while the model runs on this one."""

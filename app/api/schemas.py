@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,11 @@ from indexing.jobs import Job
 from indexing.service import SettingStatus
 from indexing.store.base import Neighbour
 from indexing.verdicts import HeatMap, Verdict
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Seconds since the epoch as the ISO 8601 UTC text settings and calibrations carry."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 class SettingPut(BaseModel):
@@ -40,7 +46,19 @@ class CalibrationSummary(BaseModel):
     threshold: float
     average_precision: float | None
     roc_auc: float | None
+    n_pass: int
+    n_fail: int
     created_at: str
+    active: bool = Field(description="Whether verdicts use this calibration now.")
+
+    @classmethod
+    def of(cls, c: Calibration, *, active: bool) -> "CalibrationSummary":
+        return cls(id=c.id, policy=c.policy, threshold=c.threshold, average_precision=c.average_precision,
+                   roc_auc=c.roc_auc, n_pass=c.n_pass, n_fail=c.n_fail, created_at=c.created_at, active=active)
+
+
+class CalibrationsPublic(BaseModel):
+    calibrations: list[CalibrationSummary] = Field(description="Newest first.")
 
 
 class SettingPublic(BaseModel):
@@ -52,22 +70,24 @@ class SettingPublic(BaseModel):
     images: int = Field(description="Nominal images in the active version.")
     active_version: int | None
     collection: str | None
-    calibration: CalibrationSummary | None
+    calibration: CalibrationSummary | None = Field(description="The calibration verdicts use; null: UNCALIBRATED.")
+    calibration_note: str | None = Field(None, description="Why the last active calibration no longer applies.")
+    candidate_calibration: CalibrationSummary | None = Field(
+        None, description="A newer recorded calibration that is not live (held back, or recorded with activate=false).")
     created_at: str
     updated_at: str
 
     @classmethod
     def of(cls, status: SettingStatus) -> "SettingPublic":
-        s, c = status.setting, status.calibration
+        s, c, candidate = status.setting, status.calibration, status.candidate
         return cls(
             name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, description=s.description,
             images=status.count,
             active_version=status.active.version if status.active else None,
             collection=status.active.collection if status.active else None,
-            calibration=CalibrationSummary(
-                id=c.id, policy=c.policy, threshold=c.threshold, average_precision=c.average_precision,
-                roc_auc=c.roc_auc, created_at=c.created_at,
-            ) if c else None,
+            calibration=CalibrationSummary.of(c, active=True) if c else None,
+            calibration_note=status.calibration_note,
+            candidate_calibration=CalibrationSummary.of(candidate, active=False) if candidate else None,
             created_at=s.created_at, updated_at=s.updated_at,
         )
 
@@ -157,13 +177,16 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     message: str | None
     cancel_requested: bool
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
+    created_at: str = Field(description="ISO 8601, UTC, as every time in this API.")
+    started_at: str | None
+    finished_at: str | None
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
-        return cls(**job.to_dict())
+        fields = job.to_dict()
+        for key in ("created_at", "started_at", "finished_at"):
+            fields[key] = iso_time(fields[key])
+        return cls(**fields)
 
 
 class JobsPublic(BaseModel):
@@ -187,10 +210,15 @@ class CalibrationPublic(BaseModel):
     collection: str
     created_at: str
     warnings: list[str]
+    active: bool = Field(description="Whether verdicts use this calibration now.")
+    held_back: str | None = Field(None, description="Why a new calibration did not go live.")
+    replaced: CalibrationSummary | None = Field(None, description="The calibration verdicts used before this one.")
 
     @classmethod
-    def of(cls, calibration: Calibration) -> "CalibrationPublic":
-        return cls(**calibration.to_dict())
+    def of(cls, calibration: Calibration, *, active: bool, held_back: str | None = None,
+           replaced: Calibration | None = None) -> "CalibrationPublic":
+        return cls(**calibration.to_dict(), active=active, held_back=held_back,
+                   replaced=CalibrationSummary.of(replaced, active=False) if replaced else None)
 
 
 class FeedbackPublic(BaseModel):

@@ -279,3 +279,15 @@ def show_heat_map_result(driver, photo: Path) -> None:
         card.scrollIntoView();""",
         result, base64.b64encode(photo.read_bytes()).decode(),
     )
+
+
+def test_the_api_docs_render_with_no_internet(server: str, browser) -> None:
+    """A plant network has no internet: /docs draws every operation from assets this server serves."""
+    browser.get(f"{server}/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {e.get_attribute("data-path") or e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert "/v1/settings/{setting}/inspect" in paths, paths
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(server) for url in loaded), loaded
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "api-docs.png"))

@@ -88,7 +88,7 @@ def test_a_named_backbone_runs_index_inspect_calibrate_and_reindex(
     if scoring == "patch":
         assert all(v.heatmap is not None for v in first)
 
-    calibration = service.calibrate("line", pass_images=good, fail_images=defect, policy="f1")
+    calibration = service.calibrate("line", pass_images=good, fail_images=defect, policy="f1").calibration
     assert calibration.backbone == loaded.identity
     assert ("__patch__" in calibration.collection) == (scoring == "patch")
     assert {v.verdict for v in service.inspect("line", defect)} <= {"PASS", "FAIL"}

@@ -150,7 +150,7 @@ def test_reindexing_the_same_images_adds_no_patches_and_new_images_extend_the_ba
 
 def test_calibrated_patch_verdicts_and_a_new_version_moves_both_aliases(patch_service, hazelnut_sets) -> None:
     good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
-    calibration = patch_service.calibrate(SETTING, pass_images=good, fail_images=defect)
+    calibration = patch_service.calibrate(SETTING, pass_images=good, fail_images=defect).calibration
     assert "__patch__" in calibration.collection
     verdicts = patch_service.inspect(SETTING, good + defect)
     correct = sum(v.verdict == "PASS" for v in verdicts[: len(good)]) + sum(v.verdict == "FAIL" for v in verdicts[len(good) :])

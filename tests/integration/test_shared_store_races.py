@@ -155,7 +155,9 @@ def test_uploads_calibrations_and_reindexes_across_processes_lose_nothing(
 
     def calibrate() -> None:
         for i in range(6):
-            calibrations.append(calibrator.calibrate("line", policy="quantile").id)
+            made = calibrator.calibrate("line", policy="quantile")
+            assert made.active, made.held_back
+            calibrations.append(made.calibration.id)
             descriptions.append(f"calibrated {i}")
             calibrator.put_setting("line", description=descriptions[-1])
         done.set()

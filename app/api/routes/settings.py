@@ -8,7 +8,7 @@ from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.errors import ApiError
 from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
 from indexing.backbones import available_backbones
-from indexing.errors import BackboneChangeNeedsReindex, NoImages, SourceNotAllowed
+from indexing.errors import BackboneChangeNeedsReindex, NoImages, SourceNotAllowed, UnknownBackbone
 from indexing.sources import read_source
 
 router = APIRouter(tags=["settings"])
@@ -26,17 +26,20 @@ def list_settings(runtime: RuntimeDep) -> SettingsPublic:
     return SettingsPublic(settings=[SettingPublic.of(service.status(s.name)) for s in service.list_settings()])
 
 
-@router.put("/v1/settings/{setting}", dependencies=[AdminAccess])
-def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep) -> SettingPublic:
-    """Create a machine setting or change the fields given.
+@router.put("/v1/settings/{setting}", dependencies=[AdminAccess], responses={201: {"description": "Created."}})
+def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep, response: Response) -> SettingPublic:
+    """Create a machine setting (201) or change the fields given (200).
 
     The backbone is the active version's: once a setting has a version, a change of
     backbone is a re-index (`POST .../reindex` with `backbone`); a PUT naming another answers 409.
     """
+    existed = any(s.name == setting for s in runtime.service.list_settings())
     try:
         runtime.service.put_setting(setting, **body.model_dump())
     except BackboneChangeNeedsReindex as error:
         raise ApiError(409, ["body", "backbone"], str(error), "backbone_change_needs_reindex") from error
+    if not existed:
+        response.status_code = 201
     return SettingPublic.of(runtime.service.status(setting))
 
 
@@ -61,12 +64,16 @@ def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> 
     inside the directories NOMINAL_SOURCE_ROOTS names (403 otherwise).
     """
     runtime.service.get_setting(setting)  # 404 before a job is queued
+    if body.backbone:
+        try:
+            runtime.service.backbones.get(body.backbone)  # an unknown backbone is refused now, not by a failed job
+        except UnknownBackbone as error:
+            raise ApiError(422, ["body", "backbone"], str(error), "unknown_backbone") from error
     roots = runtime.config.source_root_paths()
     if not roots:
         raise ApiError(
             403, ["body", "source"],
-            "re-index over HTTP is off: set NOMINAL_SOURCE_ROOTS to the directories sources may be read from "
-            "(or run `nominal reindex` on the server)",
+            "re-index over HTTP is off: the server's NOMINAL_SOURCE_ROOTS names no directory sources may be read from",
             "source_not_allowed",
         )
     try:
