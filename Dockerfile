@@ -15,12 +15,14 @@ ENV PATH=/opt/nominal/bin:$PATH
 WORKDIR /src
 # Dependencies first, so code changes do not reinstall torch.
 COPY pyproject.toml README.md constraints.txt ./
-RUN mkdir indexing app workers && touch indexing/__init__.py app/__init__.py workers/__init__.py \
+RUN mkdir indexing app workers deployment \
+ && touch indexing/__init__.py app/__init__.py workers/__init__.py deployment/__init__.py \
  && if [ -n "$TORCH_INDEX_URL" ]; then pip install -c constraints.txt --index-url "$TORCH_INDEX_URL" torch torchvision; fi \
  && pip install -c constraints.txt . && pip uninstall -y nominal
 COPY indexing ./indexing
 COPY app ./app
 COPY workers ./workers
+COPY deployment ./deployment
 
 FROM build AS build-cpu
 RUN pip install --no-deps .

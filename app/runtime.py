@@ -1,75 +1,26 @@
-"""Builds the store and service a process runs on, from its `Config`.
+"""Where a process's jobs run and are recorded, from its `Config`; the store and service come from `deployment`.
 
-The choice between the embedded store and a Qdrant server is made here and
-only here; so is the choice between running jobs in-process and on Celery
-workers (REDIS_URL).
+Jobs run in-process without REDIS_URL (status in the store's records) and on Celery
+workers with it (status on the Redis job board): composing `workers` is this edge's
+business, so it is chosen here, not in `deployment`.
 """
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from functools import partial
-
-from app.config import Config
-from indexing.backbones import load_backbone
+from deployment.config import Config
+from deployment.services import (  # noqa: F401 - re-exported: the edges' one import for building a process
+    backbone_pool,
+    build_service,
+    open_configured_store,
+    service_for,
+    setting_locks,
+)
 from indexing.errors import NotConfigured
 from indexing.image_store import ImageStore
-from indexing.locks import LocalLocks, RedisLocks, SettingLocks
 from indexing.jobs import JobBoard, JobRunner, StoreJobBoard, fail_interrupted_jobs
 from indexing.runner import InProcessRunner
-from indexing.service import BackbonePool, NominalService
-from indexing.store import VectorStore, open_store
-
-log = logging.getLogger(__name__)
-
-
-def open_configured_store(config: Config) -> VectorStore:
-    if config.qdrant_url:
-        return open_store(
-            qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
-            shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
-        )
-    return open_store(data_dir=config.data)
-
-
-def backbone_pool(config: Config) -> BackbonePool:
-    return BackbonePool(partial(load_backbone, device=config.device, weights_dir=config.weights_dir))
-
-
-def setting_locks(config: Config, store: VectorStore | None) -> SettingLocks:
-    """Locks in Redis when other processes write to the same store (a Qdrant server), else this process's."""
-    if store is not None and store.shared:
-        if config.redis_url:
-            return RedisLocks.from_url(config.redis_url, config.redis_prefix)
-        log.warning(
-            "QDRANT_URL without REDIS_URL: setting updates are locked in this process only; "
-            "run one writing process, or set REDIS_URL so several can share the server safely"
-        )
-    return LocalLocks()
-
-
-def build_service(config: Config, store: VectorStore, pool: BackbonePool | None = None) -> NominalService:
-    return NominalService(
-        store,
-        backbones=pool or backbone_pool(config),
-        default_backbone=config.backbone,
-        max_pixels=config.max_pixels,
-        batch_size=config.batch_size,
-        locks=setting_locks(config, store),
-        images=ImageStore(config.image_root),
-    )
-
-
-@contextmanager
-def service_for(config: Config) -> Iterator[NominalService]:
-    """A service over the configured store, closed (and its lock released) on exit."""
-    store = open_configured_store(config)
-    try:
-        yield build_service(config, store)
-    finally:
-        store.close()
+from indexing.service import NominalService
+from indexing.store import VectorStore
 
 
 def job_board(config: Config, store: VectorStore | None = None) -> JobBoard:

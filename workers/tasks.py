@@ -27,8 +27,8 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
-from app.config import Config
-from app.runtime import backbone_pool, build_service, open_configured_store
+from deployment.config import Config
+from deployment.services import backbone_pool, build_service, open_configured_store
 from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs

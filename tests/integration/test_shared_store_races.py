@@ -3,7 +3,7 @@
 No Qdrant server runs here, so the "server" is `ServerStore` on qdrant-client's local
 mode (as in test_workers_write_to_server.py), shared by several `NominalService`s,
 one per thread, each standing for one API process or worker: each has its own
-setting locks (`RedisLocks` on the real Redis, as `app.runtime` builds them with
+setting locks (`RedisLocks` on the real Redis, as `deployment.services` builds them with
 QDRANT_URL and REDIS_URL), and nothing in-process is shared but the store object.
 `OneServer` applies each store call atomically and nothing across calls, which is
 what a server promises (and keeps qdrant-client's local mode, which is not thread-safe,
