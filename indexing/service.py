@@ -765,7 +765,8 @@ class NominalService:
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
             )
         result = calibrate(
-            pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=self._scored_collection(name, version)
+            pass_scores, fail_scores, policy, backbone=version.backbone_identity,
+            collection=self._scored_collection(name, version), scoring=self.get_setting(name).scoring,
         )
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
@@ -891,6 +892,7 @@ class NominalService:
         result = calibrate(
             scores[~is_fail], scores[is_fail], policy,
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
+            scoring="patch" if patch_mode else "global",
         )
         self.save_calibration(setting, result)
         metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
@@ -947,7 +949,7 @@ class NominalService:
         """The latest calibration, if it was made on this backbone's vectors in the current scoring mode.
 
         Global and patch scores have different scales, so a calibration made in one
-        mode is never applied in the other (its collection name says which).
+        mode is never applied in the other (`Calibration.scoring` says which).
         """
         calibration = self.latest_calibration(setting.name)
         if calibration is None or self._stale_reason(setting, version, calibration):
@@ -957,14 +959,11 @@ class NominalService:
     @staticmethod
     def _stale_reason(setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
-        if calibration.backbone != version.backbone_identity:
-            return (f"calibration {calibration.id} was made on {calibration.backbone} vectors and the active "
-                    f"version {version.version} holds {version.backbone_identity} vectors: calibrate again")
-        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
-            made = "patch" if "__patch__" in calibration.collection else "global"
-            return (f"calibration {calibration.id} was made on {made} scores and the setting now scores "
-                    f"{setting.scoring}: calibrate again")
-        return None
+        reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
+        if reason is None:
+            return None
+        return (f"{reason}: the active version {version.version} holds {version.backbone_identity} vectors and "
+                f"the setting scores {setting.scoring}; calibrate again")
 
     def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
         """The patch collection's version record for a global version, or None (a global-only version)."""
