@@ -202,6 +202,11 @@ class NominalService:
         # Every read-modify-write of a setting's records, numbering and alias holds its lock;
         # `RedisLocks` when several processes share the store (see indexing/locks.py).
         self.locks: SettingLocks = locks or LocalLocks()
+        # What never changes once written, so a verdict reads it from the store once per process: a ready
+        # version's identity (collection, backbone, dim, patch recipe) and a calibration (by id).
+        self._ready_versions: dict[str, CollectionVersion] = {}
+        self._patch_records: dict[str, dict[str, Any]] = {}
+        self._calibrations: dict[tuple[str, str], Calibration] = {}
 
     # ----------------------------------------------------------------- settings
 
@@ -268,6 +273,7 @@ class NominalService:
                 for version in self.versions(name, kind=kind):
                     self.store.delete_collection(version.collection)
                     self.store.delete_record(VERSION_KIND, version.collection)
+                    self._forget(version.collection)
             self.patches.cache.forget(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
@@ -365,9 +371,12 @@ class NominalService:
                 self.store.set_alias(alias_name(version.setting, kind="patch"), collection)
             self.store.set_alias(alias_name(version.setting), version.collection)
             setting = self.get_setting(version.setting)
-            if setting.backbone != version.backbone:
-                # A re-index with another backbone changes what the setting is built on.
-                self.store.put_record(SETTING_KIND, setting.name, setting.updated(backbone=version.backbone).to_dict())
+            # The record mirrors the alias (read in one call per verdict) and the backbone is the version's:
+            # a re-index with another backbone changes what the setting is built on.
+            self.store.put_record(
+                SETTING_KIND, setting.name,
+                setting.updated(backbone=version.backbone, active=version.collection).to_dict(),
+            )
         return ready
 
     def discard_version(self, version: CollectionVersion) -> None:
@@ -381,6 +390,7 @@ class NominalService:
                 self.store.delete_record(VERSION_KIND, patch["collection"])
             self.store.delete_collection(version.collection)
             self.store.delete_record(VERSION_KIND, version.collection)
+            self._forget(version.collection)
 
     def rollback(self, name: str) -> CollectionVersion:
         """Make the newest ready version older than the active one active again, in one alias move.
@@ -580,10 +590,9 @@ class NominalService:
 
     def neighbours(self, name: str, images: Sequence[ImageInput], *, k: int | None = None) -> list[list[Neighbour]]:
         """The k nearest nominal images of each input (itself excluded if stored)."""
-        setting = self.get_setting(name)
-        version = self._require_active(name)
-        k = k or setting.k
-        return self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
+        context = self.context(name)
+        k = k or context.setting.k
+        return self._nearest(context.version, self._embed_for(context.version, images), [image.id for image in images], k)
 
     def inspect(
         self, name: str, images: Sequence[ImageInput], *, k: int | None = None, heatmap: bool = False
@@ -596,12 +605,11 @@ class NominalService:
         PNG overlay). A global setting ignores `heatmap`.
         """
         started = time.perf_counter()
-        setting = self.get_setting(name)
+        context = self.context(name)
+        setting, version, calibration = context.setting, context.version, context.calibration
         k = k or setting.k
-        version = self._require_active(name)
         if setting.scoring == "patch":
-            return self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
-        calibration = self._usable_calibration(setting, version)
+            return self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
         nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
@@ -624,19 +632,23 @@ class NominalService:
 
     def _inspect_patch(
         self,
-        setting: MachineSetting,
-        version: CollectionVersion,
+        context: "CallContext",
         images: Sequence[ImageInput],
         *,
         k: int,
         heatmap: bool,
         started: float,
     ) -> list[Verdict]:
-        calibration = self._usable_calibration(setting, version)
+        calibration = context.calibration
         if not images:
             raise BadImage("request", "no images given")
         decoded, _, _ = self.decode_batch(images, skip_bad=False)
-        results = self._patch_results(setting.name, version, images, decoded, neighbours=k, maps=heatmap)
+        assert context.patch is not None
+        results = self.patches.score(
+            context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
+            self.backbone_for(context.version), images, decoded,
+            neighbours=k, maps=heatmap, batch_size=self.batch_size,
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
         for image, pixels, found in zip(images, decoded, results):
@@ -945,6 +957,62 @@ class NominalService:
 
     # ----------------------------------------------------------------- internals
 
+    def context(self, name: str) -> "CallContext":
+        """What one verdict needs, resolved once: the setting, its active version, the calibration that applies.
+
+        One store call when warm: the setting record (which names the active version
+        and the calibration); the version's identity and the calibration never change
+        once written, so each is read once per process. Verdicts stay current across
+        processes because the setting record is read every time.
+
+        Raises:
+            UnknownSetting: no such setting.
+            EmptyCollection: it has no version yet, or (patch mode) its version has no patch bank.
+        """
+        record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+        if record is None:
+            raise UnknownSetting(name)
+        setting = MachineSetting.from_dict(record)
+        collection = setting.active or self.store.resolve_alias(alias_name(name))  # a record from before `active`
+        version = self._ready_version(collection) if collection else None
+        if version is None:
+            raise _no_images(name)
+        calibration = None
+        if setting.calibration_id is not None:
+            found = self._calibration_once(name, setting.calibration_id)
+            if found is not None and not self._stale_reason(setting, version, found):
+                calibration = found
+        patch = None
+        if setting.scoring == "patch":
+            patch = self._patch_records.get(version.collection) or self._require_patch(version)
+            self._patch_records[version.collection] = patch
+        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch)
+
+    def _forget(self, collection: str) -> None:
+        """Drop what this process cached of a deleted collection (its name may be used again)."""
+        self._ready_versions.pop(collection, None)
+        self._patch_records.pop(collection, None)
+
+    def _ready_version(self, collection: str) -> CollectionVersion | None:
+        found = self._ready_versions.get(collection)
+        if found is None:
+            record = self.store.get_record(VERSION_KIND, collection)
+            if record is None:
+                return None
+            found = CollectionVersion.from_dict(record)
+            if found.state == "ready":
+                self._ready_versions[collection] = found
+        return found
+
+    def _calibration_once(self, name: str, calibration_id: str) -> Calibration | None:
+        key = (name, calibration_id)
+        if key not in self._calibrations:
+            record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
+            if record is None:
+                return None
+            self._calibrations[key] = Calibration.from_dict({k: v for k, v in record.items() if k != "setting"})
+        return self._calibrations[key]
+
     def _usable_calibration(self, setting: MachineSetting, version: CollectionVersion) -> Calibration | None:
         """The latest calibration, if it was made on this backbone's vectors in the current scoring mode.
 
@@ -1008,15 +1076,15 @@ class NominalService:
     ) -> list[list[Neighbour]]:
         """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored)."""
         hits = self.store.search(version.collection, vectors, k + 1)
+        if hits and not any(hits):
+            raise _no_images(version.setting)  # an empty version (every image deleted): nothing to compare with
         return [without_self(found, own, k) for own, found in zip(ids, hits)]
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)
         version = self.active_version(name)
         if version is None or self.store.count(version.collection) == 0:
-            raise EmptyCollection(
-                f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
-            )
+            raise _no_images(name)
         return version
 
     def _refresh_count(self, version: CollectionVersion) -> None:
@@ -1071,6 +1139,22 @@ class NominalService:
 
 
 _Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """One call's view of a setting (`NominalService.context`): read once, used throughout the call."""
+
+    setting: MachineSetting
+    version: CollectionVersion  # its `count` may be stale: counts are read where they matter
+    calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
+    patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
+
+
+def _no_images(name: str) -> EmptyCollection:
+    return EmptyCollection(
+        f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
+    )
 
 
 def _calibration_key(setting: str, calibration_id: str) -> str:
