@@ -175,7 +175,7 @@ def worker(images_dir: Path, n: int, weights: Path) -> dict:
     tasks._state = None
     with start_worker(app, pool="solo", perform_ping_check=False, shutdown_timeout=60):
         state = tasks.worker_state()
-        batch = state.service.batch_size
+        batch = state.embedder.batch_size
         warm = app.send_task("nominal.embed_batch", args=[version.to_dict(), [i.to_dict() for i in items[:batch]]],
                              queue=EMBED_QUEUE)
         warm.get(timeout=300)
@@ -191,7 +191,7 @@ def worker(images_dir: Path, n: int, weights: Path) -> dict:
     first = [decode(i.load()) for i in items[:8]]
     diff = float(np.abs(cpu.embed(first) - np.stack([p.vector for p in points[:8]])).max())
     out = {"images_per_s": round(len(points) / seconds, 1), "batch_size": batch,
-           "device": str(state.service.backbones.get("efficientnet_lite0").device), "max_abs_diff_vs_cpu": diff}
+           "device": str(state.embedder.backbones.get("efficientnet_lite0").device), "max_abs_diff_vs_cpu": diff}
     print(f"  celery worker on {out['device']}: {out['images_per_s']} images/s, batch {batch}, "
           f"vs CPU max |diff| {diff:.2e}")
     return out

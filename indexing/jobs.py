@@ -212,19 +212,24 @@ class JobRunner(Protocol):
     """
 
     board: JobBoard
+    # Whether a job may be handed whole to another process (`detach=True`), so the submitting
+    # process can exit: only when workers can write to the store themselves (a Qdrant server).
+    can_detach: bool
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
         ...
 
     def submit_reindex(
-        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None,
+        detach: bool = False,
     ) -> Job:
         """Build a new version of the setting from a source (folder, glob, manifest CSV) and switch to it.
 
         See `indexing.reindex.reindex`; inspections use the old version until the switch.
         `roots`: the directories every file the job reads must lie in (None: no limit);
-        checked where each file is opened, not only now.
+        checked where each file is opened, not only now. `detach`: hand the whole job to
+        another process (`NotConfigured` unless `can_detach`).
         """
         ...
 

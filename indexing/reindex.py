@@ -44,7 +44,8 @@ from indexing.errors import BadImage, VersionCheckFailed
 from indexing.images import ImageInput
 from indexing.jobs import JobProgress
 from indexing.prefetch import prefetched
-from indexing.service import EmbeddedBatch, NominalService, Skipped
+from indexing.embedder import EmbeddedBatch, Embedder, Skipped
+from indexing.service import NominalService
 from indexing.settings import CollectionVersion
 from indexing.sources import SourceItem, read_manifest, read_source, read_source_within  # noqa: F401 - re-exported
 from indexing.store.base import Point
@@ -76,12 +77,12 @@ class BatchEmbedder(Protocol):
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]: ...
 
 
-def embed_items(service: NominalService, version: CollectionVersion, items: Sequence[SourceItem]) -> EmbeddedBatch:
+def embed_items(embedder: Embedder, version: CollectionVersion, items: Sequence[SourceItem]) -> EmbeddedBatch:
     """Read, decode and embed one batch with `version`'s backbone; nothing is stored. Worker tasks call this."""
     loaded, skipped = load_items(items)
     if not loaded:
         return EmbeddedBatch(points=[], skipped=skipped)
-    embedded = service.embed_points(version.setting, service.backbone_for(version), loaded, skip_bad=True)
+    embedded = embedder.embed_points(version.setting, embedder.backbone_for(version), loaded, skip_bad=True)
     return EmbeddedBatch(points=embedded.points, skipped=skipped + embedded.skipped)
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from indexing.errors import NominalError
+from indexing.errors import NominalError, NotConfigured
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, JobCancelled, JobProgress, StoreJobBoard, new_job, request_cancel
@@ -113,9 +113,17 @@ class InProcessRunner:
         return self._submit(job, lambda progress: index_refs(
             self.service, self.images, progress, setting=setting, refs=images))
 
+    can_detach = False  # the job runs on this process's thread: it ends with the process
+
     def submit_reindex(
-        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None,
+        detach: bool = False,
     ) -> Job:
+        if detach:
+            raise NotConfigured(
+                "a detached re-index needs workers that write to a Qdrant server (REDIS_URL and QDRANT_URL): "
+                "without them this process runs the job and must wait for it"
+            )
         job = new_job("reindex", setting)
         return self._submit(job, lambda progress: reindex(
             self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions,

@@ -23,6 +23,14 @@ from PIL import Image
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.datasets import Dataset
+from indexing.embedder import (  # noqa: F401 - re-exported: the service's public types
+    BackbonePool,
+    EmbeddedBatch,
+    Embedder,
+    Skipped,
+    _Decoded,
+    image_payload,
+)
 from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
     BackboneChangeNeedsReindex,
@@ -63,22 +71,6 @@ Progress = Callable[[str, int, int], None]
 
 def _no_progress(stage: str, done: int, total: int) -> None:
     pass
-
-
-@dataclass(frozen=True)
-class Skipped:
-    """An input left out of a batch, and why."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EmbeddedBatch:
-    """Points ready to upsert, plus the inputs that could not be used."""
-
-    points: list[Point]
-    skipped: list[Skipped] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -131,36 +123,6 @@ class Calibrated:
     replaced: Calibration | None
 
 
-class BackbonePool:
-    """One loaded model per backbone name per process, built on first use.
-
-    Loading is serialised so concurrent first requests do not build two copies.
-    """
-
-    def __init__(self, loader: Callable[[str], Backbone] = load_backbone) -> None:
-        self._loader = loader
-        self._loaded: dict[str, Backbone] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> Backbone:
-        with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = run_on_torch_thread(self._loader, name)
-            return self._loaded[name]
-
-
-def image_payload(setting: str, image: ImageInput, width: int, height: int) -> dict[str, Any]:
-    return {
-        "setting": setting,
-        "sha256": image.sha256,
-        "source": image.source,
-        "ingested_at": utc_now(),
-        "width": width,
-        "height": height,
-        "metadata": dict(image.metadata),
-    }
-
-
 class NominalService:
     """Machine settings and their nominal collections, over one vector store.
 
@@ -195,10 +157,8 @@ class NominalService:
         self.images = images
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
-        self.backbones = backbones or BackbonePool()
+        self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
         self.default_backbone = default_backbone
-        self.max_pixels = max_pixels
-        self.batch_size = batch_size
         # Every read-modify-write of a setting's records, numbering and alias holds its lock;
         # `RedisLocks` when several processes share the store (see indexing/locks.py).
         self.locks: SettingLocks = locks or LocalLocks()
@@ -426,45 +386,35 @@ class NominalService:
 
     # ----------------------------------------------------------------- indexing
 
-    def embed_points(
-        self,
-        setting: str,
-        backbone: Backbone,
-        images: Sequence[ImageInput],
-        *,
-        skip_bad: bool,
-    ) -> EmbeddedBatch:
-        """Decode and embed one batch into points (ids from content); nothing is stored.
+    # -------------------------------------------------- embedding (the composed Embedder's)
 
-        Kept separate from storage so a worker without the store can embed and
-        hand the points to the process that owns it.
-        """
-        return self.embed_decoded(setting, backbone, self.decode_batch(images, skip_bad=skip_bad))
+    @property
+    def backbones(self) -> BackbonePool:
+        return self.embedder.backbones
 
-    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
-        """Decode one batch for `embed_decoded`; a thread can do this while the model runs on another."""
-        decoded, kept, skipped = [], [], []
-        for image in images:
-            try:
-                decoded.append(decode(image, max_pixels=self.max_pixels))
-                kept.append(image)
-            except BadImage as error:
-                if not skip_bad:
-                    raise
-                skipped.append(Skipped(source=image.source, reason=error.reason))
-        return decoded, kept, skipped
+    @property
+    def max_pixels(self) -> int:
+        return self.embedder.max_pixels
 
-    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
-        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
-        decoded, kept, skipped = batch
-        if not kept:
-            return EmbeddedBatch(points=[], skipped=skipped)
-        vectors = backbone.embed(decoded, batch_size=self.batch_size)
-        points = [
-            Point(id=image.id, vector=vector, payload=image_payload(setting, image, *pixels.size))
-            for image, vector, pixels in zip(kept, vectors, decoded)
-        ]
-        return EmbeddedBatch(points=points, skipped=skipped)
+    @property
+    def batch_size(self) -> int:
+        return self.embedder.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.embedder.batch_size = value
+
+    def backbone_for(self, version: CollectionVersion) -> Backbone:
+        return self.embedder.backbone_for(version)
+
+    def embed_points(self, setting: str, backbone: Backbone, images: Sequence[ImageInput], *, skip_bad: bool) -> EmbeddedBatch:
+        return self.embedder.embed_points(setting, backbone, images, skip_bad=skip_bad)
+
+    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> _Decoded:
+        return self.embedder.decode_batch(images, skip_bad=skip_bad)
+
+    def embed_decoded(self, setting: str, backbone: Backbone, batch: _Decoded) -> EmbeddedBatch:
+        return self.embedder.embed_decoded(setting, backbone, batch)
 
     def index(
         self,
@@ -1099,16 +1049,6 @@ class NominalService:
         """The lock of one setting's records, numbering and alias."""
         return self.locks.hold(f"setting:{name}")
 
-    def backbone_for(self, version: CollectionVersion) -> Backbone:
-        """The loaded model `version` was built with; `BackboneMismatch` if this process has other weights."""
-        backbone = self.backbones.get(version.backbone)
-        if backbone.identity != version.backbone_identity:
-            raise BackboneMismatch(
-                f"{version.collection} was built with {version.backbone_identity} but this process loads "
-                f"{backbone.identity}: load the same weights, or re-index the setting"
-            )
-        return backbone
-
     def _embed_for(self, version: CollectionVersion, images: Sequence[ImageInput]) -> np.ndarray:
         if not images:
             raise BadImage("request", "no images given")
@@ -1138,7 +1078,6 @@ class NominalService:
         return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 
-_Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import redis
 from celery import Celery
 from celery.result import AsyncResult
 
-from indexing.errors import StoreUnavailable
+from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, new_job, request_cancel
@@ -126,6 +126,7 @@ class CeleryRunner:
         self.board = board
         self.app = app
         self.workers_write = workers_write
+        self.can_detach = workers_write
         self.keep_versions = keep_versions
         self._jobs = JobQueue(board)
 
@@ -135,7 +136,12 @@ class CeleryRunner:
     ) -> Job:
         job = new_job("reindex", setting)
         listed = [str(root) for root in roots] if roots is not None else None
-        if detach and self.workers_write:
+        if detach and not self.can_detach:
+            raise NotConfigured(
+                "a detached re-index needs workers that write to a Qdrant server (QDRANT_URL on every process): "
+                "with the embedded store this process runs the job and must wait for it"
+            )
+        if detach:
             self.board.put(job)
             self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone, listed])
             return job

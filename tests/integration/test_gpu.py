@@ -113,8 +113,8 @@ def test_a_worker_on_cuda_embeds_with_large_batches(tmp_path: Path, redis_space,
             result = app.send_task("nominal.embed_batch", args=[version.to_dict(), [i.to_dict() for i in items]],
                                    queue=EMBED_QUEUE).get(timeout=300)
             state = tasks.worker_state()
-            assert state.service.batch_size >= tasks.CUDA_BATCH_SIZE
-            assert state.service.backbones.get("efficientnet_lite0").device.type == "cuda"
+            assert state.embedder.batch_size >= tasks.CUDA_BATCH_SIZE
+            assert state.embedder.backbones.get("efficientnet_lite0").device.type == "cuda"
     finally:
         tasks._state = None
     batch = batch_from_dict(result)
