@@ -9,10 +9,11 @@ written unless the caller asks to skip it).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -188,6 +189,7 @@ class NominalService:
     ) -> None:
         self.store = store
         self.images = images
+        self._nominal_reference: dict[tuple, np.ndarray] = {}
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.backbones = backbones or BackbonePool()
@@ -483,7 +485,9 @@ class NominalService:
         patch = self._patch_record(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
-        for batch in self._decoded_batches(images, skip_bad=skip_bad):
+        # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
+        size = max(1, min(self.batch_size, math.ceil(len(images) / 50)))
+        for batch in self._decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embed_decoded(version.setting, backbone, batch)
             if patch is not None:
                 self._extend_patches(version, patch, backbone, batch)
@@ -575,7 +579,34 @@ class NominalService:
         k = k or setting.k
         version = self._require_active(name)
         if setting.scoring == "patch":
-            return self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
+            verdicts = self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
+        else:
+            verdicts = self._inspect_global(setting, version, images, k=k, started=started)
+        if any(v.verdict == "UNCALIBRATED" for v in verdicts):
+            verdicts = self._placed_among_nominal(setting, version, verdicts)
+        return verdicts
+
+    def _placed_among_nominal(
+        self, setting: MachineSetting, version: CollectionVersion, verdicts: list[Verdict]
+    ) -> list[Verdict]:
+        """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
+        something only against the nominal images' own (leave-one-out) scores."""
+        key = (version.collection, version.count, setting.scoring, setting.k)
+        reference = self._nominal_reference.get(key)
+        if reference is None:
+            reference = np.sort(self.nominal_scores(setting.name))
+            self._nominal_reference = {key: reference}  # one setting's at a time: it is only for the uncalibrated
+        if reference.size == 0:
+            return verdicts
+        return [
+            replace(v, nominal_percentile=float(np.searchsorted(reference, v.score, side="left") / reference.size))
+            if v.verdict == "UNCALIBRATED" else v
+            for v in verdicts
+        ]
+
+    def _inspect_global(
+        self, setting: MachineSetting, version: CollectionVersion, images: Sequence[ImageInput], *, k: int, started: float
+    ) -> list[Verdict]:
         calibration = self._usable_calibration(setting, version)
         nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
@@ -1033,9 +1064,12 @@ class NominalService:
                 raise BadImage(bad[0].source, f"{bad[0].reason}; nothing was indexed")
             raise BadImage(f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
 
-    def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
+    def _decoded_batches(
+        self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
+    ) -> Iterator["_Decoded"]:
         """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
-        batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
+        size = size or self.batch_size
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
         return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 
