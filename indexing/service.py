@@ -1022,7 +1022,7 @@ class NominalService:
         version = self.active_version(name)
         if version is None or self.store.count(version.collection) == 0:
             raise EmptyCollection(
-                f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
+                f"setting {name!r} has no nominal images yet: index PASS images first"
             )
         return version
 
