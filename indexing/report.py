@@ -198,7 +198,7 @@ def _placeholder(title: str, message: str) -> Figure:
 
 def _pr_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
     if metrics.n_fail == 0 or metrics.n_pass == 0:
-        return _placeholder("Precision-recall curve", "undefined: needs both PASS and FAIL images")
+        return _placeholder("Precision-recall curve", "no curve: it needs both PASS and FAIL images")
     precision, recall, _ = precision_recall_curve(truth.astype(int), values)
     chosen = (metrics.recall, metrics.precision) if marker else None
     return _pr_curve_figure(
@@ -236,7 +236,7 @@ def _pr_curve_figure(
 
 def _roc_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
     if metrics.n_fail == 0 or metrics.n_pass == 0:
-        return _placeholder("ROC curve", "undefined: needs both PASS and FAIL images")
+        return _placeholder("ROC curve", "no curve: it needs both PASS and FAIL images")
     fpr, tpr, _ = roc_curve(truth.astype(int), values)
     figure = Figure(figsize=(5, 4.5))
     ax = figure.subplots()
@@ -440,7 +440,7 @@ def _cell(text: str) -> str:
 def calibration_pr_png(calibration: Calibration) -> bytes:
     """The PR curve a calibration kept, with its chosen threshold marked, as PNG bytes (for the API and web page)."""
     if not calibration.pr_curve or calibration.n_fail == 0:
-        figure = _placeholder("Precision-recall curve", "undefined: the calibration had no FAIL images")
+        figure = _placeholder("Precision-recall curve", "no curve: this calibration had no FAIL images")
     else:
         figure = _pr_curve_figure(
             [point["recall"] for point in calibration.pr_curve],

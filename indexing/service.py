@@ -9,10 +9,11 @@ written unless the caller asks to skip it).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,7 @@ class NominalService:
     ) -> None:
         self.store = store
         self.images = images
+        self._nominal_reference: dict[tuple, np.ndarray] = {}
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
@@ -468,7 +470,9 @@ class NominalService:
         patch = self._patch_record(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
-        for batch in self._decoded_batches(images, skip_bad=skip_bad):
+        # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
+        size = max(1, min(self.batch_size, math.ceil(len(images) / 50)))
+        for batch in self._decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embed_decoded(version.setting, backbone, batch)
             if patch is not None:
                 self._extend_patches(version, patch, backbone, batch)
@@ -556,10 +560,37 @@ class NominalService:
         """
         started = time.perf_counter()
         context = self.context(name)
-        setting, version, calibration = context.setting, context.version, context.calibration
+        setting, version = context.setting, context.version
         k = k or setting.k
         if setting.scoring == "patch":
-            return self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
+            verdicts = self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
+        else:
+            verdicts = self._inspect_global(context, images, k=k, started=started)
+        if any(v.verdict == "UNCALIBRATED" for v in verdicts):
+            verdicts = self._placed_among_nominal(setting, version, verdicts)
+        return verdicts
+
+    def _placed_among_nominal(
+        self, setting: MachineSetting, version: CollectionVersion, verdicts: list[Verdict]
+    ) -> list[Verdict]:
+        """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
+        something only against the nominal images' own (leave-one-out) scores."""
+        # The count read now: a cached version's count is not kept current.
+        key = (version.collection, self.store.count(version.collection), setting.scoring, setting.k)
+        reference = self._nominal_reference.get(key)
+        if reference is None:
+            reference = np.sort(self.nominal_scores(setting.name))
+            self._nominal_reference = {key: reference}  # one setting's at a time: it is only for the uncalibrated
+        if reference.size == 0:
+            return verdicts
+        return [
+            replace(v, nominal_percentile=float(np.searchsorted(reference, v.score, side="left") / reference.size))
+            if v.verdict == "UNCALIBRATED" else v
+            for v in verdicts
+        ]
+
+    def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
+        version, calibration = context.version, context.calibration
         nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
@@ -777,9 +808,9 @@ class NominalService:
         return Calibrated(calibration=calibration, active=True, held_back=None, replaced=replaced)
 
     def calibration(self, name: str, calibration_id: str) -> Calibration:
-        self.get_setting(name)
         record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
         if record is None:
+            self.get_setting(name)  # an unknown setting is said as such
             raise UnknownCalibration(name, calibration_id)
         return Calibration.from_dict({key: value for key, value in record.items() if key != "setting"})
 
@@ -1072,9 +1103,12 @@ class NominalService:
                 raise BadImage(bad[0].source, f"{bad[0].reason}; nothing was indexed")
             raise BadImage(f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
 
-    def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
+    def _decoded_batches(
+        self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
+    ) -> Iterator["_Decoded"]:
         """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
-        batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
+        size = size or self.batch_size
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
         return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 
@@ -1092,7 +1126,7 @@ class CallContext:
 
 def _no_images(name: str) -> EmptyCollection:
     return EmptyCollection(
-        f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
+        f"setting {name!r} has no nominal images yet: index PASS images first"
     )
 
 

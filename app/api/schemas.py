@@ -92,6 +92,19 @@ class SettingPublic(BaseModel):
         )
 
 
+class VersionPublic(BaseModel):
+    version: int
+    state: str = Field(description="building (a re-index in progress) or ready.")
+    images: int
+    backbone: str
+    created_at: str
+    active: bool = Field(description="Whether verdicts are answered from this version.")
+
+
+class VersionsPublic(BaseModel):
+    versions: list[VersionPublic] = Field(description="Oldest first; `POST .../rollback` returns to the ready one before the active.")
+
+
 class SettingsPublic(BaseModel):
     settings: list[SettingPublic]
 
@@ -130,6 +143,8 @@ class VerdictPublic(BaseModel):
     threshold: float | None
     calibration_id: str | None
     elapsed_ms: float
+    nominal_percentile: float | None = Field(
+        None, description="UNCALIBRATED only: the share of the nominal images' leave-one-out scores below this score.")
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
@@ -138,6 +153,7 @@ class VerdictPublic(BaseModel):
         return cls(
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
+            nominal_percentile=verdict.nominal_percentile,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )

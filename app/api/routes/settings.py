@@ -6,7 +6,9 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.errors import ApiError
-from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
+from app.api.schemas import (
+    JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic, VersionPublic, VersionsPublic,
+)
 from indexing.backbones import available_backbones
 from indexing.errors import BackboneChangeNeedsReindex, NoImages, SourceNotAllowed, UnknownBackbone
 from indexing.sources import read_source
@@ -46,6 +48,18 @@ def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep, response: R
 @router.get("/v1/settings/{setting}", dependencies=[ReadAccess])
 def get_setting(setting: str, runtime: RuntimeDep) -> SettingPublic:
     return SettingPublic.of(runtime.service.status(setting))
+
+
+@router.get("/v1/settings/{setting}/versions", dependencies=[ReadAccess])
+def list_versions(setting: str, runtime: RuntimeDep) -> VersionsPublic:
+    """The setting's collection versions: what a rollback can return to."""
+    runtime.service.get_setting(setting)
+    active = runtime.service.active_version(setting)
+    return VersionsPublic(versions=[
+        VersionPublic(version=v.version, state=v.state, images=v.count, backbone=v.backbone, created_at=v.created_at,
+                      active=active is not None and v.version == active.version)
+        for v in runtime.service.versions(setting)
+    ])
 
 
 @router.delete("/v1/settings/{setting}", status_code=204, dependencies=[AdminAccess])
