@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from indexing.errors import InvalidName
 from indexing.image_store import ImageRef
-from indexing.store.base import VectorStore
+from indexing.store.base import Records
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -101,7 +101,7 @@ class JobBoard(Protocol):
 class StoreJobBoard:
     """Job status as records in the vector store, so it survives a restart with the data."""
 
-    def __init__(self, store: VectorStore) -> None:
+    def __init__(self, store: Records) -> None:
         self._store = store
         self._lock = threading.Lock()
 

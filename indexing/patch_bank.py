@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from indexing.patch_search import NearestNeighbours, UpperBounds, default_bounds, default_nn
-from indexing.store.base import Point, VectorStore
+from indexing.store.base import Point, Vectors
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
 PATCH_NAMESPACE = uuid.UUID("6b0f0f52-4f53-4c2a-9a43-1c3f7f1d2e55")
@@ -146,7 +146,7 @@ def _original(points: Sequence[Point]) -> np.ndarray:
 
 
 def load_bank(
-    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
+    store: Vectors, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
 ) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
     bank = PatchBank(dim, nn, bounds)
@@ -173,7 +173,7 @@ class BankCache:
         self._banks: dict[str, tuple[str, PatchBank]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: VectorStore, setting: str, collection: str, dim: int) -> PatchBank:
+    def get(self, store: Vectors, setting: str, collection: str, dim: int) -> PatchBank:
         """The bank of `collection`, loaded on first use; a setting's older collection is dropped."""
         with self._lock:
             cached = self._banks.get(setting)
