@@ -337,7 +337,7 @@ class NominalService:
             # a re-index with another backbone changes what the setting is built on.
             self.store.put_record(
                 SETTING_KIND, setting.name,
-                setting.updated(backbone=version.backbone, active=version.collection).to_dict(),
+                setting.updated(backbone=version.backbone, active=version.collection, active_count=count).to_dict(),
             )
         return ready
 
@@ -575,8 +575,7 @@ class NominalService:
     ) -> list[Verdict]:
         """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
         something only against the nominal images' own (leave-one-out) scores."""
-        # The count read now: a cached version's count is not kept current.
-        key = (version.collection, self.store.count(version.collection), setting.scoring, setting.k)
+        key = (version.collection, version.count, setting.scoring, setting.k)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
@@ -958,6 +957,10 @@ class NominalService:
         version = self._ready_version(collection) if collection else None
         if version is None:
             raise _no_images(name)
+        if setting.active_count is not None and setting.active == version.collection:
+            version = replace(version, count=setting.active_count)  # the record keeps it current
+        else:
+            version = replace(version, count=self.store.count(version.collection))  # a record from before
         calibration = None
         if setting.calibration_id is not None:
             found = self._calibration_once(name, setting.calibration_id)
@@ -1075,6 +1078,9 @@ class NominalService:
                 return
             record["count"] = self.store.count(version.collection)
             self.store.put_record(VERSION_KIND, version.collection, record)
+            setting = self.store.get_record(SETTING_KIND, version.setting)
+            if setting is not None and setting.get("active") == version.collection:
+                self.store.put_record(SETTING_KIND, version.setting, {**setting, "active_count": record["count"]})
 
     def _lock(self, name: str):  # noqa: ANN202 - a context manager
         """The lock of one setting's records, numbering and alias."""
@@ -1119,7 +1125,7 @@ class CallContext:
     """One call's view of a setting (`NominalService.context`): read once, used throughout the call."""
 
     setting: MachineSetting
-    version: CollectionVersion  # its `count` may be stale: counts are read where they matter
+    version: CollectionVersion  # `count` from the setting record (kept with `active`)
     calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
     patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
 
