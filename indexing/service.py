@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -489,6 +489,23 @@ class NominalService:
             skipped=skipped,
             count=self.store.count(version.collection),
         )
+
+    def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
+        """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
+        self.store.upsert(version.collection, points)
+
+    def points_present(self, version: CollectionVersion, ids: Iterable[str]) -> int:
+        """How many of `ids` the version holds (looked up 1,024 at a time)."""
+        wanted = sorted(ids)
+        return sum(len(self.store.retrieve(version.collection, wanted[i : i + 1024])) for i in range(0, len(wanted), 1024))
+
+    def sample_queries_answered(self, version: CollectionVersion, ids: Sequence[str]) -> int:
+        """How many of these stored points, used as queries, find a neighbour: the version answers searches."""
+        sample = self.store.retrieve(version.collection, list(ids), with_vectors=True)
+        if not sample:
+            return 0
+        hits = self.store.search(version.collection, np.stack([p.vector for p in sample]).astype(np.float32), 1)
+        return sum(1 for found in hits if found)
 
     def has_patch_bank(self, version: CollectionVersion) -> bool:
         """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
