@@ -25,7 +25,7 @@ class SettingPut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once images are stored.")
+    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once the setting has a version: a change of backbone is a re-index (409 here).")
     k: int | None = Field(None, ge=1, le=1000, description="Nearest nominal neighbours averaged into the score.")
     scoring: Literal["global", "patch"] | None = Field(None, description="global: one embedding per image; patch: PatchCore-style.")
     description: str | None = Field(None, max_length=2000)
