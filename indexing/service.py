@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -95,6 +95,7 @@ class EvaluationResult:
     is_fail: np.ndarray
     files: dict[str, Path]
     pixel_roc_auc: float | None = None
+    pixel_pro: float | None = None
 
 
 @dataclass(frozen=True)
@@ -188,8 +189,9 @@ class NominalService:
         k: int | None = None,
         scoring: str | None = None,
         description: str | None = None,
+        tiling: str | None = None,
     ) -> MachineSetting:
-        """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
+        """Create a setting, or update the fields given. Changing the backbone or tiling needs a re-index."""
         with self._settings_lock:
             record = self.store.get_record(SETTING_KIND, check_setting_name(name))
             if record is None:
@@ -199,6 +201,7 @@ class NominalService:
                     k=k or DEFAULT_K,
                     scoring=scoring or "global",  # type: ignore[arg-type]
                     description=description or "",
+                    tiling=tiling or "auto",  # type: ignore[arg-type]
                 )
                 self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
@@ -213,7 +216,9 @@ class NominalService:
                     self.backbones.get(backbone)
                 changes = {
                     key: value
-                    for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
+                    for key, value in {
+                        "backbone": backbone, "k": k, "scoring": scoring, "description": description, "tiling": tiling,
+                    }.items()
                     if value is not None
                 }
                 setting = current.updated(**changes)
@@ -291,9 +296,8 @@ class NominalService:
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                self.store.put_record(
-                    VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": self.patch_config.to_dict()}
-                )
+                recipe = replace(self.patch_config, tiling=setting.tiling)
+                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
         return version
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
@@ -762,9 +766,10 @@ class NominalService:
         configured = self.get_setting(setting)
         heat_files: dict[str, Path] = {}
         pixel_auc: float | None = None
+        pixel_pro: float | None = None
         if configured.scoring == "patch":
             patch = self._require_patch(version)
-            pixel_auc, heat_files = write_heatmaps(
+            pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
                 size=self.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
@@ -781,6 +786,7 @@ class NominalService:
         }
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
+            extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
         paths = write_report(
             out_dir,
@@ -799,7 +805,8 @@ class NominalService:
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
         return EvaluationResult(
-            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc
+            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc,
+            pixel_pro=pixel_pro,
         )
 
     # ----------------------------------------------------------------- internals

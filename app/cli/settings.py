@@ -83,6 +83,7 @@ def _summary(status) -> dict:
         "backbone": status.setting.backbone,
         "k": status.setting.k,
         "scoring": status.setting.scoring,
+        "tiling": status.setting.tiling,
         "description": status.setting.description,
         "images": status.count,
         "active_version": status.active.version if status.active else None,

@@ -186,4 +186,6 @@ def test_patch_evaluation_writes_heat_maps_and_pixel_auc(patch_service, hazelnut
     assert result.pixel_roc_auc is not None and result.pixel_roc_auc >= 0.9
     pngs = sorted((tmp_path / "report" / "heatmaps").glob("*.png"))
     assert len(pngs) == len(data.test) and result.files["heatmaps"] == tmp_path / "report" / "heatmaps"
-    assert '"pixel_roc_auc"' in (tmp_path / "report" / "metrics.json").read_text()
+    assert result.pixel_pro is not None and 0.5 <= result.pixel_pro <= 1.0
+    written = (tmp_path / "report" / "metrics.json").read_text()
+    assert '"pixel_roc_auc"' in written and '"pixel_pro"' in written
