@@ -14,10 +14,10 @@ RUN python -m venv /opt/nominal
 ENV PATH=/opt/nominal/bin:$PATH
 WORKDIR /src
 # Dependencies first, so code changes do not reinstall torch.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 RUN mkdir indexing app workers && touch indexing/__init__.py app/__init__.py workers/__init__.py \
- && if [ -n "$TORCH_INDEX_URL" ]; then pip install --index-url "$TORCH_INDEX_URL" "torch==2.14.1" "torchvision==0.29.1"; fi \
- && pip install . && pip uninstall -y nominal
+ && if [ -n "$TORCH_INDEX_URL" ]; then pip install -c constraints.txt --index-url "$TORCH_INDEX_URL" torch torchvision; fi \
+ && pip install -c constraints.txt . && pip uninstall -y nominal
 COPY indexing ./indexing
 COPY app ./app
 COPY workers ./workers

@@ -10,10 +10,14 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from importlib import metadata
 from pathlib import Path
 
 import httpx
 import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -36,6 +40,31 @@ def test_the_readme_has_two_commands_and_ci_runs_the_second() -> None:
     assert len(commands) == 2 and all("\n" not in c for c in commands)
     ci_lines = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
     assert ci_lines[-1] == commands[1]
+
+
+def test_the_readme_commands_install_the_locked_versions_and_this_environment_is_them() -> None:
+    """What CI tests is what a clone installs: both commands install through the lock, the lock pins
+    every dependency pyproject names within its bounds, and the environment running these tests holds
+    exactly the locked versions (a drifted install would test something no user gets)."""
+    for command in readme_commands():
+        assert re.match(r"pip install (-q )?-c constraints\.txt -e ", command), command
+    pins = dict(line.split("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    named = [*project["dependencies"], *project["optional-dependencies"]["dev"]]
+    for requirement in map(Requirement, named):
+        name = canonicalize_name(requirement.name)
+        assert name in pins, f"{name} is not locked: run python scripts/lock.py"
+        assert requirement.specifier.contains(pins[name], prereleases=True), (name, pins[name])
+    drifted = {}
+    for name, pinned in pins.items():
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue  # a platform-only pin (CUDA libraries, say) this machine does not need
+        if installed != pinned:
+            drifted[name] = (pinned, installed)
+    assert not drifted, f"installed versions differ from constraints.txt (locked, installed): {drifted}"
 
 
 def test_a_clean_clone_installs_and_runs_the_demo(tmp_path: Path) -> None:
