@@ -38,8 +38,11 @@ Tiling = Literal["auto", "on", "off"]
 TILING_MODES: tuple[str, ...] = ("auto", "on", "off")
 # Long side / short side from which `auto` tiles an image (AITEX strips: 16).
 AUTO_ASPECT = 3.0
-# Short side / backbone input side from which `auto` tiles an image (a 640 px scan at 224: 2.9).
-AUTO_SCALE = 2.5
+# Short side / backbone input side from which `auto` tiles an image: 1,792 px at 224, so a 5-20 MP
+# camera (short side 2,000-3,600 px) is tiled, while 640-1,024 px images (MVTec AD, DeepPCB), where
+# a squashed 224 px view is the measured recipe and tiling would cost 16-25 backbone passes a
+# verdict, are tiled only when a setting asks.
+AUTO_SCALE = 8.0
 # Neighbouring tiles share at least this fraction of a tile side.
 OVERLAP = 0.25
 # Short side below this many tile sides: scaled to exactly one tile across.

@@ -41,7 +41,9 @@ def test_an_image_thinner_than_a_tile_is_scaled_up_to_one_tile_across() -> None:
 
 def test_auto_tiles_only_images_far_from_square_or_far_above_the_input() -> None:
     assert wants_tiles(4096, 256, 224, "auto")  # line-scan strip
-    assert wants_tiles(640, 640, 224, "auto")  # 2.9x the input side
+    assert wants_tiles(2448, 2048, 224, "auto")  # a 5 MP camera
+    assert not wants_tiles(640, 640, 224, "auto")  # VGA: 16 tiles a verdict, only when asked
+    assert not wants_tiles(1024, 1024, 224, "auto")  # MVTec AD size
     assert not wants_tiles(300, 300, 224, "auto")  # ELPV cell
     assert not wants_tiles(500, 1250, 224, "auto")  # 2.5:1, 500 px short side
     assert wants_tiles(300, 300, 224, "on") and not wants_tiles(4096, 256, 224, "off")
