@@ -6,8 +6,11 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from indexing.image_store import ImageStore
 from indexing.images import ImageInput
+from indexing.runner import InProcessRunner
 from indexing.service import NominalService
+from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -52,3 +55,28 @@ def test_a_defect_painted_on_a_strip_is_found_at_its_place(service: NominalServi
     assert found.heat is not None and found.heat.shape == (HEIGHT, WIDTH)
     peak_row, peak_col = np.unravel_index(np.argmax(found.heat), found.heat.shape)
     assert abs(peak_col - (x + side / 2)) <= 20 and abs(peak_row - (y + side / 2)) <= 20
+
+
+def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalService, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for offset in (0, 60, 120):
+        Image.fromarray(strip(offset)).save(folder / f"{offset:03d}.png")
+    service.put_setting("strips", scoring="patch", tiling="off")
+    service.index("strips", [as_input(strip(200), "seed")])
+    assert service._patch_record(service.active_version("strips"))["patch_config"]["tiling"] == "off"
+    service.put_setting("strips", tiling="on")
+    runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
+    try:
+        assert wait_for_job(runner.board, runner.submit_reindex("strips", str(folder))).state == "succeeded"
+    finally:
+        runner.close()
+    version = service.active_version("strips")
+    assert version.version == 2 and service._patch_record(version)["patch_config"]["tiling"] == "on"
+    # Tiled: every strip holds the patches of its 6 tiles, numbered past the first tile's 784.
+    patches = [p.payload["patch"] for p in service.store.scroll(service._patch_record(version)["collection"])]
+    assert max(patches) >= 784
+    verdict = service.inspect("strips", [as_input(strip(240), "probe")], heatmap=True)[0]
+    assert len(verdict.heatmap.grid) == HEIGHT // 8 and len(verdict.heatmap.grid[0]) == WIDTH // 8
