@@ -500,7 +500,9 @@ SUITE_MODES = {
     "patch": PatchConfig(),
     "patch-notile": PatchConfig(tiling="off"),
     "patch-reweight9": PatchConfig(reweight_k=9),
+    "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
+    "patch-unnormalised": PatchConfig(normalise=False),
 }
 
 

@@ -237,6 +237,8 @@ class Calibration:
     collection: str
     created_at: str
     warnings: list[str] = field(default_factory=list)
+    # `indexing.compare.Comparison.to_dict()` when the calibration compared candidate scorers.
+    comparison: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; `from_dict` rebuilds an equal `Calibration`."""
@@ -257,6 +259,7 @@ class Calibration:
             "collection": self.collection,
             "created_at": self.created_at,
             "warnings": list(self.warnings),
+            "comparison": self.comparison,
         }
 
     @classmethod
@@ -292,6 +295,7 @@ class Calibration:
             collection=str(d["collection"]),
             created_at=str(d["created_at"]),
             warnings=[str(warning) for warning in d.get("warnings", [])],
+            comparison=d.get("comparison"),
         )
 
     def check_compatible(self, *, backbone: str, collection: str) -> None:

@@ -34,6 +34,7 @@ from indexing.errors import (
 )
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.patch_bank import BankCache
+from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
@@ -674,18 +675,33 @@ class NominalService:
         pass_images: Sequence[ImageInput] = (),
         fail_images: Sequence[ImageInput] = (),
         policy: str = "f1",
+        compare: bool = False,
         progress: Progress = _no_progress,
     ) -> Calibration:
         """Calibrate a threshold and make it the setting's current calibration.
 
-        With no PASS images given, the stored nominal images are scored
-        leave-one-out, so a PASS-only `quantile` calibration needs no extra data.
+        With no PASS images given, the stored nominal images are scored leave-one-out,
+        so a PASS-only `quantile` calibration needs no extra data. With `compare`, the
+        labelled images are also scored by every candidate scorer the setting can run
+        and the candidates are compared by cross-validation on those images only
+        (`indexing.compare`); the comparison is kept in the calibration record. The
+        threshold itself stays the setting's current scorer's.
         """
         version = self._require_active(name)
-        pass_scores = (
-            self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
-        )
-        fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
+        comparison = None
+        if compare:
+            if not pass_images or not fail_images:
+                raise InvalidCalibration("--compare needs labelled PASS and FAIL images (--pass and --fail)")
+            candidates, current = self.candidate_scores(name, pass_images, fail_images, progress=progress)
+            comparison = compare_scorers(candidates, policy=policy, current=current).to_dict()
+            pass_scores, fail_scores = candidates[current]
+            pass_scores, fail_scores = np.asarray(pass_scores), np.asarray(fail_scores)
+        else:
+            pass_scores = (
+                self.scores(name, pass_images, progress=progress)
+                if pass_images else self.nominal_scores(name, progress=progress)
+            )
+            fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
         if pass_scores.size == 0:
             raise InvalidCalibration(
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
@@ -693,7 +709,54 @@ class NominalService:
         result = calibrate(
             pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=self._scored_collection(name, version)
         )
+        if comparison is not None:
+            result = replace(result, comparison=comparison)
         return self.save_calibration(name, result)
+
+    def candidate_scores(
+        self,
+        name: str,
+        pass_images: Sequence[ImageInput],
+        fail_images: Sequence[ImageInput],
+        *,
+        progress: Progress = _no_progress,
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+        """Scores of labelled images by every scorer the setting can run, and the name of the one it runs now.
+
+        Global kNN with k = 1, 3, 5 (the setting's own k too); where the active version
+        keeps a patch bank, the largest patch distance ("patch") and the mean of the
+        3 and 10 largest (from the same distance grid).
+        """
+        from indexing.patch_search import top_mean
+
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        images = list(pass_images) + list(fail_images)
+        split = len(pass_images)
+        backbone = self.backbone_for(version)
+        vectors = []
+        progress("scoring candidates", 0, len(images))
+        for decoded, _, _ in self._decoded_batches(images, skip_bad=False):
+            vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
+        vectors_all = np.concatenate(vectors)
+        ks = sorted({1, 3, 5, setting.k})
+        nearest = self._nearest(version, vectors_all, [image.id for image in images], max(ks))
+        candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for k in ks:
+            scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
+            candidates[f"global k={k}"] = (scores[:split], scores[split:])
+        current = f"global k={setting.k}"
+        if self._patch_record(version) is not None:
+            found: list[PatchResult] = []
+            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+                found += self._patch_results(name, version, kept, decoded, neighbours=0, grids=True)
+            for label, k in (("patch", 1), ("patch top-3 mean", 3), ("patch top-10 mean", 10)):
+                scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
+                candidates[label] = (scores[:split], scores[split:])
+            if setting.scoring == "patch":
+                current = "patch"
+        progress("scoring candidates", len(images), len(images))
+        return candidates, current
 
     def save_calibration(self, name: str, result: Calibration) -> Calibration:
         record = {**result.to_dict(), "setting": name}

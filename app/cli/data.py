@@ -54,6 +54,14 @@ def calibrate(
             help="f1 (max F1), precision>=P, recall>=R, fpr<=F, or quantile[:ALPHA] when there are no FAIL images.",
         ),
     ] = "f1",
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also compare every scorer the setting can run (global k=1/3/5; patch max, top-3, top-10 mean) "
+            "by 5-fold cross-validation on these labelled images only; kept in the calibration record.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Choose the PASS/FAIL threshold from a precision-recall curve and keep it with the setting.
@@ -66,12 +74,16 @@ def calibrate(
       nominal calibrate line-3 --pass val/pass --fail val/fail --policy "recall>=0.99"
 
       nominal calibrate line-3 --policy quantile:0.01
+
+      nominal calibrate line-3 --pass val/pass --fail val/fail --compare
     """
     out = Output(json_mode=json_out)
     pass_images = _inputs(pass_dir) if pass_dir else []
     fail_images = _inputs(fail_dir) if fail_dir else []
     with service_for(state(ctx).config) as service, out.progress() as bars:
-        result = service.calibrate(setting, pass_images=pass_images, fail_images=fail_images, policy=policy, progress=bars)
+        result = service.calibrate(
+            setting, pass_images=pass_images, fail_images=fail_images, policy=policy, compare=compare, progress=bars
+        )
     out.data(result)
     for warning in result.warnings:
         out.warn(warning)
@@ -83,6 +95,16 @@ def calibrate(
     )
     c = result.confusion
     out.line(f"confusion at threshold: TP {c['tp']}  FP {c['fp']}  TN {c['tn']}  FN {c['fn']}")
+    if result.comparison:
+        found = result.comparison
+        out.table(
+            f"scorers compared by {found['folds']}-fold cross-validation on {found['n_pass']} PASS + "
+            f"{found['n_fail']} FAIL labelled images ({found['policy']} threshold per training fold)",
+            ["scorer", "held-out F1", "+/-", "balanced acc.", "ROC-AUC (all)"],
+            [[r["name"] + (" (current)" if r["name"] == found["current"] else ""), r["f1_mean"], r["f1_std"],
+              r["balanced_accuracy_mean"], r["roc_auc"]] for r in found["results"]],
+        )
+        out.line(f"best: {found['winner']}, ahead of the next by {found['margin']:.3f} held-out F1")
 
 
 def inspect(
