@@ -41,6 +41,7 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         default_backbone=config.backbone,
         max_pixels=config.max_pixels,
         batch_size=config.batch_size,
+        images=ImageStore(config.image_root),
     )
 
 

@@ -25,9 +25,14 @@ Policies (`parse_policy` gives the accepted text):
   leave-one-out so that a PASS image is not its own nearest neighbour. Needs no
   FAIL images.
 
-A validation set without FAIL images falls back to ``quantile:0.01`` with a warning
-that says what to add, as anomalib's ``F1AdaptiveThreshold`` does. "Uncalibrated" is
-`None` to callers, never a threshold of 0.0.
+Every policy but ``quantile`` needs FAIL images: asked of a validation set without
+any, it is refused (`InvalidCalibration` naming the ``policy`` field), never quietly
+replaced by another policy. Without a policy, `policy_for` picks ``f1`` when there
+are FAIL images and ``quantile:0.01`` when there are none. "Uncalibrated" is `None` to
+callers, never a threshold of 0.0.
+
+A calibration that catches none of its FAIL images, or flags most of its PASS images,
+is *degenerate* (`Calibration.degenerate`): it is recorded but never made live on its own.
 
 Example:
     >>> cal = calibrate([0.1, 0.2, 0.3], [0.9, 0.25], "f1", backbone="b", collection="c")
@@ -83,14 +88,13 @@ class Policy:
 
     def __post_init__(self) -> None:
         if self.kind not in ("f1", "precision", "recall", "fpr", "quantile"):
-            raise InvalidCalibration(f"unknown calibration policy kind {self.kind!r}: use {ACCEPTED_POLICIES}")
+            raise InvalidCalibration(f"unknown calibration policy kind {self.kind!r}: use {ACCEPTED_POLICIES}", field="policy")
         if self.kind == "f1":
             if self.value is not None:
-                raise InvalidCalibration("policy f1 takes no value")
+                raise InvalidCalibration("policy f1 takes no value", field="policy")
         elif self.value is None or not 0.0 < float(self.value) < 1.0:
             raise InvalidCalibration(
-                f"policy {self.kind} needs a value strictly between 0 and 1, got {self.value!r}"
-            )
+                f"policy {self.kind} needs a value strictly between 0 and 1, got {self.value!r}", field="policy")
 
     @property
     def text(self) -> str:
@@ -128,7 +132,7 @@ def parse_policy(text: str | Policy) -> Policy:
     if isinstance(text, Policy):
         return text
     if not isinstance(text, str):
-        raise InvalidCalibration(f"calibration policy must be text, got {type(text).__name__}: use {ACCEPTED_POLICIES}")
+        raise InvalidCalibration(f"calibration policy must be text, got {type(text).__name__}: use {ACCEPTED_POLICIES}", field="policy")
     normalised = text.strip().lower()
     for kind, pattern in _POLICY_PATTERNS:
         match = pattern.fullmatch(normalised)
@@ -140,13 +144,11 @@ def parse_policy(text: str | Policy) -> Policy:
         value = DEFAULT_ALPHA if raw is None else float(raw)
         if not 0.0 < value < 1.0:
             raise InvalidCalibration(
-                f"calibration policy {text!r}: the value must be strictly between 0 and 1 (e.g. {kind} 0.99 or 0.01)"
-            )
+                f"calibration policy {text!r}: the value must be strictly between 0 and 1 (e.g. {kind} 0.99 or 0.01)", field="policy")
         return Policy(kind, value)
     raise InvalidCalibration(
         f"unknown calibration policy {text!r}: use {ACCEPTED_POLICIES}, "
-        "with P, R, F and ALPHA strictly between 0 and 1 (e.g. precision>=0.99, quantile:0.01)"
-    )
+        "with P, R, F and ALPHA strictly between 0 and 1 (e.g. precision>=0.99, quantile:0.01)", field="policy")
 
 
 def apply_threshold(score: float, threshold: float) -> bool:
@@ -311,10 +313,25 @@ class Calibration:
             )
 
 
+    @property
+    def degenerate(self) -> str | None:
+        """Why this threshold should not go live on its own, or None when it is usable.
+
+        It is degenerate when it catches none of its FAIL images, or flags more than half of
+        its PASS images: a threshold that makes every verdict PASS, or most good parts FAIL.
+        """
+        c = self.confusion
+        if self.n_fail and c["tp"] == 0:
+            return f"it catches none of the {_count(self.n_fail, 'FAIL image')} it was calibrated on"
+        if self.n_pass and c["fp"] * 2 > self.n_pass:
+            return f"it flags {c['fp']} of the {self.n_pass} PASS images it was calibrated on as FAIL"
+        return None
+
+
 def calibrate(
     pass_scores: Scores,
     fail_scores: Scores,
-    policy: str | Policy = "f1",
+    policy: str | Policy | None = None,
     *,
     backbone: str,
     collection: str,
@@ -326,7 +343,7 @@ def calibrate(
             quantile policy these must be leave-one-out scores (each image scored
             against the others), or the PASS scores are all near 0.
         fail_scores: scores of FAIL images, shape (n_fail,); may be empty.
-        policy: see `parse_policy`.
+        policy: see `parse_policy`; None: the default of `policy_for`.
         backbone: backbone the scores came from, recorded.
         collection: collection the scores were searched in, recorded.
 
@@ -335,25 +352,20 @@ def calibrate(
         F1 are None without FAIL images; average precision and ROC AUC too.
 
     Raises:
-        InvalidCalibration: no PASS scores, a NaN or infinite score, or a bad policy.
+        InvalidCalibration: no PASS scores, a NaN or infinite score, a bad policy, or a
+            policy that needs FAIL images given none.
     """
-    parsed = parse_policy(policy)
     passes = _as_scores(pass_scores, "PASS")
     fails = _as_scores(fail_scores, "FAIL")
+    parsed = policy_for(policy, fails.size)
     if passes.size == 0:
         raise InvalidCalibration(
             "no PASS scores: calibration needs the leave-one-out scores of PASS images; index PASS images first"
         )
     warnings: list[str] = []
-    if fails.size == 0 and parsed.kind != "quantile":
+    if 0 < fails.size < FEW_FAIL and parsed.kind != "quantile":
         warnings.append(
-            "no FAIL images: threshold is the 99th percentile of PASS scores; add labelled FAIL images "
-            f"to calibrate on the precision-recall curve (requested policy: {parsed.text})"
-        )
-        parsed = Policy("quantile", DEFAULT_ALPHA)
-    elif 0 < fails.size < FEW_FAIL and parsed.kind != "quantile":
-        warnings.append(
-            f"only {fails.size} FAIL images: each one moves recall by {100 / fails.size:.0f} points; "
+            f"only {_count(fails.size, 'FAIL image')}: each one moves recall by {100 / fails.size:.0f} points; "
             "add labelled FAIL images for a steadier threshold"
         )
 
@@ -383,6 +395,32 @@ def calibrate(
         created_at=datetime.now(timezone.utc).isoformat(),
         warnings=warnings,
     )
+
+
+def policy_for(policy: str | Policy | None, n_fail: int) -> Policy:
+    """The policy a calibration with `n_fail` FAIL images uses.
+
+    None gives the default: ``f1`` (max F1) with FAIL images, ``quantile:0.01`` without.
+
+    Raises:
+        InvalidCalibration: a malformed policy, or one that needs FAIL images given none
+            (`field` "policy"); it is never swapped for another.
+    """
+    if policy is None:
+        return Policy("f1") if n_fail else Policy("quantile", DEFAULT_ALPHA)
+    parsed = parse_policy(policy)
+    if n_fail == 0 and parsed.kind != "quantile":
+        raise InvalidCalibration(
+            f"policy {parsed.text} chooses a threshold on a precision-recall curve, which needs FAIL images, "
+            f"and none were given: add labelled FAIL images, or use quantile:ALPHA (e.g. quantile:{DEFAULT_ALPHA}, "
+            "the threshold that flags that share of PASS images)",
+            field="policy",
+        )
+    return parsed
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _choose(policy: Policy, is_fail: np.ndarray, scores: np.ndarray, passes: np.ndarray) -> tuple[float, list[str]]:

@@ -7,7 +7,15 @@ from __future__ import annotations
 
 
 class NominalError(Exception):
-    """Base of every error Nominal raises on purpose."""
+    """Base of every error Nominal raises on purpose.
+
+    `field` names the input at fault (`policy`, `fail`), so an edge can point at it: the API
+    puts it in the error's `loc`, the CLI in its option name.
+    """
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        self.field = field
+        super().__init__(*args)
 
 
 class BadImage(NominalError):
@@ -33,8 +41,8 @@ class UnknownSetting(NominalError):
     def __init__(self, setting: str) -> None:
         self.setting = setting
         super().__init__(
-            f"unknown machine setting {setting!r}: list them with `nominal settings`, "
-            "or create it by indexing PASS images into it"
+            f"unknown machine setting {setting!r}: create it by indexing PASS images into it",
+            field="setting",
         )
 
 
@@ -89,4 +97,10 @@ class JobFailed(NominalError):
 class UnknownJob(NominalError):
     def __init__(self, job_id: str) -> None:
         self.job_id = job_id
-        super().__init__(f"no job {job_id!r}: list recent jobs with `nominal jobs` (finished jobs are kept 30 days)")
+        super().__init__(f"no job {job_id!r} (finished jobs are kept 30 days)")
+
+
+class UnknownCalibration(NominalError):
+    def __init__(self, setting: str, calibration_id: str) -> None:
+        self.calibration_id = calibration_id
+        super().__init__(f"setting {setting!r} has no calibration {calibration_id!r}", field="calibration_id")

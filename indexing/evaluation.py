@@ -18,19 +18,14 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from indexing.calibration import Labels, Scores, confusion_at, f1_max_threshold, rates
 from indexing.errors import NoImages
-
-if TYPE_CHECKING:
-    from indexing.calibration import Calibration
 
 # The operating point the out-of-distribution literature reports a false-alarm rate at.
 TPR_FOR_FPR = 0.95
@@ -154,32 +149,6 @@ def compute_metrics(
         threshold=threshold,
         fpr=fpr,
         notes=notes,
-    )
-
-
-def write_report(
-    out_dir: str | Path,
-    *,
-    title: str,
-    is_fail: Labels,
-    scores: Scores,
-    names: Sequence[str],
-    calibration: Calibration | None,
-    metrics: Metrics,
-    extra: dict[str, Any] | None = None,
-) -> dict[str, Path]:
-    """Write metrics.json, four plots and report.md into `out_dir`; see `indexing.report`.
-
-    Returns:
-        Path of each file by key: ``metrics``, ``pr_curve``, ``roc_curve``,
-        ``score_histogram``, ``confusion_matrix``, ``report``.
-    """
-    # Imported here so that computing metrics (the service, workers) never loads matplotlib.
-    from indexing.report import write_report as _write
-
-    return _write(
-        out_dir, title=title, is_fail=is_fail, scores=scores, names=names,
-        calibration=calibration, metrics=metrics, extra=extra,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import re
 import uuid
 import warnings
 from dataclasses import dataclass, field
@@ -99,10 +100,13 @@ def _open_checked(image: ImageInput, *, max_pixels: int) -> Image.Image:
         raise BadImage(image.source, "empty file")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Our own limit (below) decides and names itself; Pillow's default would name its own.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             opened = Image.open(io.BytesIO(image.data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise BadImage(image.source, f"too many pixels ({exc})", too_large=True) from exc
+    except Image.DecompressionBombError as exc:
+        found = re.search(r"\((\d+) pixels\)", str(exc))
+        size = f"{int(found.group(1)):,} pixels" if found else "too many pixels"
+        raise BadImage(image.source, f"{size}, above the limit of {max_pixels:,}", too_large=True) from exc
     except (Image.UnidentifiedImageError, OSError, ValueError) as exc:
         raise BadImage(
             image.source, "not an image in a supported format (JPEG, PNG, BMP, TIFF, WebP)", unsupported=True

@@ -142,10 +142,10 @@ class JobProgress:
         self._save(state="running", started_at=time.time(), total=self.job.total if total is None else total)
 
     def __call__(self, stage: str, done: int, total: int) -> None:
-        current = self.board.get(self.job.id)
-        if current is not None and current.cancel_requested:
-            raise JobCancelled(self.job.id)
+        # What was done is recorded before a cancel is honoured: a cancelled upload says what it stored.
         self._save(done=done, total=total, message=stage)
+        if self.job.cancel_requested:
+            raise JobCancelled(self.job.id)
 
     def report_errors(self, errors: list[dict[str, str]]) -> None:
         if errors:

@@ -6,7 +6,7 @@ written to a temporary name in the same folder and moved into place with
 `os.replace`, so a process that dies mid-report leaves old or whole files, never
 half-written ones.
 
-Use it through `indexing.evaluation.write_report`.
+It imports matplotlib: import it where a report is written, not where verdicts are made.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 from indexing.calibration import Calibration, Labels, Scores, predict_fail
+from indexing.errors import BadImage
 from indexing.evaluation import Metrics
+from indexing.images import ImageInput, decode, to_rgb
 
 FILES = {
     "metrics": "metrics.json",
@@ -53,6 +55,8 @@ def write_report(
     calibration: Calibration | None,
     metrics: Metrics,
     extra: dict[str, Any] | None = None,
+    images: Sequence[ImageInput] | None = None,
+    in_sample: bool = False,
 ) -> dict[str, Path]:
     """Write the report files into `out_dir` (created if missing).
 
@@ -65,6 +69,10 @@ def write_report(
         calibration: the calibration whose threshold `metrics` was computed at, if any.
         metrics: from `compute_metrics` on the same labels and scores.
         extra: anything else to record (backbone, timings...); must be JSON-like.
+        images: the images themselves, one per name: the hardest PASS and FAIL images
+            are shown as thumbnails (in `thumbnails/`) beside their names.
+        in_sample: the threshold was chosen on these same images; the report says so,
+            since every figure at the threshold is then optimistic.
 
     Returns:
         Path of each file by key: ``metrics``, ``pr_curve``, ``roc_curve``,
@@ -99,7 +107,8 @@ def write_report(
     _save_figure(_roc_figure(truth, values, metrics, marker), paths["roc_curve"])
     _save_figure(_histogram_figure(truth, values, threshold, marker), paths["score_histogram"])
     _save_figure(_confusion_figure(metrics), paths["confusion_matrix"])
-    markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {})
+    thumbnails = _thumbnailer(out / "thumbnails", images) if images is not None else None
+    markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {}, thumbnails, in_sample)
     _write_atomic(paths["report"], lambda fh: fh.write(markdown.encode("utf-8")))
     return paths
 
@@ -189,7 +198,7 @@ def _placeholder(title: str, message: str) -> Figure:
 
 def _pr_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
     if metrics.n_fail == 0 or metrics.n_pass == 0:
-        return _placeholder("Precision-recall curve", "undefined: needs both PASS and FAIL images")
+        return _placeholder("Precision-recall curve", "no curve: it needs both PASS and FAIL images")
     precision, recall, _ = precision_recall_curve(truth.astype(int), values)
     chosen = (metrics.recall, metrics.precision) if marker else None
     return _pr_curve_figure(
@@ -227,7 +236,7 @@ def _pr_curve_figure(
 
 def _roc_figure(truth: np.ndarray, values: np.ndarray, metrics: Metrics, marker: str) -> Figure:
     if metrics.n_fail == 0 or metrics.n_pass == 0:
-        return _placeholder("ROC curve", "undefined: needs both PASS and FAIL images")
+        return _placeholder("ROC curve", "no curve: it needs both PASS and FAIL images")
     fpr, tpr, _ = roc_curve(truth.astype(int), values)
     figure = Figure(figsize=(5, 4.5))
     ax = figure.subplots()
@@ -297,9 +306,20 @@ def _markdown(
     calibration: Calibration | None,
     metrics: Metrics,
     extra: dict[str, Any],
+    thumbnails: Callable[[int], str | None] | None = None,
+    in_sample: bool = False,
 ) -> str:
     counts = f"{metrics.n_pass} PASS and {metrics.n_fail} FAIL images (FAIL is the positive class)."
     lines = [f"# {title}", "", counts, ""]
+    if in_sample and metrics.threshold is not None:
+        lines += [
+            "> **In-sample threshold.** The threshold was chosen on these same test images, so every figure "
+            "*at the threshold* (precision, recall, false-positive rate, balanced accuracy, the confusion "
+            "matrix) is optimistic: expect worse on new parts. ROC AUC, average precision and F1 max do not "
+            "depend on a threshold. For a threshold you can trust, calibrate on a separate labelled set "
+            "(`nominal calibrate`).",
+            "",
+        ]
     if metrics.notes:
         lines += ["## Notes", ""] + [f"- {note}" for note in metrics.notes] + [""]
     lines += ["## Metrics", "", "| metric | value |", "| --- | --- |"]
@@ -333,8 +353,8 @@ def _markdown(
     high_pass = [i for i in order if not truth[i]][:TOP_N]
     low_fail = [i for i in order[::-1] if truth[i]][:TOP_N]
     threshold = metrics.threshold
-    lines += _image_table("Highest-scoring PASS images (false alarms first)", high_pass, values, names, threshold)
-    lines += _image_table("Lowest-scoring FAIL images (misses first)", low_fail, values, names, threshold)
+    lines += _image_table("Highest-scoring PASS images (false alarms first)", high_pass, values, names, threshold, thumbnails)
+    lines += _image_table("Lowest-scoring FAIL images (misses first)", low_fail, values, names, threshold, thumbnails)
     if extra:
         lines += ["## Extra", "", "| key | value |", "| --- | --- |"]
         lines += [f"| {_cell(key)} | {_cell(json.dumps(_jsonable(value)))} |" for key, value in extra.items()]
@@ -361,16 +381,44 @@ def _threshold_lines(calibration: Calibration | None, metrics: Metrics) -> list[
 
 
 def _image_table(
-    heading: str, indices: list[int], values: np.ndarray, names: list[str], threshold: float | None
+    heading: str, indices: list[int], values: np.ndarray, names: list[str], threshold: float | None,
+    thumbnails: Callable[[int], str | None] | None = None,
 ) -> list[str]:
     lines = [f"## {heading}", ""]
     if not indices:
         return lines + ["None.", ""]
-    lines += ["| rank | image | score | verdict |", "| --- | --- | --- | --- |"]
+    shown = thumbnails is not None
+    lines += ["| rank | " + ("thumbnail | " if shown else "") + "image | score | verdict |",
+              "| --- | " + ("--- | " if shown else "") + "--- | --- | --- |"]
     for rank, i in enumerate(indices, start=1):
         verdict = "" if threshold is None else ("FAIL" if predict_fail([values[i]], threshold)[0] else "PASS")
-        lines.append(f"| {rank} | {_cell(names[i])} | {values[i]:.6g} | {verdict} |")
+        picture = ""
+        if shown:
+            relative = thumbnails(i)
+            picture = (f"![{_cell(Path(names[i]).name)}]({relative}) | " if relative else "(unreadable) | ")
+        lines.append(f"| {rank} | {picture}{_cell(names[i])} | {values[i]:.6g} | {verdict} |")
     return lines + [""]
+
+
+THUMBNAIL_PX = 128
+
+
+def _thumbnailer(folder: Path, images: Sequence[ImageInput]) -> Callable[[int], str | None]:
+    """Writes image i as a small PNG on first use and returns its path relative to the report."""
+
+    def thumbnail(i: int) -> str | None:
+        path = folder / f"{i:05d}.png"
+        if not path.exists():
+            try:
+                picture = to_rgb(decode(images[i]))
+            except BadImage:
+                return None
+            picture.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
+            folder.mkdir(parents=True, exist_ok=True)
+            _write_atomic(path, lambda fh: picture.save(fh, format="PNG"))
+        return f"{folder.name}/{path.name}"
+
+    return thumbnail
 
 
 def _number(value: float | str | None) -> str:
@@ -392,7 +440,7 @@ def _cell(text: str) -> str:
 def calibration_pr_png(calibration: Calibration) -> bytes:
     """The PR curve a calibration kept, with its chosen threshold marked, as PNG bytes (for the API and web page)."""
     if not calibration.pr_curve or calibration.n_fail == 0:
-        figure = _placeholder("Precision-recall curve", "undefined: the calibration had no FAIL images")
+        figure = _placeholder("Precision-recall curve", "no curve: this calibration had no FAIL images")
     else:
         figure = _pr_curve_figure(
             [point["recall"] for point in calibration.pr_curve],

@@ -27,6 +27,14 @@ log = logging.getLogger(__name__)
 JobBody = Callable[[JobProgress], dict[str, Any]]
 
 
+def cancelled_message(job: Job) -> str:
+    """What a cancel left behind, in the job's own terms."""
+    if job.kind == "index":
+        return (f"cancelled by request: {job.done} of {job.total} images were stored before it stopped "
+                "and stay in the nominal set")
+    return "cancelled by request; the half-built version was deleted and the active version is unchanged"
+
+
 def run_job(board: JobBoard, job: Job, body: JobBody) -> Job:
     """Run a job body and record how it ended; never raises for the body's failures.
 
@@ -42,7 +50,7 @@ def run_job(board: JobBoard, job: Job, body: JobBody) -> Job:
         try:
             result = body(progress)
         except JobCancelled:
-            return progress.finish("cancelled", message="cancelled by request")
+            return progress.finish("cancelled", message=cancelled_message(progress.job))
         except NominalError as error:
             return progress.finish("failed", message=str(error))
         except Exception as error:  # noqa: BLE001 - a job must end in a state a user can read

@@ -9,6 +9,7 @@ written unless the caller asks to skip it).
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -21,17 +22,19 @@ import numpy as np
 from PIL import Image
 
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
-from indexing.calibration import Calibration, calibrate
+from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.datasets import Dataset
-from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
     BackboneMismatch,
     BadImage,
     EmptyCollection,
     InvalidCalibration,
     NoPreviousVersion,
+    UnknownCalibration,
     UnknownSetting,
 )
+from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.patch_bank import BankCache
 from indexing.compare import compare_scorers
@@ -101,10 +104,32 @@ class EvaluationResult:
 
 @dataclass(frozen=True)
 class SettingStatus:
+    """A setting as verdicts see it.
+
+    `calibration` is the one verdicts use (None: UNCALIBRATED); `calibration_note` says
+    why the active calibration no longer applies (another backbone or scoring mode);
+    `candidate` is a newer recorded calibration that is not active.
+    """
+
     setting: MachineSetting
     active: CollectionVersion | None
     count: int
     calibration: Calibration | None
+    calibration_note: str | None = None
+    candidate: Calibration | None = None
+
+
+@dataclass(frozen=True)
+class Calibrated:
+    """A new calibration and what became of it: `active`, or `held_back` with the reason.
+
+    `replaced` is the calibration verdicts used before, when this one took its place.
+    """
+
+    calibration: Calibration
+    active: bool
+    held_back: str | None
+    replaced: Calibration | None
 
 
 class BackbonePool:
@@ -149,6 +174,7 @@ class NominalService:
         patch_config: the patch recipe new patch banks are built with (existing
             banks keep the recipe recorded with their version).
         bank_cache: loaded patch banks; share one per process.
+        images: where uploaded images are kept (operator feedback is read from it).
     """
 
     def __init__(
@@ -161,8 +187,11 @@ class NominalService:
         batch_size: int = 32,
         patch_config: PatchConfig | None = None,
         bank_cache: BankCache | None = None,
+        images: ImageStore | None = None,
     ) -> None:
         self.store = store
+        self.images = images
+        self._nominal_reference: dict[tuple, np.ndarray] = {}
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.backbones = backbones or BackbonePool()
@@ -245,10 +274,19 @@ class NominalService:
             self.store.delete_record(SETTING_KIND, name)
 
     def status(self, name: str) -> SettingStatus:
+        """The setting, its active version, and the calibration verdicts use, with why another does not apply."""
         setting = self.get_setting(name)
         active = self.active_version(name)
         count = self.store.count(active.collection) if active else 0
-        return SettingStatus(setting=setting, active=active, count=count, calibration=self.latest_calibration(name))
+        chosen = self.latest_calibration(name)
+        stale = self._stale_reason(setting, active, chosen) if chosen and active else None
+        newest = next(iter(self.calibrations(name)), None)
+        return SettingStatus(
+            setting=setting, active=active, count=count,
+            calibration=None if stale or active is None else chosen,
+            calibration_note=stale,
+            candidate=newest if newest and (chosen is None or newest.id != chosen.id) else None,
+        )
 
     # ----------------------------------------------------------------- versions
 
@@ -349,8 +387,8 @@ class NominalService:
         older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
         if not older:
             raise NoPreviousVersion(
-                f"setting {name!r} has no version older than v{active.version} to roll back to "
-                "(versions are kept by re-indexing; see `nominal settings show`)"
+                f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
+                "a re-index keeps the version it replaces"
             )
         return self.activate(older[-1])
 
@@ -452,7 +490,9 @@ class NominalService:
         patch = self._patch_record(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
-        for batch in self._decoded_batches(images, skip_bad=skip_bad):
+        # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
+        size = max(1, min(self.batch_size, math.ceil(len(images) / 50)))
+        for batch in self._decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embed_decoded(version.setting, backbone, batch)
             if patch is not None:
                 self._extend_patches(version, patch, backbone, batch)
@@ -544,7 +584,34 @@ class NominalService:
         k = k or setting.k
         version = self._require_active(name)
         if setting.scoring == "patch":
-            return self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
+            verdicts = self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
+        else:
+            verdicts = self._inspect_global(setting, version, images, k=k, started=started)
+        if any(v.verdict == "UNCALIBRATED" for v in verdicts):
+            verdicts = self._placed_among_nominal(setting, version, verdicts)
+        return verdicts
+
+    def _placed_among_nominal(
+        self, setting: MachineSetting, version: CollectionVersion, verdicts: list[Verdict]
+    ) -> list[Verdict]:
+        """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
+        something only against the nominal images' own (leave-one-out) scores."""
+        key = (version.collection, version.count, setting.scoring, setting.k)
+        reference = self._nominal_reference.get(key)
+        if reference is None:
+            reference = np.sort(self.nominal_scores(setting.name))
+            self._nominal_reference = {key: reference}  # one setting's at a time: it is only for the uncalibrated
+        if reference.size == 0:
+            return verdicts
+        return [
+            replace(v, nominal_percentile=float(np.searchsorted(reference, v.score, side="left") / reference.size))
+            if v.verdict == "UNCALIBRATED" else v
+            for v in verdicts
+        ]
+
+    def _inspect_global(
+        self, setting: MachineSetting, version: CollectionVersion, images: Sequence[ImageInput], *, k: int, started: float
+    ) -> list[Verdict]:
         calibration = self._usable_calibration(setting, version)
         nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
@@ -674,28 +741,46 @@ class NominalService:
         *,
         pass_images: Sequence[ImageInput] = (),
         fail_images: Sequence[ImageInput] = (),
-        policy: str = "f1",
+        policy: str | None = None,
+        use_feedback: bool = True,
+        activate: bool = True,
         compare: bool = False,
         progress: Progress = _no_progress,
-    ) -> Calibration:
-        """Calibrate a threshold and make it the setting's current calibration.
+    ) -> "Calibrated":
+        """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
 
         With no PASS images given, the stored nominal images are scored leave-one-out,
-        so a PASS-only `quantile` calibration needs no extra data. With `compare`, the
-        labelled images are also scored by every candidate scorer the setting can run
-        and the candidates are compared by cross-validation on those images only
-        (`indexing.compare`); the comparison is kept in the calibration record. The
-        threshold itself stays the setting's current scorer's.
+        so a PASS-only `quantile` calibration needs no extra data. With `use_feedback`,
+        the images operators labelled FAIL join `fail_images`. Without a policy:
+        ``f1`` with FAIL images, ``quantile:0.01`` without (`default_policy`).
+
+        With `compare`, the labelled images are also scored by every candidate scorer
+        the setting can run and the candidates are compared by cross-validation on
+        those images only (`indexing.compare`); the comparison is kept in the
+        calibration record. The threshold itself stays the setting's current scorer's.
+
+        How a calibration goes live (the one rule the API, CLI and page show): it is
+        always recorded; it replaces the active one when `activate` is set and it is
+        not degenerate (`Calibration.degenerate`). Otherwise it waits as a candidate
+        that `activate_calibration` can make live.
+
+        Raises:
+            InvalidCalibration: a policy that needs FAIL images given none (`field`
+                "policy"), too few PASS scores, or a bad policy; `compare` without
+                PASS and FAIL images.
         """
+        if policy is not None:
+            parse_policy(policy)  # a malformed policy is refused before anything else is looked at
         version = self._require_active(name)
+        fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
+        chosen = policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
         comparison = None
         if compare:
             if not pass_images or not fail_images:
                 raise InvalidCalibration("--compare needs labelled PASS and FAIL images (--pass and --fail)")
             candidates, current = self.candidate_scores(name, pass_images, fail_images, progress=progress)
-            comparison = compare_scorers(candidates, policy=policy, current=current).to_dict()
-            pass_scores, fail_scores = candidates[current]
-            pass_scores, fail_scores = np.asarray(pass_scores), np.asarray(fail_scores)
+            comparison = compare_scorers(candidates, policy=chosen.text, current=current).to_dict()
+            pass_scores, fail_scores = (np.asarray(values) for values in candidates[current])
         else:
             pass_scores = (
                 self.scores(name, pass_images, progress=progress)
@@ -711,7 +796,13 @@ class NominalService:
         )
         if comparison is not None:
             result = replace(result, comparison=comparison)
-        return self.save_calibration(name, result)
+        held_back = result.degenerate if activate else "not activated on request"
+        replaced = self.usable_calibration(name)
+        self.save_calibration(name, result, activate=held_back is None)
+        return Calibrated(
+            calibration=result, active=held_back is None, held_back=held_back,
+            replaced=replaced if held_back is None else None,
+        )
 
     def candidate_scores(
         self,
@@ -758,23 +849,74 @@ class NominalService:
         progress("scoring candidates", len(images), len(images))
         return candidates, current
 
-    def save_calibration(self, name: str, result: Calibration) -> Calibration:
+    def _feedback_fail_images(self, name: str) -> list[ImageInput]:
+        """The images operators marked FAIL (missed defects) that this process can read."""
+        if self.images is None:
+            return []
+        found = []
+        for record in self.labels(name, "FAIL"):
+            try:
+                found.append(self.images.load(ImageRef.from_dict(record)))
+            except BadImage:
+                continue  # an image store without that file (another host): the images given still count
+        return found
+
+    def save_calibration(self, name: str, result: Calibration, *, activate: bool = True) -> Calibration:
+        """Record a calibration; with `activate`, verdicts use it from now on."""
         record = {**result.to_dict(), "setting": name}
         with self._settings_lock:
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
-            setting = self.get_setting(name).updated(calibration_id=result.id)
-            self.store.put_record(SETTING_KIND, name, setting.to_dict())
+            if activate:
+                setting = self.get_setting(name).updated(calibration_id=result.id)
+                self.store.put_record(SETTING_KIND, name, setting.to_dict())
         return result
 
+    def activate_calibration(self, name: str, calibration_id: str) -> Calibrated:
+        """Make a recorded calibration the one verdicts use (an explicit choice: degenerate ones too).
+
+        Raises:
+            UnknownCalibration: no such calibration for this setting.
+            BackboneMismatch: it was made on other vectors than the active version's.
+        """
+        calibration = self.calibration(name, calibration_id)
+        version = self._require_active(name)
+        stale = self._stale_reason(self.get_setting(name), version, calibration)
+        if stale:
+            raise BackboneMismatch(f"calibration {calibration_id} cannot be activated: {stale}")
+        replaced = self.usable_calibration(name)
+        self.save_calibration(name, calibration, activate=True)
+        return Calibrated(calibration=calibration, active=True, held_back=None, replaced=replaced)
+
+    def calibration(self, name: str, calibration_id: str) -> Calibration:
+        self.get_setting(name)
+        record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
+        if record is None:
+            raise UnknownCalibration(name, calibration_id)
+        return Calibration.from_dict({key: value for key, value in record.items() if key != "setting"})
+
+    def calibrations(self, name: str) -> list[Calibration]:
+        """Every calibration recorded for the setting, newest first."""
+        self.get_setting(name)
+        found = [
+            Calibration.from_dict({key: value for key, value in r.items() if key != "setting"})
+            for r in self.store.list_records(CALIBRATION_KIND) if r.get("setting") == name
+        ]
+        return sorted(found, key=lambda c: c.created_at, reverse=True)
+
     def latest_calibration(self, name: str) -> Calibration | None:
+        """The calibration last made active (which verdicts use if it still fits the active version)."""
         setting = self.get_setting(name)
         if setting.calibration_id is None:
             return None
-        record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, setting.calibration_id))
-        if record is None:
+        try:
+            return self.calibration(name, setting.calibration_id)
+        except UnknownCalibration:
             return None
-        record = {key: value for key, value in record.items() if key != "setting"}
-        return Calibration.from_dict(record)
+
+    def usable_calibration(self, name: str) -> Calibration | None:
+        """The calibration verdicts use now: the active one, if it fits the active version."""
+        version = self.active_version(name)
+        return None if version is None else self._usable_calibration(self.get_setting(name), version)
 
     # ----------------------------------------------------------------- feedback
 
@@ -798,7 +940,7 @@ class NominalService:
         *,
         setting: str,
         out_dir: str | Path,
-        policy: str = "f1",
+        policy: str | None = None,
         progress: Progress = _no_progress,
     ) -> EvaluationResult:
         """The industry-standard evaluation: fit on PASS only, score the labelled test set, report.
@@ -851,6 +993,8 @@ class NominalService:
             extra["pixel_roc_auc"] = pixel_auc
             extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
+        from indexing.report import write_report  # here: verdicts and workers never load matplotlib
+
         paths = write_report(
             out_dir,
             title=(
@@ -861,6 +1005,8 @@ class NominalService:
             is_fail=is_fail,
             scores=scores,
             names=[image.source for image in test_images],
+            images=test_images,
+            in_sample=True,
             calibration=result,
             metrics=metrics,
             extra=extra,
@@ -881,11 +1027,21 @@ class NominalService:
         mode is never applied in the other (its collection name says which).
         """
         calibration = self.latest_calibration(setting.name)
-        if calibration is None or calibration.backbone != version.backbone_identity:
-            return None
-        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
+        if calibration is None or self._stale_reason(setting, version, calibration):
             return None
         return calibration
+
+    @staticmethod
+    def _stale_reason(setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
+        """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
+        if calibration.backbone != version.backbone_identity:
+            return (f"calibration {calibration.id} was made on {calibration.backbone} vectors and the active "
+                    f"version {version.version} holds {version.backbone_identity} vectors: calibrate again")
+        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
+            made = "patch" if "__patch__" in calibration.collection else "global"
+            return (f"calibration {calibration.id} was made on {made} scores and the setting now scores "
+                    f"{setting.scoring}: calibrate again")
+        return None
 
     def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
         """The patch collection's version record for a global version, or None (a global-only version)."""
@@ -975,11 +1131,16 @@ class NominalService:
         if bad:
             listed = "; ".join(f"{error.source}: {error.reason}" for error in bad[:5])
             more = f" (and {len(bad) - 5} more)" if len(bad) > 5 else ""
-            raise BadImage(bad[0].source if len(bad) == 1 else f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
+            if len(bad) == 1:
+                raise BadImage(bad[0].source, f"{bad[0].reason}; nothing was indexed")
+            raise BadImage(f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
 
-    def _decoded_batches(self, images: Sequence[ImageInput], *, skip_bad: bool) -> Iterator["_Decoded"]:
+    def _decoded_batches(
+        self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
+    ) -> Iterator["_Decoded"]:
         """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
-        batches = [images[i : i + self.batch_size] for i in range(0, len(images), self.batch_size)]
+        size = size or self.batch_size
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
         return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 

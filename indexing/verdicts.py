@@ -46,7 +46,9 @@ class Verdict:
     """One inspected image.
 
     `threshold` and `calibration_id` are None exactly when the verdict is
-    UNCALIBRATED: without a calibration Nominal reports the score, never a guess.
+    UNCALIBRATED: without a calibration Nominal reports the score, never a guess,
+    and `nominal_percentile`, the share of the nominal images' leave-one-out
+    scores below it (0.5: as unusual as a typical good part; 1.0: above all of them).
     """
 
     source: str
@@ -58,6 +60,7 @@ class Verdict:
     neighbours: list[Neighbour] = field(default_factory=list)
     elapsed_ms: float = 0.0
     heatmap: HeatMap | None = None
+    nominal_percentile: float | None = None
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:

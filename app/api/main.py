@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi_offline import FastAPIOffline
 
 from app import web
 from app.api import errors
@@ -61,7 +62,9 @@ def create_app(config: Config | None = None) -> FastAPI:
         finally:
             store.close()
 
-    app = FastAPI(title="Nominal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs and /redoc load their JS and CSS from this package, not from a CDN (a plant has no internet).
+    app = FastAPIOffline(title="Nominal", version="0.1.0", description=DESCRIPTION, lifespan=lifespan,
+                         static_url="/docs/assets", redirect_slashes=False)
     errors.install(app)
     app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)

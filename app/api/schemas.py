@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -12,6 +13,11 @@ from indexing.jobs import Job
 from indexing.service import SettingStatus
 from indexing.store.base import Neighbour
 from indexing.verdicts import HeatMap, Verdict
+
+
+def iso_time(epoch: float | None) -> str | None:
+    """Seconds since the epoch as the ISO 8601 UTC text settings and calibrations carry."""
+    return None if epoch is None else datetime.fromtimestamp(epoch, timezone.utc).isoformat()
 
 
 class SettingPut(BaseModel):
@@ -45,7 +51,19 @@ class CalibrationSummary(BaseModel):
     threshold: float
     average_precision: float | None
     roc_auc: float | None
+    n_pass: int
+    n_fail: int
     created_at: str
+    active: bool = Field(description="Whether verdicts use this calibration now.")
+
+    @classmethod
+    def of(cls, c: Calibration, *, active: bool) -> "CalibrationSummary":
+        return cls(id=c.id, policy=c.policy, threshold=c.threshold, average_precision=c.average_precision,
+                   roc_auc=c.roc_auc, n_pass=c.n_pass, n_fail=c.n_fail, created_at=c.created_at, active=active)
+
+
+class CalibrationsPublic(BaseModel):
+    calibrations: list[CalibrationSummary] = Field(description="Newest first.")
 
 
 class SettingPublic(BaseModel):
@@ -58,24 +76,39 @@ class SettingPublic(BaseModel):
     images: int = Field(description="Nominal images in the active version.")
     active_version: int | None
     collection: str | None
-    calibration: CalibrationSummary | None
+    calibration: CalibrationSummary | None = Field(description="The calibration verdicts use; null: UNCALIBRATED.")
+    calibration_note: str | None = Field(None, description="Why the last active calibration no longer applies.")
+    candidate_calibration: CalibrationSummary | None = Field(
+        None, description="A newer recorded calibration that is not live (held back, or recorded with activate=false).")
     created_at: str
     updated_at: str
 
     @classmethod
     def of(cls, status: SettingStatus) -> "SettingPublic":
-        s, c = status.setting, status.calibration
+        s, c, candidate = status.setting, status.calibration, status.candidate
         return cls(
             name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, tiling=s.tiling, description=s.description,
             images=status.count,
             active_version=status.active.version if status.active else None,
             collection=status.active.collection if status.active else None,
-            calibration=CalibrationSummary(
-                id=c.id, policy=c.policy, threshold=c.threshold, average_precision=c.average_precision,
-                roc_auc=c.roc_auc, created_at=c.created_at,
-            ) if c else None,
+            calibration=CalibrationSummary.of(c, active=True) if c else None,
+            calibration_note=status.calibration_note,
+            candidate_calibration=CalibrationSummary.of(candidate, active=False) if candidate else None,
             created_at=s.created_at, updated_at=s.updated_at,
         )
+
+
+class VersionPublic(BaseModel):
+    version: int
+    state: str = Field(description="building (a re-index in progress) or ready.")
+    images: int
+    backbone: str
+    created_at: str
+    active: bool = Field(description="Whether verdicts are answered from this version.")
+
+
+class VersionsPublic(BaseModel):
+    versions: list[VersionPublic] = Field(description="Oldest first; `POST .../rollback` returns to the ready one before the active.")
 
 
 class SettingsPublic(BaseModel):
@@ -116,6 +149,8 @@ class VerdictPublic(BaseModel):
     threshold: float | None
     calibration_id: str | None
     elapsed_ms: float
+    nominal_percentile: float | None = Field(
+        None, description="UNCALIBRATED only: the share of the nominal images' leave-one-out scores below this score.")
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
@@ -124,6 +159,7 @@ class VerdictPublic(BaseModel):
         return cls(
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
+            nominal_percentile=verdict.nominal_percentile,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
@@ -163,13 +199,16 @@ class JobPublic(BaseModel):
     result: dict[str, Any] | None
     message: str | None
     cancel_requested: bool
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
+    created_at: str = Field(description="ISO 8601, UTC, as every time in this API.")
+    started_at: str | None
+    finished_at: str | None
 
     @classmethod
     def of(cls, job: Job) -> "JobPublic":
-        return cls(**job.to_dict())
+        fields = job.to_dict()
+        for key in ("created_at", "started_at", "finished_at"):
+            fields[key] = iso_time(fields[key])
+        return cls(**fields)
 
 
 class JobsPublic(BaseModel):
@@ -193,10 +232,19 @@ class CalibrationPublic(BaseModel):
     collection: str
     created_at: str
     warnings: list[str]
+    comparison: dict[str, Any] | None = Field(
+        None, description="Candidate scorers compared by cross-validation on this calibration's labelled images "
+        "(`nominal calibrate --compare`): ranking, winner, margin in held-out F1.",
+    )
+    active: bool = Field(description="Whether verdicts use this calibration now.")
+    held_back: str | None = Field(None, description="Why a new calibration did not go live.")
+    replaced: CalibrationSummary | None = Field(None, description="The calibration verdicts used before this one.")
 
     @classmethod
-    def of(cls, calibration: Calibration) -> "CalibrationPublic":
-        return cls(**calibration.to_dict())
+    def of(cls, calibration: Calibration, *, active: bool, held_back: str | None = None,
+           replaced: Calibration | None = None) -> "CalibrationPublic":
+        return cls(**calibration.to_dict(), active=active, held_back=held_back,
+                   replaced=CalibrationSummary.of(replaced, active=False) if replaced else None)
 
 
 class FeedbackPublic(BaseModel):

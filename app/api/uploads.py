@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Depends, Request, UploadFile
+from fastapi.params import Depends as DependsParam
 
 from app.api.errors import ApiError, bad_image_status
 from indexing.errors import BadImage
@@ -69,3 +70,30 @@ def parse_metadata(text: str | None, *, field: str = "metadata") -> dict[str, An
     if not isinstance(value, dict):
         raise ApiError(422, ["body", field], "must be a JSON object, e.g. {\"lot\": \"A17\"}", "json_invalid")
     return value
+
+
+def form_fields(*names: str, at_least_one: bool = False) -> DependsParam:
+    """A route dependency: the body is a form holding only `names`; with `at_least_one`, not empty.
+
+    A misspelt field (`files` for `pass`) or a JSON body is refused (422, `loc` naming it)
+    instead of being ignored: a request that means something else must not quietly do less.
+    """
+    listed = ", ".join(repr(name) for name in names)
+
+    async def check(request: Request) -> None:
+        kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not kind and at_least_one:
+            raise ApiError(422, ["body"], f"nothing to do: give at least one of the fields {listed}", "missing")
+        if kind and kind not in ("multipart/form-data", "application/x-www-form-urlencoded"):
+            raise ApiError(422, ["body"], f"send multipart/form-data with the fields {listed}, not {kind}", "form_expected")
+        if not kind:
+            return
+        form = await request.form()  # parsed once: FastAPI reads the fields from the same cache
+        unknown = [key for key in dict.fromkeys(form.keys()) if key not in names]
+        if unknown:
+            raise ApiError(422, ["body", unknown[0]], f"unknown field {unknown[0]!r}: this operation takes {listed}",
+                           "unknown_field")
+        if at_least_one and not any(form.getlist(name) for name in names):
+            raise ApiError(422, ["body"], f"nothing to do: give at least one of the fields {listed}", "missing")
+
+    return Depends(check)

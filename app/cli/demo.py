@@ -16,7 +16,7 @@ import typer
 
 from app.cli.context import state
 from app.cli.output import Output
-from app.cli.serve import LOOPBACK, run_server
+from app.cli.serve import LOOPBACK, bind, run_server
 from app.runtime import service_for
 from indexing.datasets import Dataset, load_dataset
 from indexing.errors import NoImages
@@ -48,6 +48,7 @@ def demo(
     """
     out = Output(json_mode=False)
     config = state(ctx).config
+    sock = bind(LOOPBACK, port) if serve else None  # a port in use stops the demo now, not after the setting is built
     dataset = _dataset(data)
     example_dir = config.data / "demo-examples"
     with service_for(config) as service, out.progress() as bars:
@@ -55,7 +56,8 @@ def demo(
         result = service.index(SETTING, dataset.train, progress=bars)
         passes = [t.image for t in dataset.test if not t.is_fail]
         fails = [t.image for t in dataset.test if t.is_fail]
-        calibration = service.calibrate(SETTING, pass_images=passes, fail_images=fails, policy="f1", progress=bars)
+        calibration = service.calibrate(SETTING, pass_images=passes, fail_images=fails, policy="f1",
+                                        use_feedback=False, progress=bars).calibration
     examples = {"pass": _as_file(passes[0], example_dir, "pass"), "fail": _as_file(fails[0], example_dir, "fail")}
     url = f"http://{LOOPBACK}:{port}"
     out.line(f"Demo setting {SETTING!r}: {result.count} nominal images from {dataset.name}, "
@@ -65,7 +67,7 @@ def demo(
     out.line("Inspect an image:")
     out.line(f"  curl -s -F files=@{shlex.quote(str(examples['fail']))} {url}/v1/settings/{SETTING}/inspect")
     if serve:
-        run_server(config, host=LOOPBACK, port=port)
+        run_server(config, host=LOOPBACK, port=port, sock=sock)
 
 
 def _dataset(choice: DemoData) -> Dataset:

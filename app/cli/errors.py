@@ -7,9 +7,13 @@ from indexing.errors import NominalError
 EXIT_ERROR = 1
 
 
+class CliError(Exception):
+    """A refusal the CLI itself makes (a port in use, an argument that cannot work): one line, exit 1."""
+
+
 def format_known_exception(error: BaseException) -> str | None:
     """One line for errors a user can act on; None for bugs, which keep their traceback."""
-    if isinstance(error, NominalError):
+    if isinstance(error, (NominalError, CliError)):
         return str(error)
     if isinstance(error, FileNotFoundError):
         return f"{error.filename}: no such file or directory"

@@ -10,9 +10,12 @@ from typing import Annotated, Optional
 import typer
 
 from app.cli.context import JsonOpt, state
+from app.cli.errors import CliError
 from app.cli.output import Output
 from app.runtime import backbone_pool, build_service
+from indexing.calibration import parse_policy
 from indexing.datasets import load_dataset
+from indexing.errors import InvalidCalibration
 from indexing.store import EdgeStore
 
 
@@ -43,7 +46,7 @@ def evaluate(
     scoring: Annotated[Scoring, typer.Option(help="global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps.")] = Scoring.global_,
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
     tiling: Annotated[Tiling, typer.Option(help="patch only: cut large or elongated images into tiles at the backbone's native scale (auto: when far from square or far above the backbone input).")] = Tiling.auto,
-    policy: Annotated[str, typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`).")] = "f1",
+    policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a backbone on a labelled dataset the industry-standard way.
@@ -65,6 +68,7 @@ def evaluate(
     """
     out = Output(json_mode=json_out)
     config = state(ctx).config
+    _check_arguments(dataset, out_dir, layout, subset, policy)  # every argument before any work
     data = load_dataset(dataset, layout.value, subset=subset)
     with tempfile.TemporaryDirectory(prefix="nominal-evaluate-") as scratch:
         store = EdgeStore(Path(scratch) / "store")
@@ -92,3 +96,23 @@ def evaluate(
         pro = "n/a (no masks)" if result.pixel_pro is None else f"{result.pixel_pro:.3f}"
         out.line(f"pixel ROC-AUC: {pixel}; PRO (to 30% FPR): {pro}; heat maps: {Path(out_dir) / 'heatmaps'}")
     out.line(f"report: {Path(out_dir) / 'report.md'}")
+
+
+ELPV_SUBSETS = ("mono", "poly", "combined")
+
+
+def _check_arguments(dataset: str, out_dir: Path, layout: Layout, subset: str | None, policy: str | None) -> None:
+    """Refuse, in one line, what would otherwise fail after minutes of embedding."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CliError(f"--out: {out_dir} is a file: give a folder for the report (created if missing)")
+    if subset is not None and layout is not Layout.elpv:
+        raise CliError(f"--subset is for --layout elpv only (mono, poly or combined), not --layout {layout.value}")
+    if subset is not None and subset not in ELPV_SUBSETS:
+        raise CliError(f"--subset: {subset!r} is not one of {', '.join(ELPV_SUBSETS)}")
+    if layout is not Layout.elpv and not Path(dataset).is_dir():
+        raise CliError(f"{dataset}: no such folder (--layout {layout.value} reads a dataset folder)")
+    if policy is not None:
+        try:
+            parse_policy(policy)
+        except InvalidCalibration as error:
+            raise CliError(f"--policy: {error}") from None

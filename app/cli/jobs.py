@@ -8,11 +8,13 @@ from typing import Annotated, Optional
 
 import typer
 
+from app.api.schemas import JobPublic, JobsPublic, SettingPublic
 from app.cli.context import JsonOpt, state
+from app.cli.errors import CliError
 from app.cli.output import Output
 from app.config import Config
 from app.runtime import build_runner, job_board, service_for
-from indexing.errors import JobFailed, NotConfigured, UnknownJob
+from indexing.errors import JobFailed, NoPreviousVersion, NotConfigured, UnknownJob
 from indexing.jobs import Job, JobBoard, request_cancel
 
 # How often a waiting command reads the job's status.
@@ -56,7 +58,7 @@ def reindex(
         try:
             if not wait and config.redis_url and config.qdrant_url:
                 job = runner.submit_reindex(setting, source, backbone=backbone, detach=True)  # type: ignore[call-arg]
-                out.data(job.to_dict())
+                out.data(JobPublic.of(job))
                 out.line(f"re-index job {job.id} sent to the workers; follow it with `nominal jobs {job.id}`")
                 return
             if config.redis_url and not workers_online(config):
@@ -67,7 +69,7 @@ def reindex(
             done = follow(runner.board, job, out)
         finally:
             runner.close()
-    out.data(done.to_dict())
+    out.data(JobPublic.of(done))
     for error in done.errors:
         out.warn(f"skipped {error['source']}: {error['reason']}")
     if done.state != "succeeded":
@@ -119,8 +121,13 @@ def rollback(
     """
     out = Output(json_mode=json_out)
     with service_for(state(ctx).config) as service:
-        version = service.rollback(setting)
-    out.data(version)
+        try:
+            service.rollback(setting)
+        except NoPreviousVersion as error:
+            raise CliError(f"{error} (`nominal settings show {setting}` lists its versions)") from None
+        status = service.status(setting)
+        version = status.active
+    out.data(SettingPublic.of(status))
     out.line(f"{setting!r} now on version {version.version} ({version.count} images, {version.backbone})")
 
 
@@ -155,13 +162,13 @@ def _show_jobs(board: JobBoard, out: Output, *, job_id: str | None, cancel: bool
         if cancel:
             raise NotConfigured("--cancel needs a JOB_ID: `nominal jobs JOB_ID --cancel`")
         listed = board.list(limit=limit)
-        out.data({"jobs": [j.to_dict() for j in listed]})
+        out.data(JobsPublic(jobs=[JobPublic.of(j) for j in listed]))
         out.table("jobs", ["id", "kind", "setting", "state", "done/total", "img/s", "ETA s", "errors"], [_row(j) for j in listed])
         return
     job = request_cancel(board, job_id) if cancel else board.get(job_id)
     if job is None:
         raise UnknownJob(job_id)
-    out.data(job.to_dict())
+    out.data(JobPublic.of(job))
     out.table(f"job {job.id}", ["id", "kind", "setting", "state", "done/total", "img/s", "ETA s", "errors"], [_row(job)])
     if job.message:
         out.line(f"message: {job.message}")

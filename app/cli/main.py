@@ -60,6 +60,7 @@ def root(
 
 app.command("index")(data.index)
 app.command("calibrate")(data.calibrate)
+app.command("calibrations")(data.calibrations)
 app.command("inspect")(data.inspect)
 app.command("evaluate")(evaluate.evaluate)
 app.command("backbones")(settings.backbones)

@@ -15,12 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import BaseModel
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 
 def to_jsonable(value: Any) -> Any:
+    if isinstance(value, BaseModel):  # the API's own schemas: one vocabulary for `--json` and HTTP
+        return value.model_dump(mode="json")
     if is_dataclass(value) and not isinstance(value, type):
         return to_jsonable(asdict(value))
     if isinstance(value, dict):
@@ -39,7 +42,8 @@ def to_jsonable(value: Any) -> Any:
 class Output:
     def __init__(self, *, json_mode: bool) -> None:
         self.json_mode = json_mode
-        self.console = Console(file=sys.stdout, soft_wrap=True)
+        # Piped output (a log, `grep`, a file) is never wrapped at 80 columns: tables keep one line per row.
+        self.console = Console(file=sys.stdout, soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
         self.err = Console(file=sys.stderr, soft_wrap=True)
 
     def data(self, value: Any) -> None:

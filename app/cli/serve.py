@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import errno
 import ipaddress
+import socket
 from typing import Annotated
 
 import typer
 
 from app.cli.context import state
+from app.cli.errors import CliError
 from app.cli.output import Output
 from app.config import Config
 
@@ -37,30 +40,64 @@ def serve(
     run_server(state(ctx).config, host=host, port=port, workers=workers)
 
 
-def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, workers: int = 1) -> None:
-    """Start uvicorn on the API; refuses unsafe choices with a warning instead of an error."""
+def listening_host(config: Config, host: str) -> str:
+    """The address to listen on: without API keys, loopback only (with a warning if another was asked)."""
+    if not config.key_roles() and not _is_loopback(host):
+        Output(json_mode=False).warn(f"no NOMINAL_API_KEYS configured: listening on {LOOPBACK} only, not {host}")
+        return LOOPBACK
+    return host
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket, bound now: a port in use stops the command before any work, exit status 1.
+
+    The server is handed this very socket, so nothing can take the port in between.
+    """
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: no wait on a closed server's TIME_WAIT
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        reason = "is already in use" if error.errno == errno.EADDRINUSE else f"cannot be bound ({error.strerror})"
+        raise CliError(f"port {port} on {host} {reason}: stop what listens there, or choose another with --port") from None
+    sock.set_inheritable(True)  # uvicorn's worker processes inherit it
+    return sock
+
+
+def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, workers: int = 1,
+               sock: socket.socket | None = None) -> None:
+    """Serve the API on `sock` (bound here if not given); exit status 1 when it never started.
+
+    Unsafe choices are corrected with a warning: no API keys means loopback only, and
+    the embedded store admits one worker process.
+    """
     import uvicorn
 
     from app.api.main import create_app
 
     out = Output(json_mode=False)
-    if not config.key_roles() and not _is_loopback(host):
-        out.warn(f"no NOMINAL_API_KEYS configured: listening on {LOOPBACK} only, not {host}")
-        host = LOOPBACK
+    host = listening_host(config, host)
     if workers > 1 and not config.qdrant_url:
         out.warn("the embedded store admits one process: serving with 1 worker (set QDRANT_URL for more)")
         workers = 1
+    sock = sock or bind(host, port)
     store = config.qdrant_url or f"embedded store in {config.data}"
     out.err.print(f"Nominal on http://{host}:{port} (operator page: http://{host}:{port}/, "
                   f"docs: http://{host}:{port}/docs), {store}", highlight=False)
-    if workers == 1:
-        _serve_with_torch_on_main_thread(uvicorn.Server(uvicorn.Config(create_app(config), host=host, port=port, log_level="info")))
-    else:
-        # Each worker process builds its own app (and model) from the environment.
-        uvicorn.run("app.api.main:create_app", factory=True, host=host, port=port, workers=workers, log_level="info")
+    with sock:
+        if workers == 1:
+            server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="info"))
+            _serve_with_torch_on_main_thread(server, sock)
+            if not server.started:
+                raise CliError("the server stopped before it started serving: see the log lines above")
+        else:
+            # Each worker process builds its own app (and model) from the environment.
+            uvicorn.run("app.api.main:create_app", factory=True, fd=sock.fileno(), workers=workers, log_level="info")
 
 
-def _serve_with_torch_on_main_thread(server) -> None:
+def _serve_with_torch_on_main_thread(server, sock: socket.socket) -> None:
     """uvicorn on a thread; this (main) thread runs every torch call (see `indexing.torch_thread`).
 
     uvicorn installs no signal handlers off the main thread, so SIGINT and SIGTERM
@@ -72,7 +109,7 @@ def _serve_with_torch_on_main_thread(server) -> None:
 
     from indexing.torch_thread import serve_torch_calls
 
-    thread = threading.Thread(target=server.run, name="uvicorn")
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn")
 
     def stop(signum: int, frame: object) -> None:
         server.should_exit = True

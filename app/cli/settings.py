@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from app.cli.context import JsonOpt, state
-from app.cli.output import Output
+from app.api.schemas import SettingPublic, SettingsPublic
+from app.cli.output import Output, fmt
 from app.runtime import service_for
 from indexing.backbones import available_backbones
 
@@ -16,13 +17,13 @@ app = typer.Typer(help="List, show and delete machine settings.", invoke_without
 
 @app.callback()
 def list_settings(ctx: typer.Context, json_out: JsonOpt = False) -> None:
-    """List machine settings with their backbone, k, image count and threshold."""
+    """List machine settings with their backbone, k, image count and the threshold verdicts use."""
     if ctx.invoked_subcommand is not None:
         return
     out = Output(json_mode=json_out)
     with service_for(state(ctx).config) as service:
         statuses = [service.status(s.name) for s in service.list_settings()]
-    out.data([_summary(s) for s in statuses])
+    out.data(SettingsPublic(settings=[SettingPublic.of(s) for s in statuses]))
     if not statuses:
         out.line("No machine settings yet: create one with `nominal index SETTING DIR`.")
         return
@@ -41,17 +42,32 @@ def list_settings(ctx: typer.Context, json_out: JsonOpt = False) -> None:
 
 @app.command("show")
 def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out: JsonOpt = False) -> None:
-    """Everything about one setting: configuration, active version, latest calibration."""
+    """Everything about one setting: configuration, its versions (for `nominal rollback`), the calibration in use.
+
+    Example: nominal settings show line-3
+    """
     out = Output(json_mode=json_out)
     with service_for(state(ctx).config) as service:
         status = service.status(setting)
-    out.data(_summary(status))
-    for key, value in _summary(status).items():
-        if key != "calibration":
-            out.line(f"{key:>18}: {value}")
-    if status.calibration:
-        c = status.calibration
-        out.line(f"{'calibration':>18}: {c.policy} threshold {c.threshold:.4f} (AP {c.average_precision}, ROC-AUC {c.roc_auc})")
+        versions = service.versions(setting)
+    public = SettingPublic.of(status)
+    out.data({**public.model_dump(mode="json"), "versions": [
+        {"version": v.version, "state": v.state, "images": v.count, "backbone": v.backbone, "created_at": v.created_at,
+         "active": status.active is not None and v.version == status.active.version} for v in versions]})
+    for key, value in public.model_dump(exclude={"calibration", "candidate_calibration", "calibration_note"}).items():
+        out.line(f"{key:>21}: {'-' if value is None else value}")
+    c = status.calibration
+    out.line(f"{'calibration':>21}: " + (
+        f"{c.id} {c.policy} threshold {c.threshold:.4f} (AP {fmt(c.average_precision)}, ROC-AUC {fmt(c.roc_auc)})"
+        if c else "none: verdicts are UNCALIBRATED"))
+    if status.calibration_note:
+        out.line(f"{'':>21}  {status.calibration_note}")
+    if status.candidate:
+        out.line(f"{'candidate calibration':>21}: {status.candidate.id} {status.candidate.policy} threshold "
+                 f"{status.candidate.threshold:.4f}, not in use (`nominal calibrations {setting}` to activate it)")
+    out.table("versions", ["version", "state", "images", "backbone", "created", ""], [
+        [v.version, v.state, v.count, v.backbone, v.created_at[:19].replace("T", " "),
+         "active" if status.active and v.version == status.active.version else ""] for v in versions])
 
 
 @app.command("delete")
@@ -61,9 +77,10 @@ def delete(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete a setting, all its collection versions and calibrations."""
-    if not yes:
-        typer.confirm(f"Delete machine setting {setting!r} and all its nominal images?", abort=True)
     with service_for(state(ctx).config) as service:
+        service.get_setting(setting)  # an unknown setting is said before any question is asked
+        if not yes:
+            typer.confirm(f"Delete machine setting {setting!r} and all its nominal images?", abort=True)
         service.delete_setting(setting)
     Output(json_mode=False).line(f"deleted {setting!r}")
 
@@ -75,18 +92,3 @@ def backbones(json_out: JsonOpt = False) -> None:
     out.data(names)
     for name in names:
         out.line(name)
-
-
-def _summary(status) -> dict:
-    return {
-        "setting": status.setting.name,
-        "backbone": status.setting.backbone,
-        "k": status.setting.k,
-        "scoring": status.setting.scoring,
-        "tiling": status.setting.tiling,
-        "description": status.setting.description,
-        "images": status.count,
-        "active_version": status.active.version if status.active else None,
-        "active_collection": status.active.collection if status.active else None,
-        "calibration": status.calibration.to_dict() if status.calibration else None,
-    }

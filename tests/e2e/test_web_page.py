@@ -42,7 +42,7 @@ from selenium.webdriver.chrome.service import Service  # noqa: E402 - only once 
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.keys import Keys  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+from selenium.webdriver.support.ui import Select, WebDriverWait  # noqa: E402
 
 
 @pytest.fixture
@@ -50,7 +50,8 @@ def server(tmp_path: Path) -> Iterator[str]:
     """The real app under uvicorn on a loopback port picked by the OS, with an admin and a read key."""
     import uvicorn
 
-    app = create_app(Config(NOMINAL_DATA=tmp_path / "data", NOMINAL_API_KEYS=f"{ADMIN_KEY}:admin,{READ_KEY}:read"))
+    app = create_app(Config(NOMINAL_DATA=tmp_path / "data", NOMINAL_API_KEYS=f"{ADMIN_KEY}:admin,{READ_KEY}:read",
+                            NOMINAL_SOURCE_ROOTS=str(Path(__file__).parents[1] / "fixtures")))
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -85,10 +86,27 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-def api(base: str, path: str) -> dict:
-    request = urllib.request.Request(base + path, headers={"X-API-Key": ADMIN_KEY})
+def api(base: str, path: str, body: dict | None = None) -> dict:
+    headers = {"X-API-Key": ADMIN_KEY, **({"Content-Type": "application/json"} if body is not None else {})}
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(base + path, data=data, headers=headers, method="POST" if body is not None else "GET")
     with urllib.request.urlopen(request, timeout=30) as answer:
         return json.load(answer)
+
+
+def accept_the_question(driver, wait, expected: str) -> None:
+    """The page asks before it changes anything: read the question, then say yes."""
+    wait.until(lambda d: _alert(d) is not None)
+    question = driver.switch_to.alert
+    assert expected in question.text, question.text
+    question.accept()
+
+
+def _alert(driver):
+    try:
+        return driver.switch_to.alert
+    except Exception:  # noqa: BLE001 - selenium's NoAlertPresentException
+        return None
 
 
 def use_key(driver, key: str) -> None:
@@ -173,19 +191,32 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     wait.until(lambda d: "Accepted" in text(d, "#upload-form .status"))
     wait.until(lambda d: "Nominal images\n28" in text(d, "#facts"))
     assert "succeeded" in text(driver, "#jobs") and "28 / 28" in text(driver, "#jobs")
+    assert "started" in text(driver, "#jobs") and "ended" in text(driver, "#jobs")
     assert "Active version\nv1" in text(driver, "#facts")
+    wait.until(lambda d: "v1 · 28 images" in text(d, "#versions") and "in use" in text(d, "#versions"))
 
     # Before any calibration the page shows the score and says what is missing, never a guess.
     assert "Not calibrated" in text(driver, "#calibration")
     choose(driver, "#inspect-files", [good[0]])
     wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .result.verdict-UNCALIBRATED"))
     assert "No threshold yet" in text(driver, "#results .result")
+    # ...placed among the nominal images' own scores, so the bar means something without a threshold.
+    uncalibrated = driver.find_element(By.CSS_SELECTOR, "#results .result")
+    assert "of the nominal images' own scores" in uncalibrated.text
+    fill = uncalibrated.find_element(By.CSS_SELECTOR, ".scorebar .fill").get_attribute("style")
+    percent = int(uncalibrated.text.split("is above ")[1].split("%")[0])
+    assert f"width: {percent}" in fill.replace(".", " ").replace("%", " ") or percent in (0, 100), fill
 
     # Calibrate on the labelled test images: the PR curve, AP, ROC-AUC and confusion matrix appear.
     choose(driver, "#calibrate-pass", good)
     choose(driver, "#calibrate-fail", colour)
+    Select(driver.find_element(By.ID, "calibrate-policy")).select_by_value("f1")
     driver.find_element(By.CSS_SELECTOR, "#calibrate-form button[type=submit]").click()
     wait.until(lambda d: "Calibrated" in text(d, "#calibrate-form .status"))
+    assert "verdicts now use the threshold" in text(driver, "#calibrate-form .status")
+    assert driver.find_element(By.ID, "calibrate-policy").get_attribute("value") == "f1", "the policy chosen stays"
+    # The verdict shown before is marked as judged without the threshold now in use.
+    wait.until(lambda d: "Judged before this setting was calibrated" in text(d, "#results .result"))
     wait.until(lambda d: images_loaded(d, "#calibration .pr-curve img"))
     calibration = api(server, "/v1/settings/hz/calibrations/latest")
     shown = text(driver, "#calibration")
@@ -225,6 +256,33 @@ def test_an_operator_sets_up_inspects_and_gives_feedback_from_the_page(server: s
     wait.until(lambda d: "Nominal images\n29" in text(d, "#facts"))  # the false alarm joined the nominal set
     assert api(server, "/v1/settings/hz")["images"] == 29
     full_page_screenshot(driver, "web_page_full.png")
+
+    # A wrong nominal image is removed from a verdict's neighbours, after a question.
+    cards[1].find_element(By.CSS_SELECTOR, ".neighbours button.remove").click()
+    accept_the_question(driver, wait, "Remove")
+    wait.until(lambda d: "removed from the nominal set" in cards[1].text)
+    wait.until(lambda d: "Nominal images\n28" in text(d, "#facts"))
+
+    # A re-index cancelled from the page leaves the version in use; a finished one can be rolled back.
+    # Jobs run one at a time here, so the second waits in the queue while the first runs: time to cancel it.
+    fixtures = Path(__file__).parents[1] / "fixtures" / "hazelnut_toy"
+    finished = api(server, "/v1/settings/hz/reindex", {"source": str(fixtures / "train" / "good")})
+    queued = api(server, "/v1/settings/hz/reindex", {"source": str(fixtures)})
+    driver.execute_script("pollJobs()")
+    cancel = f"#jobs li[data-job-id='{queued['job_id']}'] button.cancel"
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, cancel))
+    driver.find_element(By.CSS_SELECTOR, cancel).click()
+    accept_the_question(driver, wait, "Cancel the reindex of hz")
+    wait.until(lambda d: api(server, f"/v1/jobs/{queued['job_id']}")["state"] == "cancelled")
+    wait.until(lambda d: api(server, f"/v1/jobs/{finished['job_id']}")["state"] == "succeeded")
+    newest = api(server, "/v1/settings/hz")["active_version"]
+    assert newest > 1
+    wait.until(lambda d: f"Active version\nv{newest}" in text(d, "#facts"))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#versions button.rollback"))
+    driver.find_element(By.CSS_SELECTOR, "#versions button.rollback").click()
+    accept_the_question(driver, wait, f"from v{newest} to v1")
+    wait.until(lambda d: "Active version\nv1" in text(d, "#facts"))
+    assert api(server, "/v1/settings/hz")["active_version"] == 1
 
     # Tablet portrait: one column, nothing wider than the screen.
     viewport(driver, 800, 1280)
@@ -279,3 +337,15 @@ def show_heat_map_result(driver, photo: Path) -> None:
         card.scrollIntoView();""",
         result, base64.b64encode(photo.read_bytes()).decode(),
     )
+
+
+def test_the_api_docs_render_with_no_internet(server: str, browser) -> None:
+    """A plant network has no internet: /docs draws every operation from assets this server serves."""
+    browser.get(f"{server}/docs")
+    WebDriverWait(browser, 60).until(lambda d: d.find_elements(By.CSS_SELECTOR, ".opblock-summary-path"))
+    paths = {e.get_attribute("data-path") or e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert "/v1/settings/{setting}/inspect" in paths, paths
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert loaded and all(url.startswith(server) for url in loaded), loaded
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "api-docs.png"))

@@ -49,7 +49,7 @@ def client(tmp_path: Path) -> Iterator[TestClient]:
 @pytest.fixture
 def filled(client: TestClient, hazelnut: Path) -> TestClient:
     """A setting `hz` holding the 28 Hazelnut Toy training images."""
-    assert client.put("/v1/settings/hz", json={"k": 1, "description": "hazelnuts"}).status_code == 200
+    assert client.put("/v1/settings/hz", json={"k": 1, "description": "hazelnuts"}).status_code == 201
     accepted = client.post("/v1/settings/hz/images", files=files_of(jpgs(hazelnut / "train" / "good")))
     assert accepted.status_code == 202
     job = wait_job(client, accepted.json()["job_id"])
@@ -177,7 +177,7 @@ def test_api_keys_separate_readers_from_admins(tmp_path: Path, hazelnut: Path) -
         assert client.put("/v1/settings/hz", json={}).status_code == 401
         assert client.put("/v1/settings/hz", json={}, headers={"X-API-Key": "guess"}).status_code == 401
         assert client.put("/v1/settings/hz", json={}, headers=reader).status_code == 403
-        assert client.put("/v1/settings/hz", json={}, headers=admin).status_code == 200
+        assert client.put("/v1/settings/hz", json={}, headers=admin).status_code == 201
         assert client.get("/v1/settings/hz", headers=reader).status_code == 200
         upload = files_of(jpgs(hazelnut / "train" / "good")[:3])
         assert client.post("/v1/settings/hz/images", files=upload, headers=reader).status_code == 403

@@ -20,7 +20,7 @@ def test_reindex_then_rollback_over_http(tmp_path: Path, hazelnut: Path) -> None
     shutil.copytree(hazelnut / "train" / "good", source)
     config = Config(_env_file=None, NOMINAL_DATA=tmp_path / "data", NOMINAL_SOURCE_ROOTS=f"{tmp_path}:{hazelnut}")
     with TestClient(create_app(config)) as client:
-        assert client.put("/v1/settings/hz", json={"k": 1}).status_code == 200
+        assert client.put("/v1/settings/hz", json={"k": 1}).status_code == 201
         empty = client.post("/v1/settings/hz/reindex", json={"source": str(tmp_path / "nothing")})
         assert empty.status_code == 422 and empty.json()["detail"][0]["loc"] == ["body", "source"]
         for folder in (hazelnut / "test" / "good", source):

@@ -16,6 +16,7 @@ import pytest
 from app.cli.main import main
 from indexing.image_store import ImageStore
 from indexing.images import ImageInput
+from indexing.jobs import request_cancel
 from indexing.runner import InProcessRunner
 from tests.waiting import wait_for_job
 
@@ -39,6 +40,31 @@ def test_an_index_job_adds_images_and_lists_the_bad_ones(tmp_path: Path, service
     assert done.result == {"indexed": 6, "skipped": 1, "count": 6, "collection": done.result["collection"]}
     assert done.error_count == 1 and done.errors[0]["source"].endswith("truncated.jpg")
     assert service.status("hazelnut").count == 6
+
+
+def test_an_upload_reports_every_image_and_a_cancelled_one_says_what_it_stored(tmp_path: Path, service, hazelnut_sets) -> None:
+    """Progress moves per image on a small upload, and a cancel mid-way leaves the job's count equal to
+    what the setting holds, with a message that says the stored images stay."""
+    seen: list[int] = []
+    service.index("per-image", hazelnut_sets["train"], progress=lambda stage, done, total: stage == "embedding" and seen.append(done))
+    assert seen == list(range(29)), seen
+
+    images = ImageStore(tmp_path / "images")
+    runner = InProcessRunner(service, images)
+    try:
+        job = runner.submit_index("hazelnut", [images.put(i) for i in hazelnut_sets["train"]])
+        deadline = time.monotonic() + 120
+        while (current := runner.board.get(job.id)).done < 3 and not current.finished:
+            assert time.monotonic() < deadline, "the upload made no progress"
+            time.sleep(0.01)
+        request_cancel(runner.board, job.id)
+        done = wait_for_job(runner.board, job)
+    finally:
+        runner.close()
+    assert done.state == "cancelled"
+    stored = service.status("hazelnut").count
+    assert 3 <= done.done == stored < 28
+    assert f"{stored} of 28 images were stored before it stopped" in done.message
 
 
 def test_a_job_whose_images_are_all_bad_fails_and_says_why(tmp_path: Path, service, bad_images) -> None:

@@ -150,7 +150,7 @@ def test_reindexing_the_same_images_adds_no_patches_and_new_images_extend_the_ba
 
 def test_calibrated_patch_verdicts_and_a_new_version_moves_both_aliases(patch_service, hazelnut_sets) -> None:
     good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
-    calibration = patch_service.calibrate(SETTING, pass_images=good, fail_images=defect)
+    calibration = patch_service.calibrate(SETTING, pass_images=good, fail_images=defect).calibration
     assert "__patch__" in calibration.collection
     verdicts = patch_service.inspect(SETTING, good + defect)
     correct = sum(v.verdict == "PASS" for v in verdicts[: len(good)]) + sum(v.verdict == "FAIL" for v in verdicts[len(good) :])
@@ -194,7 +194,7 @@ def test_patch_evaluation_writes_heat_maps_and_pixel_auc(patch_service, hazelnut
 def test_calibrate_compare_ranks_every_scorer_on_the_labelled_images_only(patch_service, hazelnut_sets) -> None:
     result = patch_service.calibrate(
         SETTING, pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"], compare=True
-    )
+    ).calibration
     found = result.comparison
     assert found is not None and found["current"] == "patch"
     names = [r["name"] for r in found["results"]]

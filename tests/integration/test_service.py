@@ -33,7 +33,7 @@ def test_verdicts_are_uncalibrated_until_calibrated_then_separate_pass_from_fail
     before = service.inspect("hazelnut", hazelnut_sets["good"][:1])[0]
     assert before.verdict == "UNCALIBRATED" and before.threshold is None and before.score > 0
 
-    calibration = service.calibrate("hazelnut", pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"])
+    calibration = service.calibrate("hazelnut", pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"]).calibration
     assert calibration.roc_auc is not None and calibration.roc_auc > 0.9
     verdicts = service.inspect("hazelnut", hazelnut_sets["good"] + hazelnut_sets["defect"])
     outcomes = [v.verdict for v in verdicts]
@@ -55,7 +55,7 @@ def test_a_stored_image_is_scored_leave_one_out(service, hazelnut_sets) -> None:
 
 def test_pass_only_quantile_calibration_uses_the_nominal_set(service, hazelnut_sets) -> None:
     service.index("hazelnut", hazelnut_sets["train"])
-    calibration = service.calibrate("hazelnut", policy="quantile:0.1")
+    calibration = service.calibrate("hazelnut", policy="quantile:0.1").calibration
     assert calibration.n_pass == len(hazelnut_sets["train"]) and calibration.n_fail == 0
     flagged = [s >= calibration.threshold for s in service.nominal_scores("hazelnut")]
     assert sum(flagged) <= 0.1 * len(flagged) + 1
@@ -68,7 +68,7 @@ def test_everything_survives_a_restart(tmp_path: Path, pool, hazelnut_sets) -> N
     service = NominalService(store, backbones=pool)
     service.put_setting("hazelnut", k=2, description="line 3 hazelnuts")
     service.index("hazelnut", hazelnut_sets["train"])
-    calibration = service.calibrate("hazelnut", pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"])
+    calibration = service.calibrate("hazelnut", pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"]).calibration
     before = service.inspect("hazelnut", hazelnut_sets["defect"][:2])
     store.close()
 

@@ -27,12 +27,6 @@ from indexing.calibration import (
 )
 from indexing.errors import InvalidCalibration
 
-FALLBACK_TEXT = (
-    "no FAIL images: threshold is the 99th percentile of PASS scores; add labelled FAIL images "
-    "to calibrate on the precision-recall curve"
-)
-
-
 def _scores(n_pass: int = 400, n_fail: int = 80, shift: float = 2.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     return rng.normal(0.0, 1.0, n_pass), rng.normal(shift, 1.0, n_fail)
@@ -193,15 +187,30 @@ def test_quantile_policy_with_fail_images_still_reports_metrics() -> None:
 
 
 @pytest.mark.parametrize("policy", ["f1", "precision>=0.9", "recall>=0.9", "fpr<=0.05"])
-def test_no_fail_images_falls_back_to_quantile_with_a_warning(policy: str) -> None:
+def test_a_policy_that_needs_fail_images_is_refused_without_them_never_replaced(policy: str) -> None:
     passes, _ = _scores(n_pass=300)
-    cal = _cal(passes, [], policy)
+    with pytest.raises(InvalidCalibration, match=r"needs FAIL images.*quantile:ALPHA") as refused:
+        _cal(passes, [], policy)
+    assert refused.value.field == "policy"
+
+
+def test_without_a_policy_fail_images_choose_f1_and_none_choose_the_quantile() -> None:
+    passes, fails = _scores(n_pass=300)
+    assert _cal(passes, fails, None).policy == "f1"
+    cal = _cal(passes, [], None)
     assert cal.policy == "quantile:0.01"
     assert cal.threshold == pytest.approx(np.quantile(passes, 0.99))
-    assert any(FALLBACK_TEXT in warning for warning in cal.warnings)
     assert cal.precision is None and cal.recall is None and cal.f1 is None
     assert cal.average_precision is None and cal.roc_auc is None
     assert cal.n_fail == 0 and cal.n_pass == 300
+    assert cal.degenerate is None
+
+
+def test_a_threshold_that_catches_no_fail_or_flags_most_pass_images_is_degenerate() -> None:
+    assert "catches none of the 2 FAIL images" in _cal([0.1, 0.2, 0.3], [0.05, 0.06], "fpr<=0.01").degenerate
+    assert "flags 2 of the 3 PASS images" in _cal([0.5, 0.6, 0.1], [0.2], "recall>=0.99").degenerate
+    passes, fails = _scores()
+    assert _cal(passes, fails, "f1").degenerate is None
 
 
 def test_precision_policy_adds_no_false_alarm_for_no_recall() -> None:
@@ -315,7 +324,7 @@ def test_json_round_trip_is_exact() -> None:
 
 
 def test_json_round_trip_without_fail_images() -> None:
-    cal = _cal([0.1, 0.2, 0.3], [], "f1")
+    cal = _cal([0.1, 0.2, 0.3], [], "quantile:0.1")
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False))) == cal
 
 

@@ -21,7 +21,8 @@ from sklearn.metrics import (
 
 from indexing.calibration import calibrate
 from indexing.errors import NoImages
-from indexing.evaluation import Metrics, compute_metrics, write_report
+from indexing.evaluation import Metrics, compute_metrics
+from indexing.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPORT_FILES = {
@@ -149,7 +150,7 @@ def test_write_report(tmp_path: Path) -> None:
 def test_write_report_with_only_pass_images(tmp_path: Path) -> None:
     s = np.linspace(0.0, 1.0, 30)
     y = np.zeros(30, bool)
-    cal = calibrate(s, [], "f1", backbone="b", collection="c")
+    cal = calibrate(s, [], None, backbone="b", collection="c")
     m = compute_metrics(y, s, cal.threshold)
     paths = write_report(tmp_path, title="only pass", is_fail=y, scores=s,
                          names=[f"{i}.png" for i in range(30)], calibration=cal, metrics=m)

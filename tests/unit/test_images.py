@@ -103,12 +103,14 @@ def test_unaccepted_format_is_refused() -> None:
         decode(encoded(Image.new("RGB", (40, 40)), "GIF"))
 
 
-def test_an_image_in_pils_warning_range_is_too_large_not_unreadable() -> None:
-    # 100 MP: above PIL's warning limit (89 MP) but below its hard limit, so PIL only warns.
+def test_the_configured_pixel_limit_decides_not_pils_own() -> None:
+    # 100 MP: above PIL's warning limit (89 MP). Nominal's limit, not PIL's, says yes or no, and is quoted.
     buffer = io.BytesIO()
     Image.new("1", (10_000, 10_000)).save(buffer, format="PNG")
-    with pytest.raises(BadImage, match="too many pixels") as caught:
-        check_header(ImageInput(data=buffer.getvalue(), source="big.png"), max_pixels=200_000_000)
+    big = ImageInput(data=buffer.getvalue(), source="big.png")
+    check_header(big, max_pixels=200_000_000)
+    with pytest.raises(BadImage, match=r"100,000,000 pixels, above the limit of 50,000,000") as caught:
+        check_header(big, max_pixels=50_000_000)
     assert caught.value.too_large and not caught.value.unsupported
 
 

@@ -8,12 +8,12 @@ from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.deps import AdminAccess, RuntimeDep
 from app.api.schemas import FeedbackPublic
-from app.api.uploads import read_images
+from app.api.uploads import form_fields, read_images
 
 router = APIRouter(tags=["feedback"], dependencies=[AdminAccess])
 
 
-@router.post("/v1/settings/{setting}/feedback")
+@router.post("/v1/settings/{setting}/feedback", dependencies=[form_fields("label", "files")])
 def feedback(
     setting: str,
     runtime: RuntimeDep,

@@ -12,13 +12,13 @@ from PIL import Image
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.errors import ApiError
 from app.api.schemas import JobAccepted
-from app.api.uploads import parse_metadata, read_images
+from app.api.uploads import form_fields, parse_metadata, read_images
 from indexing.images import ImageInput, decode
 
 router = APIRouter(tags=["images"])
 
 
-@router.post("/v1/settings/{setting}/images", status_code=202, dependencies=[AdminAccess])
+@router.post("/v1/settings/{setting}/images", status_code=202, dependencies=[AdminAccess, form_fields("files", "metadata")])
 def upload_images(
     setting: str,
     runtime: RuntimeDep,

@@ -6,9 +6,11 @@ from fastapi import APIRouter, Response
 
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.errors import ApiError
-from app.api.schemas import JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic
+from app.api.schemas import (
+    JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic, VersionPublic, VersionsPublic,
+)
 from indexing.backbones import available_backbones
-from indexing.errors import NoImages, SourceNotAllowed
+from indexing.errors import NoImages, SourceNotAllowed, UnknownBackbone
 from indexing.reindex import read_source_within
 
 router = APIRouter(tags=["settings"])
@@ -26,16 +28,31 @@ def list_settings(runtime: RuntimeDep) -> SettingsPublic:
     return SettingsPublic(settings=[SettingPublic.of(service.status(s.name)) for s in service.list_settings()])
 
 
-@router.put("/v1/settings/{setting}", dependencies=[AdminAccess])
-def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep) -> SettingPublic:
-    """Create a machine setting or change the fields given; changing the backbone of a filled setting needs a re-index (409)."""
+@router.put("/v1/settings/{setting}", dependencies=[AdminAccess], responses={201: {"description": "Created."}})
+def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep, response: Response) -> SettingPublic:
+    """Create a machine setting (201) or change the fields given (200); changing the backbone of a filled setting needs a re-index (409)."""
+    existed = any(s.name == setting for s in runtime.service.list_settings())
     runtime.service.put_setting(setting, **body.model_dump())
+    if not existed:
+        response.status_code = 201
     return SettingPublic.of(runtime.service.status(setting))
 
 
 @router.get("/v1/settings/{setting}", dependencies=[ReadAccess])
 def get_setting(setting: str, runtime: RuntimeDep) -> SettingPublic:
     return SettingPublic.of(runtime.service.status(setting))
+
+
+@router.get("/v1/settings/{setting}/versions", dependencies=[ReadAccess])
+def list_versions(setting: str, runtime: RuntimeDep) -> VersionsPublic:
+    """The setting's collection versions: what a rollback can return to."""
+    runtime.service.get_setting(setting)
+    active = runtime.service.active_version(setting)
+    return VersionsPublic(versions=[
+        VersionPublic(version=v.version, state=v.state, images=v.count, backbone=v.backbone, created_at=v.created_at,
+                      active=active is not None and v.version == active.version)
+        for v in runtime.service.versions(setting)
+    ])
 
 
 @router.delete("/v1/settings/{setting}", status_code=204, dependencies=[AdminAccess])
@@ -54,12 +71,16 @@ def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> 
     inside the directories NOMINAL_SOURCE_ROOTS names (403 otherwise).
     """
     runtime.service.get_setting(setting)  # 404 before a job is queued
+    if body.backbone:
+        try:
+            runtime.service.backbones.get(body.backbone)  # an unknown backbone is refused now, not by a failed job
+        except UnknownBackbone as error:
+            raise ApiError(422, ["body", "backbone"], str(error), "unknown_backbone") from error
     roots = runtime.config.source_root_paths()
     if not roots:
         raise ApiError(
             403, ["body", "source"],
-            "re-index over HTTP is off: set NOMINAL_SOURCE_ROOTS to the directories sources may be read from "
-            "(or run `nominal reindex` on the server)",
+            "re-index over HTTP is off: the server's NOMINAL_SOURCE_ROOTS names no directory sources may be read from",
             "source_not_allowed",
         )
     try:

@@ -129,6 +129,33 @@ function num(x) {
   return Math.abs(x) >= 100 ? x.toFixed(1) : Number(x.toPrecision(3)).toString();
 }
 
+// "1 image", "2 images": the page never says "1 false alarms".
+function plural(n, noun, nouns = `${noun}s`) {
+  return `${n} ${n === 1 ? noun : nouns}`;
+}
+
+// ISO 8601 time as "2026-11-30 20:11" in the station's own time zone.
+function when(iso) {
+  if (!iso) return "";
+  const d = new Date(iso);
+  const pad = (x) => String(x).padStart(2, "0");
+  return `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())} ${pad(d.getHours())}:${pad(d.getMinutes())}`;
+}
+
+// Destructive actions ask first; the question says exactly what will happen.
+function confirmed(question) {
+  return window.confirm(question);
+}
+
+function actionButton(text, className, onClick) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = className;
+  button.textContent = text;
+  button.addEventListener("click", onClick);
+  return button;
+}
+
 function fileName(path) {
   return String(path || "").split(/[\\/]/).pop();
 }
@@ -202,7 +229,62 @@ async function refreshSetting() {
     ["Scoring", s.scoring],
     ...(s.description ? [["Description", s.description]] : []),
   ]));
-  await renderCalibration(s);
+  await Promise.all([renderCalibration(s), renderVersions(s)]);
+  markStaleResults(s.calibration ? s.calibration.id : null);
+}
+
+// Versions, newest first, with a rollback to the ready one before the active (admin key; asks first).
+async function renderVersions(setting) {
+  const list = $("#versions");
+  let versions;
+  try {
+    versions = (await (await api(`/v1/settings/${encodeURIComponent(setting.name)}/versions`)).json()).versions;
+  } catch (error) {
+    list.replaceChildren(paragraph(`Could not list versions: ${error.message}`, "error"));
+    return;
+  }
+  if (!versions.length) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "muted", textContent: "No versions yet." }));
+    return;
+  }
+  const active = versions.find((v) => v.active);
+  const previous = active && [...versions].reverse().find((v) => v.state === "ready" && v.version < active.version);
+  list.replaceChildren(...[...versions].reverse().map((v) => {
+    const item = document.createElement("li");
+    item.className = `version${v.active ? " active" : ""}`;
+    item.append(`v${v.version} · ${plural(v.images, "image")} · ${v.backbone} · ${when(v.created_at)}`
+      + (v.active ? " · in use" : v.state === "building" ? " · being built" : ""));
+    if (previous && v.version === previous.version) {
+      item.append(" ", actionButton("Roll back to this version", "rollback", () => rollback(setting.name, active, v)));
+    }
+    return item;
+  }));
+}
+
+async function rollback(name, from, to) {
+  if (!confirmed(`Roll ${name} back from v${from.version} to v${to.version}? Verdicts will compare parts with the ${plural(to.images, "nominal image")} of v${to.version}; v${from.version} is kept.`)) return;
+  try {
+    await api(`/v1/settings/${encodeURIComponent(name)}/rollback`, { method: "POST" });
+    hideNotice();
+  } catch (error) {
+    showNotice(`Could not roll back: ${error.message}`);
+  }
+  await refreshSetting();
+}
+
+// A result shown before the threshold changed says which threshold it was judged with.
+function markStaleResults(calibrationId) {
+  document.querySelectorAll("#results .result").forEach((card) => {
+    const made = card.dataset.calibrationId || null;
+    const note = $(".stale", card);
+    const stale = made !== calibrationId;
+    note.hidden = !stale;
+    if (stale) {
+      note.textContent = made
+        ? `Judged with an earlier threshold (calibration ${made.slice(0, 8)}); inspect again for a verdict with the current one.`
+        : "Judged before this setting was calibrated; inspect again for a verdict with the current threshold.";
+    }
+  });
 }
 
 function definitions(pairs) {
@@ -226,9 +308,12 @@ function paragraph(text, className) {
 
 async function renderCalibration(setting) {
   const box = $("#calibration");
+  renderCandidate(setting);
   if (!setting.calibration) {
     state.calibrationId = null;
-    box.replaceChildren(paragraph("Not calibrated: verdicts are UNCALIBRATED (score only) until you calibrate under “Set up”.", "muted"));
+    const parts = [paragraph("Not calibrated: verdicts are UNCALIBRATED (score only) until you calibrate under “Set up”.", "muted")];
+    if (setting.calibration_note) parts.push(paragraph(setting.calibration_note, "warning"));
+    box.replaceChildren(...parts);
     return;
   }
   if (setting.calibration.id === state.calibrationId) return;  // unchanged: keep the drawn curve
@@ -248,7 +333,9 @@ async function renderCalibration(setting) {
   img.height = 360;
   showImage(img, `/v1/settings/${encodeURIComponent(setting.name)}/calibrations/latest/pr_curve.png`);
   const caption = document.createElement("figcaption");
-  caption.textContent = `Precision-recall curve; policy ${c.policy}; ${c.n_pass} PASS and ${c.n_fail} FAIL images; ${c.created_at.slice(0, 16).replace("T", " ")}`;
+  caption.textContent = c.n_fail
+    ? `Precision-recall curve; policy ${c.policy}; ${plural(c.n_pass, "PASS image")} and ${plural(c.n_fail, "FAIL image")}; ${when(c.created_at)}`
+    : `No precision-recall curve: this calibration had no FAIL images (policy ${c.policy}, ${plural(c.n_pass, "PASS image")}); ${when(c.created_at)}`;
   figure.append(img, caption);
 
   const metrics = document.createElement("dl");
@@ -266,6 +353,27 @@ async function renderCalibration(setting) {
   box.replaceChildren(...parts);
 }
 
+// A newer calibration that is recorded but not in use: why, and a way to make it live (asks first).
+function renderCandidate(setting) {
+  const box = $("#candidate");
+  const c = setting.candidate_calibration;
+  box.hidden = !c;
+  if (!c) return;
+  const text = paragraph(`A newer calibration (${c.id.slice(0, 8)}, ${c.policy}, threshold ${num(c.threshold)}, `
+    + `${when(c.created_at)}) is recorded but not in use.`, "warning");
+  const use = actionButton("Use this calibration", "activate", async () => {
+    const now = setting.calibration ? `the threshold ${num(setting.calibration.threshold)}` : "no threshold";
+    if (!confirmed(`Make calibration ${c.id.slice(0, 8)} live for ${setting.name}? Verdicts change from ${now} to the threshold ${num(c.threshold)}.`)) return;
+    try {
+      await api(`/v1/settings/${encodeURIComponent(setting.name)}/calibrations/${c.id}/activate`, { method: "POST" });
+    } catch (error) {
+      showNotice(`Could not activate the calibration: ${error.message}`);
+    }
+    await refreshSetting();
+  });
+  box.replaceChildren(text, use);
+}
+
 // Positive = FAIL (a defect): tp are defects caught, fp false alarms, fn missed defects.
 function confusionTable(confusion) {
   const table = document.createElement("table");
@@ -275,7 +383,7 @@ function confusionTable(confusion) {
   const rows = [
     ["", "Judged FAIL", "Judged PASS"],
     ["Really FAIL", `${confusion.tp} caught`, `${confusion.fn} missed`],
-    ["Really PASS", `${confusion.fp} false alarms`, `${confusion.tn} passed`],
+    ["Really PASS", plural(confusion.fp, "false alarm"), `${confusion.tn} passed`],
   ];
   rows.forEach((cells, r) => {
     const tr = (r === 0 ? table.createTHead() : table.tBodies[0] || table.createTBody()).insertRow();
@@ -322,6 +430,7 @@ async function inspect(files) {
 function resultCard(result, file) {
   const card = $("#result-template").content.firstElementChild.cloneNode(true);
   card.classList.add(`verdict-${result.verdict}`);
+  card.dataset.calibrationId = result.calibration_id || "";
   $(".verdict", card).textContent = result.verdict;
   $(".source", card).textContent = `${result.source} · ${Math.round(result.elapsed_ms)} ms`
     + (result.calibration_id ? ` · calibration ${result.calibration_id.slice(0, 8)}` : "");
@@ -335,7 +444,7 @@ function resultCard(result, file) {
     : "No heat map: this setting compares whole images (global scoring).";
   drawHeatmap(card, result);
 
-  $(".neighbours", card).append(...result.neighbors.map(neighbourItem));
+  $(".neighbours", card).append(...result.neighbors.map((n) => neighbourItem(n, card)));
   if (!result.neighbors.length) $(".neighbours", card).append(paragraph("No nominal images to compare with yet.", "muted"));
 
   card.querySelectorAll(".feedback button").forEach((button) =>
@@ -352,9 +461,20 @@ function drawScore(card, result) {
   const bar = $(".scorebar", card);
   const text = $(".score-text", card);
   if (threshold === null) {
+    // No threshold: the bar places the score among the nominal images' own scores (0% to 100%).
     mark.hidden = true;
-    bar.setAttribute("aria-label", `Score ${num(score)}; no threshold yet`);
-    text.textContent = `Score ${num(score)}. No threshold yet: calibrate this setting to get PASS or FAIL.`;
+    const share = result.nominal_percentile;
+    if (share === null || share === undefined) {
+      $(".fill", card).style.width = "0%";
+      bar.setAttribute("aria-label", `Score ${num(score)}; no threshold and no nominal scores to compare with`);
+      text.textContent = `Score ${num(score)}. No threshold yet: calibrate this setting to get PASS or FAIL.`;
+      return;
+    }
+    const percent = Math.round(share * 100);
+    $(".fill", card).style.width = `${share * 100}%`;
+    bar.setAttribute("aria-label", `Score ${num(score)} is above ${percent}% of the nominal images' scores`);
+    text.textContent = `Score ${num(score)} is above ${percent}% of the nominal images' own scores`
+      + `${percent >= 100 ? " (above all of them)" : ""}. No threshold yet: calibrate this setting to get PASS or FAIL.`;
     return;
   }
   mark.style.left = `${(threshold / top) * 100}%`;
@@ -389,7 +509,7 @@ function drawHeatmap(card, result) {
   $("input", toggle).addEventListener("change", (event) => { heat.hidden = !event.target.checked; });
 }
 
-function neighbourItem(neighbour) {
+function neighbourItem(neighbour, card) {
   const item = document.createElement("li");
   const figure = document.createElement("figure");
   const img = document.createElement("img");
@@ -409,8 +529,23 @@ function neighbourItem(neighbour) {
   distance.textContent = `distance ${num(neighbour.distance)}`;
   caption.append(title, distance);
   figure.append(img, caption);
-  item.append(figure);
+  const remove = actionButton("Remove from nominal set", "remove", () => removeNominal(neighbour, name, item, card));
+  item.append(figure, remove);
   return item;
+}
+
+// A wrong image among the nominal ones (a defective part stored as good) is taken out; asks first.
+async function removeNominal(neighbour, name, item, card) {
+  if (!confirmed(`Remove ${name} from the nominal images of ${state.setting}? Parts will no longer be compared with it.`)) return;
+  try {
+    await api(neighbour.url, { method: "DELETE" });
+    item.replaceChildren(paragraph(`${name} was removed from the nominal set.`, "muted"));
+    $(".stale", card).hidden = false;
+    $(".stale", card).textContent = "A nominal image was removed: inspect again for a verdict against the current set.";
+    refreshSetting();
+  } catch (error) {
+    showNotice(`Could not remove ${name}: ${error.message}`);
+  }
 }
 
 async function sendFeedback(card, file, label) {
@@ -464,7 +599,7 @@ async function pollJobs() {
     renderJobs(jobs);
     active = jobs.some(isActive);
     // A job that finished since the last look changed a nominal set: show the new counts.
-    const finished = Math.max(0, ...jobs.map((j) => j.finished_at || 0));
+    const finished = jobs.map((j) => j.finished_at || "").sort().pop() || "";  // ISO times sort as text
     if (state.lastFinishedAt !== null && finished > state.lastFinishedAt) refreshSetting();
     state.lastFinishedAt = finished;
   } catch (error) {
@@ -504,8 +639,24 @@ function jobItem(job) {
   if (isActive(job) && job.eta_s !== null) detail.push(`about ${Math.ceil(job.eta_s)} s left`);
   if (job.error_count) detail.push(`${job.error_count} refused (${job.errors[0]?.source}: ${job.errors[0]?.reason})`);
   if (job.message) detail.push(job.message);
-  item.append(head, progress, paragraph(detail.join(" · "), "muted"));
+  const times = [job.started_at ? `started ${when(job.started_at)}` : `queued ${when(job.created_at)}`];
+  if (job.finished_at) times.push(`ended ${when(job.finished_at)}`);
+  item.append(head, progress, paragraph(detail.join(" · "), "muted"), paragraph(times.join(" · "), "muted times"));
+  if (isActive(job)) item.append(actionButton("Cancel job", "cancel", () => cancelJob(job)));
   return item;
+}
+
+async function cancelJob(job) {
+  const what = job.kind === "index"
+    ? `Cancel adding images to ${job.setting}? Images stored so far stay in the nominal set.`
+    : `Cancel the ${job.kind} of ${job.setting}? Its half-built version is deleted; the version in use stays.`;
+  if (!confirmed(what)) return;
+  try {
+    await api(`/v1/jobs/${job.id}`, { method: "DELETE" });
+  } catch (error) {
+    showNotice(`Could not cancel the job: ${error.message}`);
+  }
+  pollJobs();
 }
 
 // ---------- set-up forms ----------
@@ -560,11 +711,20 @@ function setupForms() {
       const form = new FormData();
       [...$("#calibrate-pass").files].forEach((f) => form.append("pass", f, f.name));
       [...$("#calibrate-fail").files].forEach((f) => form.append("fail", f, f.name));
-      form.append("policy", $("#calibrate-policy").value);
+      const policy = $("#calibrate-policy").value;
+      if (policy) form.append("policy", policy);  // empty: the server's default for the images given
+      if (![...form.keys()].length) form.append("policy", "quantile:0.01");
       setStatus(calibrate, "Calibrating: every image is scored, this can take a while…");
       const c = await (await api(`/v1/settings/${encodeURIComponent(state.setting)}/calibrations`, { method: "POST", form })).json();
-      setStatus(calibrate, `Calibrated: threshold ${num(c.threshold)}, average precision ${num(c.average_precision)}.`);
+      const metrics = c.n_fail ? `, average precision ${num(c.average_precision)}` : "";
+      if (c.active) {
+        const before = c.replaced ? ` (was ${num(c.replaced.threshold)})` : "";
+        setStatus(calibrate, `Calibrated: verdicts now use the threshold ${num(c.threshold)}${before}${metrics}.`);
+      } else {
+        setStatus(calibrate, `Recorded but not in use: ${c.held_back}. The threshold in use is unchanged.`, true);
+      }
       calibrate.reset();
+      $("#calibrate-policy").value = policy;  // the operator's choice stays for the next calibration
       await refreshSetting();
     });
   });
