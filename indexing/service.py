@@ -47,6 +47,7 @@ from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
+from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
@@ -92,6 +93,7 @@ class EvaluationResult:
     is_fail: np.ndarray
     files: dict[str, Path]
     pixel_roc_auc: float | None = None
+    pixel_pro: float | None = None
 
 
 @dataclass(frozen=True)
@@ -189,8 +191,9 @@ class NominalService:
         k: int | None = None,
         scoring: str | None = None,
         description: str | None = None,
+        tiling: str | None = None,
     ) -> MachineSetting:
-        """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
+        """Create a setting, or update the fields given. Changing the backbone or tiling needs a re-index."""
         with self._lock(check_setting_name(name)):
             record = self.store.get_record(SETTING_KIND, name)
             if record is None:
@@ -200,6 +203,7 @@ class NominalService:
                     k=k or DEFAULT_K,
                     scoring=scoring or "global",  # type: ignore[arg-type]
                     description=description or "",
+                    tiling=tiling or "auto",  # type: ignore[arg-type]
                 )
                 self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
@@ -219,7 +223,9 @@ class NominalService:
                         )
                 changes = {
                     key: value
-                    for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
+                    for key, value in {
+                        "backbone": backbone, "k": k, "scoring": scoring, "description": description, "tiling": tiling,
+                    }.items()
                     if value is not None
                 }
                 setting = current.updated(**changes)
@@ -309,9 +315,8 @@ class NominalService:
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                self.store.put_record(
-                    VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": self.patch_config.to_dict()}
-                )
+                recipe = replace(self.patch_config, tiling=setting.tiling)
+                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
         return version
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
@@ -726,6 +731,7 @@ class NominalService:
         policy: str | None = None,
         use_feedback: bool = True,
         activate: bool = True,
+        compare: bool = False,
         progress: Progress = _no_progress,
     ) -> "Calibrated":
         """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
@@ -735,6 +741,11 @@ class NominalService:
         the images operators labelled FAIL join `fail_images`. Without a policy:
         ``f1`` with FAIL images, ``quantile:0.01`` without (`default_policy`).
 
+        With `compare`, the labelled images are also scored by every candidate scorer
+        the setting can run and the candidates are compared by cross-validation on
+        those images only (`indexing.compare`); the comparison is kept in the
+        calibration record. The threshold itself stays the setting's current scorer's.
+
         How a calibration goes live (the one rule the API, CLI and page show): it is
         always recorded; it replaces the active one when `activate` is set and it is
         not degenerate (`Calibration.degenerate`). Otherwise it waits as a candidate
@@ -742,17 +753,27 @@ class NominalService:
 
         Raises:
             InvalidCalibration: a policy that needs FAIL images given none (`field`
-                "policy"), too few PASS scores, or a bad policy.
+                "policy"), too few PASS scores, or a bad policy; `compare` without
+                PASS and FAIL images.
         """
         if policy is not None:
             parse_policy(policy)  # a malformed policy is refused before anything else is looked at
         version = self._require_active(name)
         fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
-        policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
-        pass_scores = (
-            self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
-        )
-        fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
+        chosen = policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
+        comparison = None
+        if compare:
+            if not pass_images or not fail_images:
+                raise InvalidCalibration("--compare needs labelled PASS and FAIL images (--pass and --fail)")
+            candidates, current = self.candidate_scores(name, pass_images, fail_images, progress=progress)
+            comparison = compare_scorers(candidates, policy=chosen.text, current=current).to_dict()
+            pass_scores, fail_scores = (np.asarray(values) for values in candidates[current])
+        else:
+            pass_scores = (
+                self.scores(name, pass_images, progress=progress)
+                if pass_images else self.nominal_scores(name, progress=progress)
+            )
+            fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
         if pass_scores.size == 0:
             raise InvalidCalibration(
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
@@ -761,6 +782,8 @@ class NominalService:
             pass_scores, fail_scores, policy, backbone=version.backbone_identity,
             collection=self._scored_collection(name, version), scoring=self.get_setting(name).scoring,
         )
+        if comparison is not None:
+            result = replace(result, comparison=comparison)
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
         self.save_calibration(name, result, activate=held_back is None)
@@ -768,6 +791,51 @@ class NominalService:
             calibration=result, active=held_back is None, held_back=held_back,
             replaced=replaced if held_back is None else None,
         )
+
+    def candidate_scores(
+        self,
+        name: str,
+        pass_images: Sequence[ImageInput],
+        fail_images: Sequence[ImageInput],
+        *,
+        progress: Progress = _no_progress,
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+        """Scores of labelled images by every scorer the setting can run, and the name of the one it runs now.
+
+        Global kNN with k = 1, 3, 5 (the setting's own k too); where the active version
+        keeps a patch bank, the largest patch distance ("patch") and the mean of the
+        3 and 10 largest (from the same distance grid).
+        """
+        from indexing.patch_search import top_mean
+
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        images = list(pass_images) + list(fail_images)
+        split = len(pass_images)
+        backbone = self.backbone_for(version)
+        vectors = []
+        progress("scoring candidates", 0, len(images))
+        for decoded, _, _ in self._decoded_batches(images, skip_bad=False):
+            vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
+        vectors_all = np.concatenate(vectors)
+        ks = sorted({1, 3, 5, setting.k})
+        nearest = self._nearest(version, vectors_all, [image.id for image in images], max(ks))
+        candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for k in ks:
+            scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
+            candidates[f"global k={k}"] = (scores[:split], scores[split:])
+        current = f"global k={setting.k}"
+        if self._patch_record(version) is not None:
+            found: list[PatchResult] = []
+            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+                found += self._patch_results(name, version, kept, decoded, neighbours=0, grids=True)
+            for label, k in (("patch", 1), ("patch top-3 mean", 3), ("patch top-10 mean", 10)):
+                scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
+                candidates[label] = (scores[:split], scores[split:])
+            if setting.scoring == "patch":
+                current = "patch"
+        progress("scoring candidates", len(images), len(images))
+        return candidates, current
 
     def _feedback_fail_images(self, name: str) -> list[ImageInput]:
         """The images operators marked FAIL (missed defects) that this process can read."""
@@ -892,9 +960,10 @@ class NominalService:
         configured = self.get_setting(setting)
         heat_files: dict[str, Path] = {}
         pixel_auc: float | None = None
+        pixel_pro: float | None = None
         if configured.scoring == "patch":
             patch = self._require_patch(version)
-            pixel_auc, heat_files = write_heatmaps(
+            pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
                 size=self.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
@@ -911,6 +980,7 @@ class NominalService:
         }
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
+            extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
 
@@ -933,7 +1003,8 @@ class NominalService:
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
         return EvaluationResult(
-            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc
+            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc,
+            pixel_pro=pixel_pro,
         )
 
     # ----------------------------------------------------------------- internals
