@@ -145,6 +145,10 @@ class VerdictPublic(BaseModel):
     elapsed_ms: float
     nominal_percentile: float | None = Field(
         None, description="UNCALIBRATED only: the share of the nominal images' leave-one-out scores below this score.")
+    p_value: float | None = Field(
+        None, description=("Conformal p-value: (1 + reference scores at or above this score) / (n + 1), the reference "
+                           "being the PASS scores of the calibration in use (without one: the nominal images' "
+                           "leave-one-out scores). 0.002 reads 'about 1 good part in 500 scores this high'."))
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
@@ -153,7 +157,7 @@ class VerdictPublic(BaseModel):
         return cls(
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
-            nominal_percentile=verdict.nominal_percentile,
+            nominal_percentile=verdict.nominal_percentile, p_value=verdict.p_value,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
