@@ -14,6 +14,7 @@ from functools import partial
 from app.config import Config
 from indexing.backbones import load_backbone
 from indexing.errors import NotConfigured
+from indexing.history import History
 from indexing.image_store import ImageStore
 from indexing.jobs import JobBoard, JobRunner, StoreJobBoard, fail_interrupted_jobs
 from indexing.runner import InProcessRunner
@@ -34,8 +35,19 @@ def backbone_pool(config: Config) -> BackbonePool:
     return BackbonePool(partial(load_backbone, device=config.device, weights_dir=config.weights_dir))
 
 
-def build_service(config: Config, store: VectorStore, pool: BackbonePool | None = None) -> NominalService:
-    return NominalService(
+def build_history(config: Config) -> History:
+    """The inspection history (`indexing.history`): opened on first use, so building it costs nothing."""
+    return History(
+        config.history_root, keep_days=config.keep_inspections_days, max_bytes=config.max_inspection_bytes,
+        near=config.near_threshold,
+    )
+
+
+def build_service(
+    config: Config, store: VectorStore, pool: BackbonePool | None = None, *, history: History | None = None
+) -> NominalService:
+    """The service; unless NOMINAL_RECORD_HISTORY is off, every verdict it makes is recorded in `history`."""
+    service = NominalService(
         store,
         backbones=pool or backbone_pool(config),
         default_backbone=config.backbone,
@@ -43,6 +55,9 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         batch_size=config.batch_size,
         images=ImageStore(config.image_root),
     )
+    if config.record_history:
+        service.on_verdicts.append((history or build_history(config)).hook)
+    return service
 
 
 @contextmanager

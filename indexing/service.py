@@ -195,8 +195,8 @@ class NominalService:
         self.images = images
         self._nominal_reference: dict[tuple, np.ndarray] = {}
         self.references = References(store)
-        # Called with (setting, images, verdicts) after every inspection; `indexing.history` records them.
-        self.on_verdicts: list[Callable[[str, Sequence[ImageInput], list[Verdict]], None]] = []
+        # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
+        self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.backbones = backbones or BackbonePool()
@@ -593,7 +593,7 @@ class NominalService:
         verdicts = self._with_p_values(setting, version, verdicts)
         for hook in self.on_verdicts:
             try:
-                hook(name, images, verdicts)
+                hook(setting, version, images, verdicts)
             except Exception:  # noqa: BLE001 - recording a verdict must never fail it
                 log.exception("a verdict hook failed; the verdicts stand")
         return verdicts

@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexing.calibration import Calibration
+from indexing.history import Inspection
 from indexing.jobs import Job
 from indexing.service import SettingStatus
 from indexing.store.base import Neighbour
@@ -252,3 +253,35 @@ class FeedbackPublic(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class InspectionPublic(BaseModel):
+    """One recorded verdict."""
+
+    id: int
+    at: str = Field(description="When the verdict was given, ISO 8601 UTC.")
+    verdict: Literal["PASS", "FAIL", "UNCALIBRATED"]
+    score: float | None
+    threshold: float | None
+    p_value: float | None
+    calibration_id: str | None
+    version: int | None = Field(description="The collection version the verdict was answered from.")
+    sha256: str = Field(description="SHA-256 of the image bytes.")
+    source: str
+    latency_ms: float
+    image_url: str | None = Field(description="The kept image (FAIL and near-threshold verdicts), or null.")
+
+    @classmethod
+    def of(cls, setting: str, item: Inspection, *, image_kept: bool) -> "InspectionPublic":
+        return cls(
+            id=item.id, at=iso_time(item.at) or "", verdict=item.verdict, score=item.score,  # type: ignore[arg-type]
+            threshold=item.threshold, p_value=item.p_value, calibration_id=item.calibration_id, version=item.version,
+            sha256=item.sha256, source=item.source, latency_ms=item.latency_ms,
+            image_url=f"/v1/settings/{setting}/inspections/{item.id}/image" if image_kept else None,
+        )
+
+
+class InspectionsPublic(BaseModel):
+    setting: str
+    inspections: list[InspectionPublic] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null: no more.")
