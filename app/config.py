@@ -126,6 +126,14 @@ class Config(BaseSettings):
         0.1, validation_alias=AliasChoices("NOMINAL_NEAR_THRESHOLD"), ge=0,
         description="A verdict within this fraction of the threshold keeps its image (FAIL verdicts always do).",
     )
+    drift_window: int = Field(
+        200, validation_alias=AliasChoices("NOMINAL_DRIFT_WINDOW"), gt=0,
+        description="Drift compares the last this many verdicts of a setting with its calibration.",
+    )
+    drift_minutes: float | None = Field(
+        None, validation_alias=AliasChoices("NOMINAL_DRIFT_MINUTES"), gt=0,
+        description="Drift window in minutes instead (the verdicts of the last T minutes, at most NOMINAL_DRIFT_WINDOW).",
+    )
     keep_versions: int = Field(
         2, validation_alias=AliasChoices("NOMINAL_KEEP_VERSIONS"), ge=0, description="Older versions kept for rollback."
     )

@@ -615,6 +615,14 @@ class NominalService:
             out.append(replace(v, **changes))
         return out
 
+    def reference_scores(self, name: str) -> np.ndarray:
+        """Sorted reference scores verdicts are judged against: the calibration in use's, else the nominal leave-one-out."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        calibration = self._usable_calibration(setting, version)
+        reference = self.references.get(name, calibration.id) if calibration else None
+        return reference if reference is not None and reference.size else self._loo_reference(setting, version)
+
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         key = (version.collection, version.count, setting.scoring, setting.k)

@@ -8,6 +8,7 @@ FastAPI's thread pool (the handlers are plain functions), never on the event loo
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,8 +18,8 @@ from fastapi_offline import FastAPIOffline
 from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
-from app.api.metrics import Metrics
-from app.api.routes import calibrations, feedback, health, history, images, inspect, jobs, settings
+from app.api.metrics import Metrics, drift_reports
+from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
 from app.runtime import build_history, build_runner, build_service, open_configured_store
@@ -52,6 +53,7 @@ def create_app(config: Config | None = None) -> FastAPI:
             for name in {config.backbone, *(s.backbone for s in service.list_settings())}:
                 service.backbones.get(name)  # load once now, not on the first request
             runner = build_runner(config, service)
+            metrics.drift_source = partial(drift_reports, config, service, history)
             app.state.runtime = ApiRuntime(
                 config=config, store=store, service=service, images=ImageStore(config.image_root),
                 runner=runner, metrics=metrics, key_roles=key_roles, history=history,
@@ -70,7 +72,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
-    for module in (settings, images, inspect, history, calibrations, feedback, jobs, health):
+    for module in (settings, images, inspect, history, drift, calibrations, feedback, jobs, health):
         app.include_router(module.router)
     web.install(app)  # the operator page at /, after the API routes so it never shadows them
     return app

@@ -285,3 +285,34 @@ class InspectionsPublic(BaseModel):
     setting: str
     inspections: list[InspectionPublic] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null: no more.")
+
+
+class DriftPublic(BaseModel):
+    """Whether a setting's recent scores still look like the ones its calibration was made on."""
+
+    setting: str
+    state: Literal["ok", "warn", "alarm"]
+    enough_data: bool = Field(description="False: too few recent verdicts to judge (state stays ok).")
+    window: int = Field(description="Verdicts in the recent window (answered from the active version).")
+    window_since: str | None = Field(description="Start of a time window (ISO 8601), or null for the last N verdicts.")
+    reference: int = Field(description="Reference scores: the calibration in use's PASS scores, or the nominal leave-one-out.")
+    calibration_id: str | None
+    threshold: float | None
+    ks_statistic: float | None
+    ks_p_value: float | None
+    psi: float | None = Field(description="Population stability index; counts toward the state from 100 verdicts.")
+    fail_rate: float | None
+    predicted_fail_rate: float | None = Field(description="The FAIL rate the calibration predicts for good parts.")
+    fail_rate_p_value: float | None
+    mean_score: float | None
+    reference_mean_score: float | None
+    reasons: list[str]
+    advice: str | None = Field(description="What to do, when the state is warn or alarm.")
+    computed_at: str
+
+    @classmethod
+    def of(cls, report: Any) -> "DriftPublic":
+        fields = {name: getattr(report, name) for name in cls.model_fields}
+        fields["window_since"] = iso_time(report.window_since)
+        fields["computed_at"] = iso_time(report.computed_at)
+        return cls(**fields)
