@@ -849,9 +849,9 @@ class NominalService:
         return Calibrated(calibration=calibration, active=True, held_back=None, replaced=replaced)
 
     def calibration(self, name: str, calibration_id: str) -> Calibration:
-        self.get_setting(name)
         record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
         if record is None:
+            self.get_setting(name)  # an unknown setting is said as such
             raise UnknownCalibration(name, calibration_id)
         return Calibration.from_dict({key: value for key, value in record.items() if key != "setting"})
 
@@ -1052,7 +1052,7 @@ class NominalService:
         version = self.active_version(name)
         if version is None or self.store.count(version.collection) == 0:
             raise EmptyCollection(
-                f"setting {name!r} has no nominal images yet: index PASS images first (`nominal index {name} DIR`)"
+                f"setting {name!r} has no nominal images yet: index PASS images first"
             )
         return version
 
