@@ -113,12 +113,18 @@ class _DriftCollector:
 
 
 def drift_reports(config: "Config", service: "NominalService", history: "History") -> list["DriftReport"]:
-    """The drift report of every setting with nominal images; a setting that cannot be judged is left out."""
+    """The drift report of every calibrated setting; a setting that cannot be judged is left out.
+
+    Uncalibrated settings are left out of the gauges: their reference (the nominal leave-one-out
+    scores) costs a search per nominal image, too much for every scrape (`GET .../drift` has it).
+    """
     from indexing.drift import compute_drift
 
     found = []
     for setting in service.list_settings():
         try:
+            if service.status(setting.name).calibration is None:
+                continue
             found.append(compute_drift(service, history, setting.name, last=config.drift_window,
                                        minutes=config.drift_minutes))
         except Exception as error:  # noqa: BLE001 - one setting without images must not hide the others

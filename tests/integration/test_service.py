@@ -111,7 +111,7 @@ def test_unknown_setting_and_backbone_are_named(service, hazelnut_sets) -> None:
 
 def test_an_empty_setting_explains_what_to_do(service, hazelnut_sets) -> None:
     service.put_setting("empty")
-    with pytest.raises(EmptyCollection, match="nominal index empty"):
+    with pytest.raises(EmptyCollection, match="no nominal images yet: index PASS images first"):
         service.inspect("empty", hazelnut_sets["good"][:1])
 
 
