@@ -9,6 +9,7 @@ written unless the caller asks to skip it).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,7 @@ from PIL import Image
 
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
+from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
 from indexing.embedder import (  # noqa: F401 - re-exported: the service's public types
     BackbonePool,
@@ -66,6 +68,8 @@ from indexing.settings import (
 from indexing.store.base import Neighbour, Point, VectorStore
 from indexing.torch_thread import run_on_torch_thread
 from indexing.verdicts import HeatMap, Verdict, decide
+
+log = logging.getLogger("nominal.service")
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
 Progress = Callable[[str, int, int], None]
@@ -159,6 +163,9 @@ class NominalService:
         self.store = store
         self.images = images
         self._nominal_reference: dict[tuple, np.ndarray] = {}
+        self.references = References(store)
+        # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
+        self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
@@ -243,6 +250,7 @@ class NominalService:
                     self.store.delete_record(VERSION_KIND, version.collection)
                     self._forget(version.collection)
             self.patches.cache.forget(name)
+            self.references.delete_setting(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
                     self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
@@ -571,28 +579,48 @@ class NominalService:
             verdicts = self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
         else:
             verdicts = self._inspect_global(context, images, k=k, started=started)
-        if any(v.verdict == "UNCALIBRATED" for v in verdicts):
-            verdicts = self._placed_among_nominal(setting, version, verdicts)
+        verdicts = self._with_p_values(setting, version, verdicts)
+        for hook in self.on_verdicts:
+            try:
+                hook(setting, version, images, verdicts)
+            except Exception:  # noqa: BLE001 - recording a verdict must never fail it
+                log.exception("a verdict hook failed; the verdicts stand")
         return verdicts
 
-    def _placed_among_nominal(
+    def _with_p_values(
         self, setting: MachineSetting, version: CollectionVersion, verdicts: list[Verdict]
     ) -> list[Verdict]:
-        """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
-        something only against the nominal images' own (leave-one-out) scores."""
+        """Every verdict with its conformal `p_value` (`indexing.conformal`), and UNCALIBRATED ones with
+        `nominal_percentile`: without a threshold, a score means something only against the nominal
+        images' own (leave-one-out) scores, which also serve a calibration recorded without reference scores."""
+        out = []
+        for v in verdicts:
+            reference = self.references.get(setting.name, v.calibration_id) if v.calibration_id else None
+            if reference is None or reference.size == 0:
+                reference = self._loo_reference(setting, version)
+            changes: dict[str, Any] = {"p_value": p_value(reference, v.score)}
+            if v.verdict == "UNCALIBRATED" and reference.size:
+                changes["nominal_percentile"] = float(np.searchsorted(reference, v.score, side="left") / reference.size)
+            out.append(replace(v, **changes))
+        return out
+
+    def reference_scores(self, name: str) -> np.ndarray:
+        """Sorted reference scores verdicts are judged against: the calibration in use's, else the nominal leave-one-out."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        calibration = self._usable_calibration(setting, version)
+        reference = self.references.get(name, calibration.id) if calibration else None
+        return reference if reference is not None and reference.size else self._loo_reference(setting, version)
+
+    def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
+        """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         # The count read now: a cached version's count is not kept current.
         key = (version.collection, self.store.count(version.collection), setting.scoring, setting.k)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
-            self._nominal_reference = {key: reference}  # one setting's at a time: it is only for the uncalibrated
-        if reference.size == 0:
-            return verdicts
-        return [
-            replace(v, nominal_percentile=float(np.searchsorted(reference, v.score, side="left") / reference.size))
-            if v.verdict == "UNCALIBRATED" else v
-            for v in verdicts
-        ]
+            self._nominal_reference = {key: reference}  # one setting's at a time: the fallback only
+        return reference
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
         version, calibration = context.version, context.calibration
@@ -786,6 +814,7 @@ class NominalService:
             result = replace(result, comparison=comparison)
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
+        self.references.save(name, result.id, pass_scores)  # first: a calibration is never recorded without them
         self.save_calibration(name, result, activate=held_back is None)
         return Calibrated(
             calibration=result, active=held_back is None, held_back=held_back,
@@ -955,6 +984,7 @@ class NominalService:
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
             scoring="patch" if patch_mode else "global",
         )
+        self.references.save(setting, result.id, scores[~is_fail])
         self.save_calibration(setting, result)
         metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
         configured = self.get_setting(setting)
