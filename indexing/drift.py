@@ -168,7 +168,8 @@ def compute_drift(
     """
     status = service.status(setting)
     calibration = status.calibration
-    reference = service.reference_scores(setting)
+    # A setting with no nominal images yet has nothing to drift from: "not judged yet", not an error.
+    reference = service.reference_scores(setting) if status.active and status.count else np.empty(0)
     since = None if minutes is None else time.time() - minutes * 60.0
     version = status.active.version if status.active else None
     rows = [r for r in history.recent(setting, last=last, since=since) if r.version == version and r.score is not None]
