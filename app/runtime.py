@@ -10,6 +10,7 @@ from __future__ import annotations
 from deployment.config import Config
 from deployment.services import (  # noqa: F401 - re-exported: the edges' one import for building a process
     backbone_pool,
+    build_history,
     build_service,
     open_configured_store,
     service_for,

@@ -73,6 +73,10 @@ class Config(BaseSettings):
     def image_root(self) -> Path:
         return self.images_dir or self.data / "images"
 
+    @property
+    def history_root(self) -> Path:
+        return self.history_dir or self.data / "history"
+
     def source_root_paths(self) -> list[Path]:
         """`source_roots` as paths (empty entries dropped)."""
         return [Path(part) for part in self.source_roots.split(":") if part.strip()]
@@ -102,6 +106,33 @@ class Config(BaseSettings):
         validation_alias=AliasChoices("NOMINAL_VISIBILITY_TIMEOUT"),
         gt=0,
         description="Seconds before a task taken by a worker that died is handed to another worker.",
+    )
+    history_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("NOMINAL_HISTORY"),
+        description="Folder of the inspection history (SQLite and kept images); default NOMINAL_DATA/history.",
+    )
+    record_history: bool = Field(
+        True, validation_alias=AliasChoices("NOMINAL_RECORD_HISTORY"), description="Record every verdict (false: off).",
+    )
+    keep_inspections_days: float = Field(
+        90.0, validation_alias=AliasChoices("NOMINAL_KEEP_INSPECTIONS_DAYS"), gt=0,
+        description="Recorded verdicts and their images older than this are deleted.",
+    )
+    max_inspection_bytes: int = Field(
+        2_000_000_000, validation_alias=AliasChoices("NOMINAL_MAX_INSPECTION_BYTES"), ge=0,
+        description="Bytes of kept inspection images; beyond it the oldest images are deleted (their rows stay).",
+    )
+    near_threshold: float = Field(
+        0.1, validation_alias=AliasChoices("NOMINAL_NEAR_THRESHOLD"), ge=0,
+        description="A verdict within this fraction of the threshold keeps its image (FAIL verdicts always do).",
+    )
+    drift_window: int = Field(
+        200, validation_alias=AliasChoices("NOMINAL_DRIFT_WINDOW"), gt=0,
+        description="Drift compares the last this many verdicts of a setting with its calibration.",
+    )
+    drift_minutes: float | None = Field(
+        None, validation_alias=AliasChoices("NOMINAL_DRIFT_MINUTES"), gt=0,
+        description="Drift window in minutes instead (the verdicts of the last T minutes, at most NOMINAL_DRIFT_WINDOW).",
     )
     keep_versions: int = Field(
         2, validation_alias=AliasChoices("NOMINAL_KEEP_VERSIONS"), ge=0, description="Older versions kept for rollback."

@@ -15,6 +15,7 @@ from functools import partial
 
 from deployment.config import Config
 from indexing.backbones import load_backbone
+from indexing.history import History
 from indexing.image_store import ImageStore
 from indexing.locks import LocalLocks, RedisLocks, SettingLocks
 from indexing.service import BackbonePool, NominalService
@@ -48,8 +49,19 @@ def setting_locks(config: Config, store: VectorStore | None) -> SettingLocks:
     return LocalLocks()
 
 
-def build_service(config: Config, store: VectorStore, pool: BackbonePool | None = None) -> NominalService:
-    return NominalService(
+def build_history(config: Config) -> History:
+    """The inspection history (`indexing.history`): opened on first use, so building it costs nothing."""
+    return History(
+        config.history_root, keep_days=config.keep_inspections_days, max_bytes=config.max_inspection_bytes,
+        near=config.near_threshold,
+    )
+
+
+def build_service(
+    config: Config, store: VectorStore, pool: BackbonePool | None = None, *, history: History | None = None
+) -> NominalService:
+    """The service; unless NOMINAL_RECORD_HISTORY is off, every verdict it makes is recorded in `history`."""
+    service = NominalService(
         store,
         backbones=pool or backbone_pool(config),
         default_backbone=config.backbone,
@@ -58,6 +70,9 @@ def build_service(config: Config, store: VectorStore, pool: BackbonePool | None 
         locks=setting_locks(config, store),
         images=ImageStore(config.image_root),
     )
+    if config.record_history:
+        service.on_verdicts.append((history or build_history(config)).hook)
+    return service
 
 
 @contextmanager

@@ -241,6 +241,8 @@ class Calibration:
     created_at: str
     warnings: list[str] = field(default_factory=list)
     scoring: str = "global"
+    # `indexing.compare.Comparison.to_dict()` when the calibration compared candidate scorers.
+    comparison: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; `from_dict` rebuilds an equal `Calibration`."""
@@ -262,6 +264,7 @@ class Calibration:
             "created_at": self.created_at,
             "warnings": list(self.warnings),
             "scoring": self.scoring,
+            "comparison": self.comparison,
         }
 
     @classmethod
@@ -299,6 +302,7 @@ class Calibration:
             warnings=[str(warning) for warning in d.get("warnings", [])],
             # Records from before `scoring` was stored: a patch bank's collection name says "__patch__".
             scoring=str(d.get("scoring") or ("patch" if "__patch__" in str(d["collection"]) else "global")),
+            comparison=d.get("comparison"),
         )
 
     def unfit_for(self, *, backbone: str, scoring: str) -> str | None:

@@ -39,26 +39,33 @@ def patch_point_id(image_id: str, patch: int) -> str:
     return str(uuid.uuid5(PATCH_NAMESPACE, f"{image_id}:{patch}"))
 
 
-def patch_points(image_id: str, source: str, vectors: np.ndarray, kept: np.ndarray, grid: tuple[int, int]) -> list[Point]:
-    """Points for the kept patches of one image.
+def patch_points(
+    image_id: str, source: str, vectors: np.ndarray, kept: np.ndarray, grid: tuple[int, int], *, first: int = 0
+) -> list[Point]:
+    """Points for the kept patches of one image (or of one tile of it).
 
     Args:
         image_id: the image's content id (its global point id).
         source: where the image came from, shown with neighbours.
-        vectors: (P, d) all patch vectors of the image.
+        vectors: (P, d) all patch vectors of the image (or tile).
         kept: indices of the patches to store.
         grid: (rows, cols) of the patch grid.
+        first: number of the first patch: a tiled image numbers tile t's patches from t * P,
+            and its points also record `tile` (row and col are then within that tile).
     """
     cols = grid[1]
     points = []
     for patch in kept.tolist():
         vector = vectors[patch]
         norm = float(np.linalg.norm(vector))
+        number = first + patch
         payload = {
-            "image_id": image_id, "source": source, "patch": patch,
+            "image_id": image_id, "source": source, "patch": number,
             "row": patch // cols, "col": patch % cols, "norm": norm,
         }
-        points.append(Point(id=patch_point_id(image_id, patch), vector=vector, payload=payload))
+        if first:
+            payload["tile"] = first // (grid[0] * cols)
+        points.append(Point(id=patch_point_id(image_id, number), vector=vector, payload=payload))
     return points
 
 

@@ -455,6 +455,14 @@ class PatchScore:
     distances: np.ndarray | None = None
 
 
+def top_mean(distances: np.ndarray, k: int) -> float:
+    """Mean of the k largest values (all of them when fewer)."""
+    if k <= 1:
+        return float(distances.max())
+    k = min(k, len(distances))
+    return float(np.partition(distances, len(distances) - k)[-k:].mean())
+
+
 class PatchScorer:
     """Image score = the largest distance from a patch to its nearest bank patch.
 
@@ -468,17 +476,27 @@ class PatchScorer:
         reweight_k: neighbours of m* for the re-weighting; 0 turns it off.
         bounds: the bank's `UpperBounds`; with them, a score asked for without
             the distance grid searches the whole bank only for the patches that can
-            hold the largest distance (the result is the same).
+            hold the largest distances (the result is the same).
+        top_k: the image score is the mean of the `top_k` largest patch distances
+            (1: the largest alone); the re-weighting scales that mean.
     """
 
     def __init__(
-        self, nn: NearestNeighbours, *, reweight_k: int = DEFAULT_REWEIGHT_K, bounds: UpperBounds | None = None
+        self,
+        nn: NearestNeighbours,
+        *,
+        reweight_k: int = DEFAULT_REWEIGHT_K,
+        bounds: UpperBounds | None = None,
+        top_k: int = 1,
     ) -> None:
         if reweight_k < 0:
             raise ValueError(f"reweight_k must be >= 0, got {reweight_k}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.nn = nn
         self.reweight_k = reweight_k
         self.bounds = bounds
+        self.top_k = top_k
 
     def run(self, patches: np.ndarray, *, exclude: Sequence[int] | None = None, grid: bool = True) -> PatchScore:
         """Score one image.
@@ -500,7 +518,7 @@ class PatchScorer:
             found, indices = self.nn.run(patches, 1, exclude=exclude)
             distances = found[:, 0]
             worst = int(np.argmax(distances))
-            score, nearest_row = float(distances[worst]), int(indices[worst, 0])
+            score, nearest_row = top_mean(distances, self.top_k), int(indices[worst, 0])
         else:
             worst, score, nearest_row = self._largest(patches, exclude)
         if self.reweight_k > 0:
@@ -508,24 +526,32 @@ class PatchScorer:
         return PatchScore(score=score, worst=worst, nearest_row=nearest_row, distances=distances)
 
     def _largest(self, patches: np.ndarray, exclude: Sequence[int] | None) -> tuple[int, float, int]:
-        """(patch, its distance, its nearest row) of the patch farthest from the bank, searching few patches in full.
+        """(patch, score, its nearest row) of the patch farthest from the bank, searching few patches in full.
 
         Patches are taken in decreasing order of their upper bound; once a bound is
-        no larger than the largest exact distance found, no later patch can beat it.
+        no larger than the `top_k`-th largest exact distance found, no later patch
+        can enter the top k. The score is the mean of those k exact distances.
         """
         assert self.bounds is not None
         bounds = self.bounds.run(patches, exclude=exclude)
         order = np.argsort(-bounds, kind="stable")
+        k = min(self.top_k, len(patches))
         worst, largest, nearest_row = int(order[0]), -1.0, -1
+        exact: list[np.ndarray] = []
+        kth = -1.0
         for start in range(0, len(order), PRUNED_STEP):
-            if bounds[order[start]] <= largest:
+            if bounds[order[start]] <= kth:
                 break
             step = order[start : start + PRUNED_STEP]
             found, indices = self.nn.run(patches[step], 1, exclude=exclude)
+            exact.append(found[:, 0])
             best = int(np.argmax(found[:, 0]))
             if found[best, 0] > largest:
                 worst, largest, nearest_row = int(step[best]), float(found[best, 0]), int(indices[best, 0])
-        return worst, largest, nearest_row
+            seen = np.concatenate(exact)
+            if len(seen) >= k:
+                kth = float(np.partition(seen, len(seen) - k)[len(seen) - k])
+        return worst, top_mean(np.concatenate(exact), k), nearest_row
 
     def _weight(self, patch: np.ndarray, nearest_row: int, exclude: Sequence[int] | None) -> float:
         bank_row = self._bank_row(nearest_row)

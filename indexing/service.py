@@ -9,6 +9,7 @@ written unless the caller asks to skip it).
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -23,6 +24,7 @@ from PIL import Image
 
 from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
+from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
 from indexing.embedder import (  # noqa: F401 - re-exported: the service's public types
     BackbonePool,
@@ -47,6 +49,7 @@ from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
+from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
@@ -65,6 +68,8 @@ from indexing.settings import (
 from indexing.store.base import Neighbour, Point, VectorStore
 from indexing.torch_thread import run_on_torch_thread
 from indexing.verdicts import HeatMap, Verdict, decide
+
+log = logging.getLogger("nominal.service")
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
 Progress = Callable[[str, int, int], None]
@@ -92,6 +97,7 @@ class EvaluationResult:
     is_fail: np.ndarray
     files: dict[str, Path]
     pixel_roc_auc: float | None = None
+    pixel_pro: float | None = None
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,9 @@ class NominalService:
         self.store = store
         self.images = images
         self._nominal_reference: dict[tuple, np.ndarray] = {}
+        self.references = References(store)
+        # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
+        self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
         self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
@@ -189,8 +198,9 @@ class NominalService:
         k: int | None = None,
         scoring: str | None = None,
         description: str | None = None,
+        tiling: str | None = None,
     ) -> MachineSetting:
-        """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
+        """Create a setting, or update the fields given. Changing the backbone or tiling needs a re-index."""
         with self._lock(check_setting_name(name)):
             record = self.store.get_record(SETTING_KIND, name)
             if record is None:
@@ -200,6 +210,7 @@ class NominalService:
                     k=k or DEFAULT_K,
                     scoring=scoring or "global",  # type: ignore[arg-type]
                     description=description or "",
+                    tiling=tiling or "auto",  # type: ignore[arg-type]
                 )
                 self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
@@ -219,7 +230,9 @@ class NominalService:
                         )
                 changes = {
                     key: value
-                    for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
+                    for key, value in {
+                        "backbone": backbone, "k": k, "scoring": scoring, "description": description, "tiling": tiling,
+                    }.items()
                     if value is not None
                 }
                 setting = current.updated(**changes)
@@ -237,6 +250,7 @@ class NominalService:
                     self.store.delete_record(VERSION_KIND, version.collection)
                     self._forget(version.collection)
             self.patches.cache.forget(name)
+            self.references.delete_setting(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
                     self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
@@ -309,9 +323,8 @@ class NominalService:
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                self.store.put_record(
-                    VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": self.patch_config.to_dict()}
-                )
+                recipe = replace(self.patch_config, tiling=setting.tiling)
+                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
         return version
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
@@ -583,27 +596,48 @@ class NominalService:
             verdicts = self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
         else:
             verdicts = self._inspect_global(context, images, k=k, started=started)
-        if any(v.verdict == "UNCALIBRATED" for v in verdicts):
-            verdicts = self._placed_among_nominal(setting, version, verdicts)
+        verdicts = self._with_p_values(setting, version, verdicts)
+        for hook in self.on_verdicts:
+            try:
+                hook(setting, version, images, verdicts)
+            except Exception:  # noqa: BLE001 - recording a verdict must never fail it
+                log.exception("a verdict hook failed; the verdicts stand")
         return verdicts
 
-    def _placed_among_nominal(
+    def _with_p_values(
         self, setting: MachineSetting, version: CollectionVersion, verdicts: list[Verdict]
     ) -> list[Verdict]:
-        """UNCALIBRATED verdicts with `nominal_percentile`: without a threshold, a score means
-        something only against the nominal images' own (leave-one-out) scores."""
+        """Every verdict with its conformal `p_value` (`indexing.conformal`), and UNCALIBRATED ones with
+        `nominal_percentile`: without a threshold, a score means something only against the nominal
+        images' own (leave-one-out) scores, which also serve a calibration recorded without reference scores."""
+        out = []
+        for v in verdicts:
+            reference = self.references.get(setting.name, v.calibration_id) if v.calibration_id else None
+            if reference is None or reference.size == 0:
+                reference = self._loo_reference(setting, version)
+            changes: dict[str, Any] = {"p_value": p_value(reference, v.score)}
+            if v.verdict == "UNCALIBRATED" and reference.size:
+                changes["nominal_percentile"] = float(np.searchsorted(reference, v.score, side="left") / reference.size)
+            out.append(replace(v, **changes))
+        return out
+
+    def reference_scores(self, name: str) -> np.ndarray:
+        """Sorted reference scores verdicts are judged against: the calibration in use's, else the nominal leave-one-out."""
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        calibration = self._usable_calibration(setting, version)
+        reference = self.references.get(name, calibration.id) if calibration else None
+        return reference if reference is not None and reference.size else self._loo_reference(setting, version)
+
+    def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
+        """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
+        # `count` is current: read with the version's record, or kept in the setting record (`context`).
         key = (version.collection, version.count, setting.scoring, setting.k)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
-            self._nominal_reference = {key: reference}  # one setting's at a time: it is only for the uncalibrated
-        if reference.size == 0:
-            return verdicts
-        return [
-            replace(v, nominal_percentile=float(np.searchsorted(reference, v.score, side="left") / reference.size))
-            if v.verdict == "UNCALIBRATED" else v
-            for v in verdicts
-        ]
+            self._nominal_reference = {key: reference}  # one setting's at a time: the fallback only
+        return reference
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
         version, calibration = context.version, context.calibration
@@ -742,6 +776,7 @@ class NominalService:
         policy: str | None = None,
         use_feedback: bool = True,
         activate: bool = True,
+        compare: bool = False,
         progress: Progress = _no_progress,
     ) -> "Calibrated":
         """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
@@ -751,6 +786,11 @@ class NominalService:
         the images operators labelled FAIL join `fail_images`. Without a policy:
         ``f1`` with FAIL images, ``quantile:0.01`` without (`default_policy`).
 
+        With `compare`, the labelled images are also scored by every candidate scorer
+        the setting can run and the candidates are compared by cross-validation on
+        those images only (`indexing.compare`); the comparison is kept in the
+        calibration record. The threshold itself stays the setting's current scorer's.
+
         How a calibration goes live (the one rule the API, CLI and page show): it is
         always recorded; it replaces the active one when `activate` is set and it is
         not degenerate (`Calibration.degenerate`). Otherwise it waits as a candidate
@@ -758,17 +798,27 @@ class NominalService:
 
         Raises:
             InvalidCalibration: a policy that needs FAIL images given none (`field`
-                "policy"), too few PASS scores, or a bad policy.
+                "policy"), too few PASS scores, or a bad policy; `compare` without
+                PASS and FAIL images.
         """
         if policy is not None:
             parse_policy(policy)  # a malformed policy is refused before anything else is looked at
         version = self._require_active(name)
         fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
-        policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
-        pass_scores = (
-            self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
-        )
-        fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
+        chosen = policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
+        comparison = None
+        if compare:
+            if not pass_images or not fail_images:
+                raise InvalidCalibration("--compare needs labelled PASS and FAIL images (--pass and --fail)")
+            candidates, current = self.candidate_scores(name, pass_images, fail_images, progress=progress)
+            comparison = compare_scorers(candidates, policy=chosen.text, current=current).to_dict()
+            pass_scores, fail_scores = (np.asarray(values) for values in candidates[current])
+        else:
+            pass_scores = (
+                self.scores(name, pass_images, progress=progress)
+                if pass_images else self.nominal_scores(name, progress=progress)
+            )
+            fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
         if pass_scores.size == 0:
             raise InvalidCalibration(
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
@@ -777,13 +827,61 @@ class NominalService:
             pass_scores, fail_scores, policy, backbone=version.backbone_identity,
             collection=self._scored_collection(name, version), scoring=self.get_setting(name).scoring,
         )
+        if comparison is not None:
+            result = replace(result, comparison=comparison)
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
+        self.references.save(name, result.id, pass_scores)  # first: a calibration is never recorded without them
         self.save_calibration(name, result, activate=held_back is None)
         return Calibrated(
             calibration=result, active=held_back is None, held_back=held_back,
             replaced=replaced if held_back is None else None,
         )
+
+    def candidate_scores(
+        self,
+        name: str,
+        pass_images: Sequence[ImageInput],
+        fail_images: Sequence[ImageInput],
+        *,
+        progress: Progress = _no_progress,
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+        """Scores of labelled images by every scorer the setting can run, and the name of the one it runs now.
+
+        Global kNN with k = 1, 3, 5 (the setting's own k too); where the active version
+        keeps a patch bank, the largest patch distance ("patch") and the mean of the
+        3 and 10 largest (from the same distance grid).
+        """
+        from indexing.patch_search import top_mean
+
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        images = list(pass_images) + list(fail_images)
+        split = len(pass_images)
+        backbone = self.backbone_for(version)
+        vectors = []
+        progress("scoring candidates", 0, len(images))
+        for decoded, _, _ in self._decoded_batches(images, skip_bad=False):
+            vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
+        vectors_all = np.concatenate(vectors)
+        ks = sorted({1, 3, 5, setting.k})
+        nearest = self._nearest(version, vectors_all, [image.id for image in images], max(ks))
+        candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for k in ks:
+            scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
+            candidates[f"global k={k}"] = (scores[:split], scores[split:])
+        current = f"global k={setting.k}"
+        if self._patch_record(version) is not None:
+            found: list[PatchResult] = []
+            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+                found += self._patch_results(name, version, kept, decoded, neighbours=0, grids=True)
+            for label, k in (("patch", 1), ("patch top-3 mean", 3), ("patch top-10 mean", 10)):
+                scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
+                candidates[label] = (scores[:split], scores[split:])
+            if setting.scoring == "patch":
+                current = "patch"
+        progress("scoring candidates", len(images), len(images))
+        return candidates, current
 
     def _feedback_fail_images(self, name: str) -> list[ImageInput]:
         """The images operators marked FAIL (missed defects) that this process can read."""
@@ -903,14 +1001,16 @@ class NominalService:
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
             scoring="patch" if patch_mode else "global",
         )
+        self.references.save(setting, result.id, scores[~is_fail])
         self.save_calibration(setting, result)
         metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
         configured = self.get_setting(setting)
         heat_files: dict[str, Path] = {}
         pixel_auc: float | None = None
+        pixel_pro: float | None = None
         if configured.scoring == "patch":
             patch = self._require_patch(version)
-            pixel_auc, heat_files = write_heatmaps(
+            pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
                 size=self.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
@@ -927,6 +1027,7 @@ class NominalService:
         }
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
+            extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
 
@@ -949,7 +1050,8 @@ class NominalService:
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
         return EvaluationResult(
-            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc
+            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc,
+            pixel_pro=pixel_pro,
         )
 
     # ----------------------------------------------------------------- internals

@@ -11,6 +11,7 @@ chose: a thread of this process, or Celery workers.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,11 +21,11 @@ from fastapi_offline import FastAPIOffline
 from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
-from app.api.metrics import Metrics
-from app.api.routes import calibrations, feedback, health, images, inspect, jobs, settings
+from app.api.metrics import Metrics, drift_reports
+from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
-from app.runtime import build_runner, build_service, open_configured_store
+from app.runtime import build_history, build_runner, build_service, open_configured_store
 from indexing.image_store import ImageStore
 
 log = logging.getLogger("nominal.api")
@@ -50,18 +51,21 @@ def create_app(config: Config | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_configured_store(config)
         try:
-            service = build_service(config, store)
+            history = build_history(config)
+            service = build_service(config, store, history=history)
             for name in {config.backbone, *(s.backbone for s in service.list_settings())}:
                 service.backbones.get(name)  # load once now, not on the first request
             runner = build_runner(config, service)
+            metrics.drift_source = partial(drift_reports, config, service, history)
             app.state.runtime = ApiRuntime(
                 config=config, store=store, service=service, images=ImageStore(config.image_root),
-                runner=runner, metrics=metrics, key_roles=key_roles,
+                runner=runner, metrics=metrics, key_roles=key_roles, history=history,
             )
             try:
                 yield
             finally:
                 runner.close()
+                history.close()
         finally:
             store.close()
 
@@ -71,7 +75,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
-    for module in (settings, images, inspect, calibrations, feedback, jobs, health):
+    for module in (settings, images, inspect, history, drift, calibrations, feedback, jobs, health):
         app.include_router(module.router)
     web.install(app)  # the operator page at /, after the API routes so it never shadows them
     return app

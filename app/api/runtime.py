@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from app.api.metrics import Metrics
 from app.config import Config
+from indexing.history import History
 from indexing.image_store import ImageStore
 from indexing.jobs import JobRunner
 from indexing.service import NominalService
@@ -27,6 +28,7 @@ class ApiRuntime:
     runner: JobRunner
     metrics: Metrics
     key_roles: dict[str, str]
+    history: History | None = None
 
 
 async def off_the_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -232,6 +232,19 @@ def test_a_truncated_image_to_inspect_is_refused_with_422(filled: TestClient, ba
     assert "truncated.jpg" in response.json()["detail"][0]["msg"] and "truncated" in response.json()["detail"][0]["msg"]
 
 
+def test_a_tiled_patch_setting_maps_the_whole_image(client: TestClient, hazelnut: Path) -> None:
+    created = client.put("/v1/settings/tiles", json={"scoring": "patch", "tiling": "on"}).json()
+    assert created["tiling"] == "on"
+    job = client.post("/v1/settings/tiles/images", files=files_of(jpgs(hazelnut / "train" / "good")[:3])).json()
+    assert wait_job(client, job["job_id"])["state"] == "succeeded"
+    defect = hazelnut / "test" / "colour" / "00.jpg"
+    result = client.post("/v1/settings/tiles/inspect", files=files_of([defect]), data={"heatmap": "true"}).json()["results"][0]
+    width, height = Image.open(defect).size
+    grid = result["heatmap"]["grid"]
+    assert (len(grid), len(grid[0])) == (-(-height // 8), -(-width // 8))  # 8 px cells over the whole image
+    assert client.put("/v1/settings/tiles", json={"tiling": "sometimes"}).status_code == 422
+
+
 def test_a_patch_setting_answers_with_a_heat_map_when_asked(client: TestClient, hazelnut: Path) -> None:
     assert client.put("/v1/settings/hzp", json={"scoring": "patch"}).json()["scoring"] == "patch"
     job = client.post("/v1/settings/hzp/images", files=files_of(jpgs(hazelnut / "train" / "good"))).json()
