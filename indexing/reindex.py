@@ -206,7 +206,7 @@ def _build(
     with closing(iter(embedder.embed(version, batches_of(items, batch_size)))) as stream:
         for batch in stream:
             if batch.points and not embedder.stores_points:
-                service.store.upsert(version.collection, batch.points)
+                service.add_points(version, batch.points)
             ids.update(point.id for point in batch.points)
             skipped.extend(batch.skipped)
             done += len(batch.points) + len(batch.skipped)
@@ -222,18 +222,14 @@ def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -
         )
     # Images uploaded while the version is built are added to it too (`NominalService.index`), so it
     # may hold more points than the source gave, never fewer: every id of the source must be there.
-    present = sum(
-        len(service.store.retrieve(version.collection, chunk)) for chunk in batches_of(sorted(ids), 1024)
-    )
+    present = service.points_present(version, ids)
     if present != len(ids):
         raise VersionCheckFailed(
             f"version {version.version} of {version.setting!r} holds {present} of the {len(ids)} distinct images "
             "embedded: not switched; re-run the re-index"
         )
-    sample = service.store.retrieve(version.collection, sorted(ids)[:SAMPLE_QUERIES], with_vectors=True)
-    vectors = np.stack([p.vector for p in sample]).astype(np.float32) if sample else np.empty((0, version.dim))
-    hits = service.store.search(version.collection, vectors, 1) if len(sample) else []
-    if len(sample) < min(SAMPLE_QUERIES, len(ids)) or any(not found for found in hits):
+    answered = service.sample_queries_answered(version, sorted(ids)[:SAMPLE_QUERIES])
+    if answered < min(SAMPLE_QUERIES, len(ids)):
         raise VersionCheckFailed(
             f"sample queries on version {version.version} of {version.setting!r} found nothing: not switched; "
             "re-run the re-index"

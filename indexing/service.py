@@ -13,7 +13,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
@@ -350,7 +350,7 @@ class NominalService:
             # a re-index with another backbone changes what the setting is built on.
             self.store.put_record(
                 SETTING_KIND, setting.name,
-                setting.updated(backbone=version.backbone, active=version.collection).to_dict(),
+                setting.updated(backbone=version.backbone, active=version.collection, active_count=count).to_dict(),
             )
         return ready
 
@@ -503,6 +503,23 @@ class NominalService:
             count=self.store.count(version.collection),
         )
 
+    def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
+        """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
+        self.store.upsert(version.collection, points)
+
+    def points_present(self, version: CollectionVersion, ids: Iterable[str]) -> int:
+        """How many of `ids` the version holds (looked up 1,024 at a time)."""
+        wanted = sorted(ids)
+        return sum(len(self.store.retrieve(version.collection, wanted[i : i + 1024])) for i in range(0, len(wanted), 1024))
+
+    def sample_queries_answered(self, version: CollectionVersion, ids: Sequence[str]) -> int:
+        """How many of these stored points, used as queries, find a neighbour: the version answers searches."""
+        sample = self.store.retrieve(version.collection, list(ids), with_vectors=True)
+        if not sample:
+            return 0
+        hits = self.store.search(version.collection, np.stack([p.vector for p in sample]).astype(np.float32), 1)
+        return sum(1 for found in hits if found)
+
     def has_patch_bank(self, version: CollectionVersion) -> bool:
         """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
         return self._patch_record(version) is not None
@@ -614,8 +631,8 @@ class NominalService:
 
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
-        # The count read now: a cached version's count is not kept current.
-        key = (version.collection, self.store.count(version.collection), setting.scoring, setting.k)
+        # `count` is current: read with the version's record, or kept in the setting record (`context`).
+        key = (version.collection, version.count, setting.scoring, setting.k)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
@@ -1059,6 +1076,10 @@ class NominalService:
         version = self._ready_version(collection) if collection else None
         if version is None:
             raise _no_images(name)
+        if setting.active_count is not None and setting.active == version.collection:
+            version = replace(version, count=setting.active_count)  # the record keeps it current
+        else:
+            version = replace(version, count=self.store.count(version.collection))  # a record from before
         calibration = None
         if setting.calibration_id is not None:
             found = self._calibration_once(name, setting.calibration_id)
@@ -1176,6 +1197,9 @@ class NominalService:
                 return
             record["count"] = self.store.count(version.collection)
             self.store.put_record(VERSION_KIND, version.collection, record)
+            setting = self.store.get_record(SETTING_KIND, version.setting)
+            if setting is not None and setting.get("active") == version.collection:
+                self.store.put_record(SETTING_KIND, version.setting, {**setting, "active_count": record["count"]})
 
     def _lock(self, name: str):  # noqa: ANN202 - a context manager
         """The lock of one setting's records, numbering and alias."""
@@ -1220,7 +1244,7 @@ class CallContext:
     """One call's view of a setting (`NominalService.context`): read once, used throughout the call."""
 
     setting: MachineSetting
-    version: CollectionVersion  # its `count` may be stale: counts are read where they matter
+    version: CollectionVersion  # `count` from the setting record (kept with `active`)
     calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
     patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
 

@@ -74,6 +74,7 @@ class MachineSetting:
     # The active version's collection, written with the alias it mirrors (`NominalService.activate`), so one
     # read of this record tells a verdict everything it needs; None in records from before it was kept.
     active: str | None = None
+    active_count: int | None = None  # its number of images, kept with it (uploads and deletions refresh it)
 
     def __post_init__(self) -> None:
         check_setting_name(self.name)

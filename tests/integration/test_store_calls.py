@@ -54,20 +54,28 @@ def calls_of(store: CountingStore, call) -> Counter[str]:  # noqa: ANN001
     return Counter(store.calls)
 
 
+@pytest.mark.parametrize("calibrated", [True, False])
 @pytest.mark.parametrize("scoring", ["global", "patch"])
 def test_a_warm_inspection_makes_at_most_two_store_calls(
-    store: CountingStore, pool: BackbonePool, hazelnut_sets, scoring: str
+    store: CountingStore, pool: BackbonePool, hazelnut_sets, scoring: str, calibrated: bool
 ) -> None:
     service = NominalService(store, backbones=pool)
     service.put_setting("line", k=1, scoring=scoring)
     service.index("line", hazelnut_sets["train"][:6])
-    service.calibrate("line", pass_images=hazelnut_sets["good"][:3], fail_images=hazelnut_sets["defect"][:3])
+    if calibrated:
+        made = service.calibrate("line", pass_images=hazelnut_sets["good"][:3], fail_images=hazelnut_sets["defect"][:3])
+        service.activate_calibration("line", made.calibration.id)
     image = hazelnut_sets["defect"][3:4]
-    service.inspect("line", image)  # cold: reads what never changes once
+    first = service.inspect("line", image)  # cold: reads what never changes once
+    assert (first[0].verdict == "UNCALIBRATED") is not calibrated
     warm = calls_of(store, lambda: service.inspect("line", image))
-    print(f"store calls per warm {scoring} inspect: {sum(warm.values())} {dict(warm)}")
+    print(f"store calls per warm {scoring} inspect (calibrated {calibrated}): {sum(warm.values())} {dict(warm)}")
     assert sum(warm.values()) <= 2, warm
-    assert warm["get_record"] == 1  # the setting record, which names the active version and calibration
+    assert warm["get_record"] == 1  # the setting record: active version, its count, calibration
+    if not calibrated:  # an UNCALIBRATED verdict is placed among the nominal scores, which follow new uploads
+        before = first[0].nominal_percentile
+        service.index("line", hazelnut_sets["defect"][4:8])
+        assert service.inspect("line", image)[0].nominal_percentile != before
 
 
 def test_a_verdict_follows_what_other_processes_change(tmp_path: Path, pool: BackbonePool, hazelnut_sets) -> None:
