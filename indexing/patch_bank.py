@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from indexing.patch_search import NearestNeighbours, UpperBounds, default_bounds, default_nn
-from indexing.store.base import Point, VectorStore
+from indexing.store.base import Point, Vectors
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
 PATCH_NAMESPACE = uuid.UUID("6b0f0f52-4f53-4c2a-9a43-1c3f7f1d2e55")
@@ -97,9 +97,6 @@ class PatchBank:
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def holds(self, image_id: str) -> bool:
-        return image_id in self._rows
-
     def rows_of(self, image_id: str) -> list[int]:
         """Bank rows owned by an image (empty when it is not a nominal image)."""
         return self._rows.get(image_id, [])
@@ -139,13 +136,10 @@ class PatchBank:
             self.cells = np.concatenate([self.cells, np.asarray(cells, dtype=np.int64).reshape(-1, 2)])
             self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
             # The bank's backend first: a search that finds a new row through the bounds then finds it in the bank too.
-            self.nn.add(rows)
+            # Both are handed the bank's own array: on a CPU they search it in place, so the rows are held once.
+            self.nn.add(rows, bank=self.vectors)
             if self.bounds is not None:
-                self.bounds.add(rows)
-
-    def bytes_used(self) -> int:
-        """Bytes of the in-memory vectors (on a CPU the exact search and its `UpperBounds` hold one copy each as well)."""
-        return int(self.vectors.nbytes)
+                self.bounds.add(rows, bank=self.vectors)
 
 
 def _original(points: Sequence[Point]) -> np.ndarray:
@@ -159,7 +153,7 @@ def _original(points: Sequence[Point]) -> np.ndarray:
 
 
 def load_bank(
-    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
+    store: Vectors, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
 ) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
     bank = PatchBank(dim, nn, bounds)
@@ -186,7 +180,7 @@ class BankCache:
         self._banks: dict[str, tuple[str, PatchBank]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: VectorStore, setting: str, collection: str, dim: int) -> PatchBank:
+    def get(self, store: Vectors, setting: str, collection: str, dim: int) -> PatchBank:
         """The bank of `collection`, loaded on first use; a setting's older collection is dropped."""
         with self._lock:
             cached = self._banks.get(setting)

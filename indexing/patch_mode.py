@@ -34,8 +34,8 @@ from indexing.patch_bank import BankCache, PatchBank, patch_point_id, patch_poin
 from indexing.patch_search import PatchScorer
 from indexing.patches import PatchMaker, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
+from indexing.store.base import Neighbour, Vectors
 from indexing.tiling import TileLayout, Tiling, check_tiling, layout_for, metric_size
-from indexing.store.base import Neighbour, VectorStore
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ class PatchIndex:
         cache: where loaded banks live; one per process.
     """
 
-    def __init__(self, store: VectorStore, *, cache: BankCache | None = None) -> None:
+    def __init__(self, store: Vectors, *, cache: BankCache | None = None) -> None:
         self.store = store
         self.cache = cache or BankCache()
 

@@ -71,6 +71,9 @@ class MachineSetting:
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
     calibration_id: str | None = None
+    # The active version's collection, written with the alias it mirrors (`NominalService.activate`), so one
+    # read of this record tells a verdict everything it needs; None in records from before it was kept.
+    active: str | None = None
 
     def __post_init__(self) -> None:
         check_setting_name(self.name)

@@ -49,6 +49,8 @@ class Verdict:
     UNCALIBRATED: without a calibration Nominal reports the score, never a guess,
     and `nominal_percentile`, the share of the nominal images' leave-one-out
     scores below it (0.5: as unusual as a typical good part; 1.0: above all of them).
+    `p_value` is the conformal p-value of the score among the reference scores of the
+    calibration in use (the nominal leave-one-out scores without one): see `indexing.conformal`.
     """
 
     source: str
@@ -61,6 +63,7 @@ class Verdict:
     elapsed_ms: float = 0.0
     heatmap: HeatMap | None = None
     nominal_percentile: float | None = None
+    p_value: float | None = None
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:

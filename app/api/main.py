@@ -1,13 +1,17 @@
 """The FastAPI application: `create_app(config)` wires the routes to one store, service and job runner.
 
 Run it with `nominal serve` (or `uvicorn --factory app.api.main:create_app`).
-One process owns one model per backbone, loaded at start-up; inference runs in
-FastAPI's thread pool (the handlers are plain functions), never on the event loop.
+One process owns one model per backbone, loaded at start-up. Handlers hand their
+blocking work to FastAPI's thread pool (`off_the_loop`), never the event loop; under
+`nominal serve` each forward pass then runs on the process's main thread
+(`indexing.torch_thread`). Jobs (uploads, re-indexes) go to the runner `build_runner`
+chose: a thread of this process, or Celery workers.
 """
 
 from __future__ import annotations
 
 import logging
+from functools import partial
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,11 +21,11 @@ from fastapi_offline import FastAPIOffline
 from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
-from app.api.metrics import Metrics
-from app.api.routes import calibrations, feedback, health, images, inspect, jobs, settings
+from app.api.metrics import Metrics, drift_reports
+from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
-from app.runtime import build_runner, build_service, open_configured_store
+from app.runtime import build_history, build_runner, build_service, open_configured_store
 from indexing.image_store import ImageStore
 
 log = logging.getLogger("nominal.api")
@@ -47,18 +51,21 @@ def create_app(config: Config | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_configured_store(config)
         try:
-            service = build_service(config, store)
+            history = build_history(config)
+            service = build_service(config, store, history=history)
             for name in {config.backbone, *(s.backbone for s in service.list_settings())}:
                 service.backbones.get(name)  # load once now, not on the first request
             runner = build_runner(config, service)
+            metrics.drift_source = partial(drift_reports, config, service, history)
             app.state.runtime = ApiRuntime(
                 config=config, store=store, service=service, images=ImageStore(config.image_root),
-                runner=runner, metrics=metrics, key_roles=key_roles,
+                runner=runner, metrics=metrics, key_roles=key_roles, history=history,
             )
             try:
                 yield
             finally:
                 runner.close()
+                history.close()
         finally:
             store.close()
 
@@ -68,7 +75,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
-    for module in (settings, images, inspect, calibrations, feedback, jobs, health):
+    for module in (settings, images, inspect, history, drift, calibrations, feedback, jobs, health):
         app.include_router(module.router)
     web.install(app)  # the operator page at /, after the API routes so it never shadows them
     return app

@@ -5,11 +5,24 @@ Each app gets its own registry, so several apps in one process (tests) do not co
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 from fastapi import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+if TYPE_CHECKING:
+    from app.config import Config
+    from indexing.drift import DriftReport
+    from indexing.history import History
+    from indexing.service import NominalService
+
+log = logging.getLogger("nominal.api")
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -33,6 +46,10 @@ class Metrics:
             "nominal_inference_seconds", "Embedding plus nominal-neighbour search, per inspected image.",
             ["setting"], buckets=_LATENCY_BUCKETS, registry=self.registry,
         )
+
+        # Set once the service exists: () -> drift reports of every setting, computed at each scrape.
+        self.drift_source: Callable[[], list[DriftReport]] | None = None
+        self.registry.register(_DriftCollector(self))
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts and times every HTTP request, as plain ASGI (Starlette's BaseHTTPMiddleware costs latency)."""
@@ -63,3 +80,53 @@ class Metrics:
 
     def exposition(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+_DRIFT_GAUGES: tuple[tuple[str, str, str], ...] = (
+    ("nominal_drift_state", "Drift state per setting: 0 ok, 1 warn, 2 alarm.", "state"),
+    ("nominal_drift_ks_statistic", "Two-sample KS statistic of the recent scores against the calibration's.", "ks_statistic"),
+    ("nominal_drift_ks_p_value", "KS p-value of the recent scores against the calibration's.", "ks_p_value"),
+    ("nominal_drift_psi", "Population stability index of the recent scores against the calibration's.", "psi"),
+    ("nominal_fail_rate", "FAIL rate over the recent window.", "fail_rate"),
+    ("nominal_fail_rate_predicted", "FAIL rate the calibration in use predicts for good parts.", "predicted_fail_rate"),
+    ("nominal_drift_window_verdicts", "Verdicts in the recent drift window.", "window"),
+    ("nominal_score_mean", "Mean score over the recent window.", "mean_score"),
+)
+
+
+class _DriftCollector:
+    """Per-setting drift gauges, computed when /metrics is scraped (no cost per verdict)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        from indexing.drift import finite_or_nan, state_number
+
+        reports = self.metrics.drift_source() if self.metrics.drift_source else []
+        for name, text, attribute in _DRIFT_GAUGES:
+            family = GaugeMetricFamily(name, text, labels=["setting"])
+            for report in reports:
+                value = getattr(report, attribute)
+                family.add_metric([report.setting], state_number(value) if attribute == "state" else finite_or_nan(value))
+            yield family
+
+
+def drift_reports(config: "Config", service: "NominalService", history: "History") -> list["DriftReport"]:
+    """The drift report of every calibrated setting; a setting that cannot be judged is left out.
+
+    Uncalibrated settings are left out of the gauges: their reference (the nominal leave-one-out
+    scores) costs a search per nominal image, too much for every scrape (`GET .../drift` has it).
+    """
+    from indexing.drift import compute_drift
+
+    found = []
+    for setting in service.list_settings():
+        try:
+            if service.status(setting.name).calibration is None:
+                continue
+            found.append(compute_drift(service, history, setting.name, last=config.drift_window,
+                                       minutes=config.drift_minutes))
+        except Exception as error:  # noqa: BLE001 - one setting without images must not hide the others
+            log.debug("no drift for %s: %s", setting.name, error)
+    return found

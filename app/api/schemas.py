@@ -9,6 +9,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from indexing.calibration import Calibration
+from indexing.history import Inspection
 from indexing.jobs import Job
 from indexing.service import SettingStatus
 from indexing.store.base import Neighbour
@@ -25,7 +26,7 @@ class SettingPut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once images are stored.")
+    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once the setting has a version: a change of backbone is a re-index (409 here).")
     k: int | None = Field(None, ge=1, le=1000, description="Nearest nominal neighbours averaged into the score.")
     scoring: Literal["global", "patch"] | None = Field(None, description="global: one embedding per image; patch: PatchCore-style.")
     description: str | None = Field(None, max_length=2000)
@@ -151,6 +152,10 @@ class VerdictPublic(BaseModel):
     elapsed_ms: float
     nominal_percentile: float | None = Field(
         None, description="UNCALIBRATED only: the share of the nominal images' leave-one-out scores below this score.")
+    p_value: float | None = Field(
+        None, description=("Conformal p-value: (1 + reference scores at or above this score) / (n + 1), the reference "
+                           "being the PASS scores of the calibration in use (without one: the nominal images' "
+                           "leave-one-out scores). 0.002 reads 'about 1 good part in 500 scores this high'."))
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
@@ -159,7 +164,7 @@ class VerdictPublic(BaseModel):
         return cls(
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
-            nominal_percentile=verdict.nominal_percentile,
+            nominal_percentile=verdict.nominal_percentile, p_value=verdict.p_value,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
@@ -258,3 +263,66 @@ class FeedbackPublic(BaseModel):
 class Health(BaseModel):
     status: Literal["ok", "unavailable"]
     checks: dict[str, str] = Field(default_factory=dict)
+
+
+class InspectionPublic(BaseModel):
+    """One recorded verdict."""
+
+    id: int
+    at: str = Field(description="When the verdict was given, ISO 8601 UTC.")
+    verdict: Literal["PASS", "FAIL", "UNCALIBRATED"]
+    score: float | None
+    threshold: float | None
+    p_value: float | None
+    calibration_id: str | None
+    version: int | None = Field(description="The collection version the verdict was answered from.")
+    sha256: str = Field(description="SHA-256 of the image bytes.")
+    source: str
+    latency_ms: float
+    image_url: str | None = Field(description="The kept image (FAIL and near-threshold verdicts), or null.")
+
+    @classmethod
+    def of(cls, setting: str, item: Inspection, *, image_kept: bool) -> "InspectionPublic":
+        return cls(
+            id=item.id, at=iso_time(item.at) or "", verdict=item.verdict, score=item.score,  # type: ignore[arg-type]
+            threshold=item.threshold, p_value=item.p_value, calibration_id=item.calibration_id, version=item.version,
+            sha256=item.sha256, source=item.source, latency_ms=item.latency_ms,
+            image_url=f"/v1/settings/{setting}/inspections/{item.id}/image" if image_kept else None,
+        )
+
+
+class InspectionsPublic(BaseModel):
+    setting: str
+    inspections: list[InspectionPublic] = Field(description="Newest first.")
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null: no more.")
+
+
+class DriftPublic(BaseModel):
+    """Whether a setting's recent scores still look like the ones its calibration was made on."""
+
+    setting: str
+    state: Literal["ok", "warn", "alarm"]
+    enough_data: bool = Field(description="False: too few recent verdicts to judge (state stays ok).")
+    window: int = Field(description="Verdicts in the recent window (answered from the active version).")
+    window_since: str | None = Field(description="Start of a time window (ISO 8601), or null for the last N verdicts.")
+    reference: int = Field(description="Reference scores: the calibration in use's PASS scores, or the nominal leave-one-out.")
+    calibration_id: str | None
+    threshold: float | None
+    ks_statistic: float | None
+    ks_p_value: float | None
+    psi: float | None = Field(description="Population stability index; counts toward the state from 100 verdicts.")
+    fail_rate: float | None
+    predicted_fail_rate: float | None = Field(description="The FAIL rate the calibration predicts for good parts.")
+    fail_rate_p_value: float | None
+    mean_score: float | None
+    reference_mean_score: float | None
+    reasons: list[str]
+    advice: str | None = Field(description="What to do, when the state is warn or alarm.")
+    computed_at: str
+
+    @classmethod
+    def of(cls, report: Any) -> "DriftPublic":
+        fields = {name: getattr(report, name) for name in cls.model_fields}
+        fields["window_since"] = iso_time(report.window_since)
+        fields["computed_at"] = iso_time(report.computed_at)
+        return cls(**fields)

@@ -195,9 +195,9 @@ def inspect(
     rows = []
     for v in verdicts:
         near = ", ".join(f"{Path(n.payload.get('source', n.id)).name} ({n.distance:.3f})" for n in v.neighbours[:show])
-        rows.append([v.source, v.verdict, v.score, v.threshold, near])
+        rows.append([v.source, v.verdict, v.score, v.threshold, v.p_value, near])
     if rows:
-        out.table(f"verdicts for {setting!r}", ["image", "verdict", "score", "threshold", "nearest nominal"], rows)
+        out.table(f"verdicts for {setting!r}", ["image", "verdict", "score", "threshold", "p", "nearest nominal"], rows)
     for error in unreadable:
         out.error(f"{error.source}: {error.reason}: not judged")
     if unreadable:

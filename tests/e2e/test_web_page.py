@@ -349,3 +349,65 @@ def test_the_api_docs_render_with_no_internet(server: str, browser) -> None:
     assert loaded and all(url.startswith(server) for url in loaded), loaded
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(ARTIFACTS / "api-docs.png"))
+
+
+def upload_via_api(base: str, setting: str, paths: list[Path], field: str = "files", path: str = "images",
+                   data: dict | None = None) -> dict:
+    """A multipart POST with the admin key, as the line's own software would send it."""
+    import uuid as _uuid
+
+    boundary = _uuid.uuid4().hex
+    body = b""
+    for name, value in (data or {}).items():
+        body += f"--{boundary}\r\nContent-Disposition: form-data; name=\"{name}\"\r\n\r\n{value}\r\n".encode()
+    for p in paths:
+        body += (f"--{boundary}\r\nContent-Disposition: form-data; name=\"{field}\"; filename=\"{p.name}\"\r\n"
+                 "Content-Type: image/jpeg\r\n\r\n").encode() + p.read_bytes() + b"\r\n"
+    body += f"--{boundary}--\r\n".encode()
+    request = urllib.request.Request(f"{base}/v1/settings/{setting}/{path}", data=body, method="POST", headers={
+        "X-API-Key": ADMIN_KEY, "Content-Type": f"multipart/form-data; boundary={boundary}"})
+    with urllib.request.urlopen(request, timeout=120) as answer:
+        return json.load(answer)
+
+
+def test_the_page_shows_scores_over_time_the_threshold_and_the_drift_state(server: str, browser, hazelnut: Path) -> None:
+    driver, wait = browser, WebDriverWait(browser, 60, poll_frequency=0.2)
+    train = sorted((hazelnut / "train" / "good").glob("*.jpg"))
+    good, colour = sorted((hazelnut / "test" / "good").glob("*.jpg")), sorted((hazelnut / "test" / "colour").glob("*.jpg"))
+    request = urllib.request.Request(f"{server}/v1/settings/hz", data=b'{"k": 1}', method="PUT",
+                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+    job = upload_via_api(server, "hz", train)
+    for _ in range(1200):
+        if api(server, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+    upload_via_api(server, "hz", [], field="pass", path="calibrations", data={"policy": "quantile:0.05"})
+    # The line runs: good parts, then a run of defects (more FAILs than the calibration predicts).
+    upload_via_api(server, "hz", good + colour[:12], path="inspect")
+
+    viewport(driver, 1280, 800)
+    driver.get(server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "notice").is_displayed())
+    use_key(driver, READ_KEY)
+    wait.until(lambda d: d.find_element(By.ID, "score-chart").get_attribute("data-points") == str(len(good) + 12))
+    label = driver.find_element(By.ID, "score-chart").get_attribute("aria-label")
+    threshold = api(server, "/v1/settings/hz")["calibration"]["threshold"]
+    assert "12 FAIL" in label and "threshold" in label, label
+    assert driver.execute_script(
+        "const c = document.getElementById('score-chart'); const g = c.getContext('2d');"
+        "const d = g.getImageData(0, 0, c.width, c.height).data; return d.some((v, i) => i % 4 === 3 && v > 0);"), \
+        "the chart is drawn"
+    drift = api(server, "/v1/settings/hz/drift")
+    assert drift["state"] == "alarm"
+    assert driver.find_element(By.ID, "drift-state").get_attribute("data-state") == "alarm"
+    assert text(driver, "#drift-state").startswith("Drift: alarm")
+    assert "re-index" in text(driver, "#drift-advice")
+
+    # A verdict from the page joins the chart, and says how rare its score is among good parts.
+    choose(driver, "#inspect-files", [colour[12]])
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .result.verdict-FAIL"))
+    assert "good part in" in text(driver, "#results .result")
+    wait.until(lambda d: d.find_element(By.ID, "score-chart").get_attribute("data-points") == str(len(good) + 13))
+    assert threshold > 0
+    screenshot(driver, "web_page_on_the_line.png")

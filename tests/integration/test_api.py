@@ -121,6 +121,12 @@ def test_nominal_images_can_be_dropped_and_settings_deleted(filled: TestClient, 
     assert client.delete(f"/v1/settings/hz/images/{image_id}").status_code == 204
     assert client.delete(f"/v1/settings/hz/images/{image_id}").status_code == 404
     assert client.get("/v1/settings/hz").json()["images"] == 27
+    other = client.put("/v1/settings/hz", json={"backbone": "mobilenet_v2"})
+    assert other.status_code == 409, other.text
+    [error] = other.json()["detail"]
+    assert error["loc"] == ["body", "backbone"] and error["type"] == "backbone_change_needs_reindex"
+    assert "a change of backbone is a re-index" in error["msg"] and "/v1/settings/hz/reindex" in error["msg"]
+    assert client.get("/v1/settings/hz").json()["backbone"] == "efficientnet_lite0"
     assert client.delete("/v1/settings/hz").status_code == 204
     assert client.get("/v1/settings/hz").status_code == 404
     assert client.get("/v1/settings").json() == {"settings": []}

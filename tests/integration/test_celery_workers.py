@@ -137,7 +137,7 @@ def test_cli_reindex_with_a_worker_against_the_embedded_store(deployment, start_
     assert shown["errors"] == job["errors"] and shown["rate"] > 0
 
     back = nominal(deployment, "rollback", "hz", "--json")
-    assert back.returncode == 0 and json.loads(back.stdout)["version"] == 1, back.stderr
+    assert back.returncode == 0 and json.loads(back.stdout)["active_version"] == 1, back.stderr
 
 
 def test_a_worker_killed_mid_reindex_loses_nothing(

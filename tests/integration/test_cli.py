@@ -216,3 +216,17 @@ def test_usage_errors_exit_2_with_usage_and_no_traceback(capsys) -> None:
         assert main(argv) == 2, argv
         err = capsys.readouterr().err
         assert "Usage:" in err and "Traceback" not in err
+
+
+def test_serve_and_demo_stop_before_any_work_when_their_port_is_taken(capsys, data_dir: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        for command in (["serve", "--port", port], ["demo", "--port", port]):
+            code, out, err = run(capsys, data_dir, *command)
+            assert code == 1 and f"port {port} on 127.0.0.1 is already in use" in err, (command, err)
+            assert "Traceback" not in err and "Web page" not in out
+    assert not data_dir.exists(), "the demo built nothing: it stopped before making its setting"

@@ -124,7 +124,7 @@ def test_a_reindex_killed_with_its_process_is_reported_failed_and_can_be_run_aga
 
     [job] = nominal("jobs")["jobs"]
     assert job["state"] == "failed" and job["message"].startswith("interrupted"), job
-    assert nominal("settings")[0]["images"] == 6  # still answered from the version before the re-index
+    assert nominal("settings")["settings"][0]["images"] == 6  # still answered from the version before the re-index
 
     again = nominal("reindex", "line-3", str(source), "--wait")
     assert again["state"] == "succeeded" and again["result"]["count"] == 28  # 4 copies of 28 distinct images

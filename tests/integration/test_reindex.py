@@ -84,7 +84,7 @@ def test_old_versions_beyond_keep_are_deleted_and_rollback_returns_to_the_previo
         runner.close()
     assert [v.version for v in service.versions("hazelnut")] == [2, 3]
     assert service.rollback("hazelnut").version == 2 and service.active_version("hazelnut").version == 2
-    with pytest.raises(NoPreviousVersion, match="no version older than v2"):
+    with pytest.raises(NoPreviousVersion, match="no ready version older than v2"):
         service.rollback("hazelnut")
 
 

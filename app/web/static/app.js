@@ -219,6 +219,7 @@ async function refreshSetting() {
     return;
   }
   state.scoring = s.scoring;
+  state.info = s;
   const option = [...$("#setting").options].find((o) => o.value === s.name);
   if (option) option.textContent = `${s.name} (${s.images} nominal images)`;
   facts.replaceChildren(...definitions([
@@ -229,7 +230,7 @@ async function refreshSetting() {
     ["Scoring", s.scoring],
     ...(s.description ? [["Description", s.description]] : []),
   ]));
-  await Promise.all([renderCalibration(s), renderVersions(s)]);
+  await Promise.all([renderCalibration(s), renderVersions(s), renderLine(s)]);
   markStaleResults(s.calibration ? s.calibration.id : null);
 }
 
@@ -424,6 +425,7 @@ async function inspect(files) {
     return;
   }
   results.replaceChildren(...answer.results.map((r, i) => resultCard(r, files[i])));
+  if (state.info && state.info.name === state.setting) renderLine(state.info);  // the new verdicts join the chart
   live.textContent = answer.results.map((r) => `${r.source}: ${r.verdict}`).join(". ");
 }
 
@@ -483,6 +485,10 @@ function drawScore(card, result) {
   text.textContent = verdict === "FAIL"
     ? `Score ${num(score)} is at or above the threshold ${num(threshold)}: the part differs from every nominal part.`
     : `Score ${num(score)} is below the threshold ${num(threshold)}: the part looks like the nominal parts.`;
+  const p = result.p_value;
+  if (p !== null && p !== undefined) {
+    text.textContent += ` p = ${num(p)}: about 1 good part in ${Math.max(1, Math.round(1 / p))} scores this high.`;
+  }
 }
 
 // Patch scoring adds a heat map (a PNG data URL, a URL, or an object holding one); global scoring has none.
@@ -741,3 +747,79 @@ document.addEventListener("DOMContentLoaded", () => {
   loadSettings();
   pollJobs();
 });
+
+// ---------- on the line: score over time, threshold, drift ----------
+
+// The last verdicts of the setting (GET .../inspections) drawn oldest to newest with the threshold
+// in use, and the drift state (GET .../drift) with its reasons and what to do.
+async function renderLine(setting) {
+  const stateLine = $("#drift-state");
+  const canvas = $("#score-chart");
+  const advice = $("#drift-advice");
+  const base = `/v1/settings/${encodeURIComponent(setting.name)}`;
+  let page, drift;
+  try {
+    [page, drift] = await Promise.all([
+      api(`${base}/inspections?limit=200`).then((r) => r.json()),
+      api(`${base}/drift`).then((r) => r.json()),
+    ]);
+  } catch (error) {
+    stateLine.textContent = `Could not read the history: ${error.message}`;
+    stateLine.className = "drift error";
+    return;
+  }
+  const rows = page.inspections.filter((r) => r.score !== null).reverse();
+  const threshold = setting.calibration ? setting.calibration.threshold : null;
+  const fails = rows.filter((r) => r.verdict === "FAIL").length;
+  drawChart(canvas, rows, threshold);
+  canvas.dataset.points = String(rows.length);
+  canvas.setAttribute("aria-label", rows.length
+    ? `Scores of the last ${plural(rows.length, "verdict")}, ${fails} FAIL`
+      + (threshold === null ? ", no threshold yet" : `, threshold ${num(threshold)}`)
+    : "No verdicts recorded yet");
+  stateLine.dataset.state = drift.state;
+  stateLine.className = `drift drift-${drift.state}`;
+  stateLine.textContent = drift.enough_data
+    ? `Drift: ${drift.state} (last ${plural(drift.window, "verdict")}; KS p ${num(drift.ks_p_value)}`
+      + (drift.fail_rate === null ? ")" : `; FAIL rate ${Math.round(drift.fail_rate * 100)}%, `
+        + `${Math.round(drift.predicted_fail_rate * 100)}% expected)`)
+    : `Drift: ${drift.state}, not judged yet (${drift.reasons.join("; ")})`;
+  advice.textContent = drift.advice ? `What to do: ${drift.advice}` : "";
+  advice.hidden = !drift.advice;
+}
+
+function drawChart(canvas, rows, threshold) {
+  const ratio = window.devicePixelRatio || 1;
+  const width = canvas.clientWidth || 300;
+  const height = canvas.clientHeight || 120;
+  canvas.width = width * ratio;
+  canvas.height = height * ratio;
+  const g = canvas.getContext("2d");
+  g.scale(ratio, ratio);
+  g.clearRect(0, 0, width, height);
+  if (!rows.length) return;
+  const top = Math.max(...rows.map((r) => r.score), threshold ?? 0) * 1.15 || 1;
+  const x = (i) => (rows.length === 1 ? width / 2 : 6 + (i / (rows.length - 1)) * (width - 12));
+  const y = (v) => height - 4 - (v / top) * (height - 8);
+  const styles = getComputedStyle(document.documentElement);
+  g.strokeStyle = styles.getPropertyValue("--muted") || "#888";
+  g.lineWidth = 1;
+  g.beginPath();
+  rows.forEach((r, i) => (i ? g.lineTo(x(i), y(r.score)) : g.moveTo(x(i), y(r.score))));
+  g.stroke();
+  if (threshold !== null) {
+    g.strokeStyle = styles.getPropertyValue("--fail") || "#c00";
+    g.setLineDash([4, 3]);
+    g.beginPath();
+    g.moveTo(0, y(threshold));
+    g.lineTo(width, y(threshold));
+    g.stroke();
+    g.setLineDash([]);
+  }
+  rows.forEach((r, i) => {
+    g.fillStyle = styles.getPropertyValue(r.verdict === "FAIL" ? "--fail" : r.verdict === "PASS" ? "--pass" : "--muted") || "#888";
+    g.beginPath();
+    g.arc(x(i), y(r.score), 2.5, 0, 2 * Math.PI);
+    g.fill();
+  });
+}

@@ -1,0 +1,53 @@
+"""Drift statistics and states on score samples (the integration test drives real images)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from indexing.drift import PSI_MIN_WINDOW, assess, psi
+
+
+def test_psi_is_small_for_the_same_distribution_and_large_for_a_shift() -> None:
+    rng = np.random.default_rng(1)
+    reference = rng.normal(size=2000)
+    assert psi(rng.normal(size=2000), reference) < 0.02
+    assert psi(rng.normal(loc=1.0, size=2000), reference) > 0.25
+
+
+def test_the_same_distribution_is_ok_and_a_shift_alarms_saying_what_to_do() -> None:
+    rng = np.random.default_rng(2)
+    reference = np.sort(rng.gamma(4, 0.02, size=300))
+    threshold = float(np.quantile(reference, 0.99))
+
+    def verdicts(scores):
+        return ["FAIL" if s >= threshold else "PASS" for s in scores]
+
+    same = rng.gamma(4, 0.02, size=200)
+    ok = assess("s", same, verdicts(same), reference, threshold=threshold, calibration_id="c")
+    assert ok.state == "ok" and ok.enough_data and ok.advice is None, ok.reasons
+    assert ok.predicted_fail_rate < 0.03
+
+    shifted = rng.gamma(4, 0.02, size=200) * 1.5
+    alarm = assess("s", shifted, verdicts(shifted), reference, threshold=threshold, calibration_id="c")
+    assert alarm.state == "alarm" and alarm.psi > 0.25 and alarm.ks_p_value < 0.001
+    assert alarm.fail_rate > alarm.predicted_fail_rate and "re-index" in alarm.advice and "higher" in alarm.advice
+
+
+def test_a_small_window_is_not_judged_and_psi_needs_a_large_one() -> None:
+    rng = np.random.default_rng(3)
+    reference = rng.normal(size=50)
+    few = assess("s", rng.normal(size=5), ["PASS"] * 5, reference, threshold=None, calibration_id=None)
+    assert few.state == "ok" and not few.enough_data and "5 verdicts" in few.reasons[0]
+    # 30 good scores against 50: PSI's small-sample bias alone is near 0.5, so it must not raise the state.
+    small = rng.normal(size=30)
+    assert small.size < PSI_MIN_WINDOW
+    assert assess("s", small, ["PASS"] * 30, reference, threshold=None, calibration_id=None).state == "ok"
+
+
+def test_more_fails_than_the_calibration_predicts_warns_even_if_scores_look_alike() -> None:
+    reference = np.linspace(0, 1, 200)
+    threshold = 0.95  # predicts about 5% FAIL
+    window = np.linspace(0, 1, 100)
+    verdicts = ["FAIL" if i % 4 == 0 else "PASS" for i in range(100)]  # 25% FAIL, e.g. a threshold changed by hand
+    report = assess("s", window, verdicts, reference, threshold=threshold, calibration_id="c")
+    assert report.state == "alarm" and any("FAIL rate" in r for r in report.reasons)

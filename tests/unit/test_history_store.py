@@ -1,0 +1,117 @@
+"""The inspection history on its own: what is recorded, paging, retention, and a full disk."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from indexing.history import BadCursor, History
+from indexing.images import ImageInput
+from indexing.verdicts import Verdict
+
+
+NOW = round(time.time())  # recent: retention would delete verdicts of 1970
+
+
+def image(n: int) -> ImageInput:
+    return ImageInput(data=f"image {n} ".encode() * 100, source=f"cam/{n:04d}.png")
+
+
+def verdict(outcome: str, score: float, threshold: float | None = 0.5, p: float | None = 0.3) -> Verdict:
+    return Verdict(source="x", image_id="x", verdict=outcome, score=score, threshold=threshold,  # type: ignore[arg-type]
+                   calibration_id="cal-1" if threshold is not None else None, elapsed_ms=12.5, p_value=p)
+
+
+def test_every_verdict_is_recorded_with_what_explains_it(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    assert history.record("line-3", 2, [image(1)], [verdict("FAIL", 0.9, p=0.01)], at=NOW) == 1
+    [item] = history.query("line-3").items
+    assert (item.setting, item.at, item.verdict, item.score, item.threshold, item.p_value) == (
+        "line-3", NOW, "FAIL", 0.9, 0.5, 0.01)
+    assert (item.calibration_id, item.version, item.sha256, item.source, item.latency_ms) == (
+        "cal-1", 2, image(1).sha256, "cam/0001.png", 12.5)
+    assert history.image_path(item).read_bytes() == image(1).data
+
+
+def test_images_are_kept_for_fail_and_near_threshold_verdicts_only(tmp_path: Path) -> None:
+    history = History(tmp_path, near=0.1)
+    cases = [verdict("FAIL", 0.9), verdict("PASS", 0.46), verdict("PASS", 0.2), verdict("FAIL", 0.52),
+             verdict("UNCALIBRATED", 0.9, threshold=None, p=0.005), verdict("UNCALIBRATED", 0.3, threshold=None, p=0.4)]
+    history.record("s", 1, [image(i) for i in range(len(cases))], cases)
+    kept = [history.image_path(i) is not None for i in reversed(history.query("s").items)]
+    assert kept == [True, True, False, True, True, False]
+
+
+def test_pages_newest_first_by_cursor_with_filters(tmp_path: Path) -> None:
+    history = History(tmp_path)
+    for n in range(25):
+        history.record("s", 1, [image(n)], [verdict("FAIL" if n % 5 == 0 else "PASS", 0.1)], at=NOW + n)
+    history.record("other", 1, [image(99)], [verdict("PASS", 0.1)], at=NOW + 10)
+    seen, cursor = [], None
+    while True:
+        page = history.query("s", limit=10, cursor=cursor)
+        seen += [i.at for i in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [NOW + n for n in reversed(range(25))]
+    assert [i.at - NOW for i in history.query("s", verdict="FAIL").items] == [20, 15, 10, 5, 0]
+    assert [i.at - NOW for i in history.query("s", since=NOW + 10, until=NOW + 13).items] == [12, 11, 10]
+    with pytest.raises(BadCursor, match="next_cursor"):
+        history.query("s", cursor="DROP TABLE")
+
+
+def test_retention_by_age_and_by_bytes(tmp_path: Path) -> None:
+    history = History(tmp_path, keep_days=1, max_bytes=3 * len(image(0).data), prune_every=1e9)
+    day = 86400.0
+    for n in range(6):
+        history.record("s", 1, [image(n)], [verdict("FAIL", 0.9)], at=10 * day + n * 0.4 * day)
+    result = history.prune(now=12 * day)  # rows before day 11 go: n = 0, 1, 2
+    assert result["rows"] == 3
+    left = list(reversed(history.query("s").items))
+    assert [round(i.at / day, 1) for i in left] == [11.2, 11.6, 12.0]
+    assert all(history.image_path(i) is not None for i in left)
+    history.max_bytes = 2 * len(image(0).data)
+    history.prune(now=12 * day)
+    left = list(reversed(history.query("s").items))
+    assert [history.image_path(i) is not None for i in left] == [False, True, True], "the oldest image goes first"
+    assert len(list((tmp_path / "images" / "s").iterdir())) == 2
+
+
+@pytest.fixture
+def tiny_disk(tmp_path: Path):
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.decode().strip()}): needs root")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_drops_records_without_raising_and_recording_resumes(tiny_disk: Path) -> None:
+    history = History(tiny_disk / "history")
+    history.record("s", 1, [image(0)], [verdict("FAIL", 0.9)])
+    filler = tiny_disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * 65536)
+                out.flush()
+        except OSError:
+            pass
+    big = [ImageInput(data=uuid.uuid4().bytes * 8000, source=f"b{n}.png") for n in range(20)]
+    recorded = history.record("s", 1, big, [verdict("FAIL", 0.9)] * 20)  # must not raise
+    assert recorded < 20 and history.dropped == 20 - recorded
+    filler.unlink()
+    assert history.record("s", 1, [image(7)], [verdict("FAIL", 0.9)]) == 1
+    db = sqlite3.connect(tiny_disk / "history" / "history.sqlite")
+    assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    assert not list((tiny_disk / "history" / "images" / "s").glob(".*.part")), "no partial image left behind"
