@@ -610,20 +610,22 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
                   f"| {_f(a['pixel_roc_auc'])} | {_f(a['pixel_pro'])} | {_f(a['ms_per_image'], 0)} | {_f(a['fit_s'], 0)} "
                   f"| - | {a['n_train']} | - |")
     if anchors:
-        print("\nNominal's default against the best anchor, per set (image ROC-AUC; pixel ROC-AUC against PaDiM):")
-        for name, mine in by_set.items():
-            default = next((r for r in mine if r["mode"].split(" (")[0] == default_mode), None)
-            theirs = [a for a in anchors if a["set"] == name]
-            if default is None or not theirs:
-                continue
-            best = max(theirs, key=lambda a: a["roc_auc"])
-            padim = next((a for a in theirs if a["model"] == "padim"), None)
-            verdict = "at or above" if default["roc_auc"] >= best["roc_auc"] - 5e-4 else "BELOW"
-            line = f"  {name}: {default['roc_auc']:.3f} vs {best['model']} {best['roc_auc']:.3f} ({verdict})"
-            if padim and padim.get("pixel_roc_auc") is not None and default.get("pixel_roc_auc") is not None:
-                pv = "at or above" if default["pixel_roc_auc"] >= padim["pixel_roc_auc"] - 5e-4 else "BELOW"
-                line += f"; pixel {default['pixel_roc_auc']:.3f} vs PaDiM {padim['pixel_roc_auc']:.3f} ({pv})"
-            print(line)
+        for mode in dict.fromkeys([default_mode, "global", "patch"]):
+            label = f"Nominal {mode}" + (" (the default)" if mode == default_mode else "")
+            print(f"\n{label} against the best anchor, per set (image ROC-AUC; pixel ROC-AUC against PaDiM):")
+            for name, mine in by_set.items():
+                row = next((r for r in mine if r["mode"].split(" (")[0] == mode), None)
+                theirs = [a for a in anchors if a["set"] == name]
+                if row is None or not theirs:
+                    continue
+                best = max(theirs, key=lambda a: a["roc_auc"])
+                padim = next((a for a in theirs if a["model"] == "padim"), None)
+                verdict = "at or above" if row["roc_auc"] >= best["roc_auc"] - 5e-4 else "BELOW"
+                line = f"  {name}: {row['roc_auc']:.3f} vs {best['model']} {best['roc_auc']:.3f} ({verdict})"
+                if padim and padim.get("pixel_roc_auc") is not None and row.get("pixel_roc_auc") is not None:
+                    pv = "at or above" if row["pixel_roc_auc"] >= padim["pixel_roc_auc"] - 5e-4 else "BELOW"
+                    line += f"; pixel {row['pixel_roc_auc']:.3f} vs PaDiM {padim['pixel_roc_auc']:.3f} ({pv})"
+                print(line)
 
 
 def default_mode() -> str:
