@@ -15,18 +15,23 @@ ENV PATH=/opt/nominal/bin:$PATH
 WORKDIR /src
 # Dependencies first, so code changes do not reinstall torch.
 COPY pyproject.toml README.md constraints.txt ./
-RUN mkdir indexing app workers && touch indexing/__init__.py app/__init__.py workers/__init__.py \
+RUN mkdir indexing app workers deployment \
+ && touch indexing/__init__.py app/__init__.py workers/__init__.py deployment/__init__.py \
  && if [ -n "$TORCH_INDEX_URL" ]; then pip install -c constraints.txt --index-url "$TORCH_INDEX_URL" torch torchvision; fi \
  && pip install -c constraints.txt . && pip uninstall -y nominal
 COPY indexing ./indexing
 COPY app ./app
 COPY workers ./workers
+COPY deployment ./deployment
 
 FROM build AS build-cpu
 RUN pip install --no-deps .
 
 FROM build AS build-cuda
-RUN pip install --no-deps . && pip install "faiss-gpu-cu12>=1.8"
+# faiss-gpu and faiss-cpu both install the `faiss` module: with both, whichever wrote last wins,
+# and removing one later deletes files of the other. The CUDA image holds faiss-gpu only.
+RUN pip install --no-deps . && pip uninstall -y faiss-cpu && pip install "faiss-gpu-cu12>=1.8" \
+ && test "$(pip list 2>/dev/null | grep -ci '^faiss')" = 1
 
 FROM python:3.11-slim AS runtime
 # A non-root user owning only the data directory.

@@ -1,4 +1,16 @@
-"""Detection quality of each offline backbone, global (x k) and patch scoring, on ELPV and Hazelnut Toy.
+"""Detection quality on every visible set: one suite, one table; plus the older per-backbone grid and sweeps.
+
+The suite (the default run) scores every set `benchmarks/suite.py` finds (ELPV mono,
+poly, combined; Hazelnut Toy; KolektorSDD, PIPED, AITEX, DeepPCB under
+NOMINAL_BENCH_DATA) in each scoring mode through the product's own code paths
+(`PatchIndex` on an embedded store, with the tiling the setting would use), and prints
+one table: image ROC-AUC, AP, F1-max; pixel ROC-AUC and PRO where masks exist; verdict
+ms/image (batch 1, decoded image in, score out); fit time; bank bytes per nominal image.
+`--anchors anchors.json` (written by `benchmarks/anchors.py`) adds anomalib's rows.
+
+    NOMINAL_BENCH_DATA=../bench-data python benchmarks/quality.py --json suite.json --anchors anchors.json
+
+The older grid (every backbone x k, patch on ELPV/Hazelnut) is `--grid`.
 
 Train on PASS only (the FULL training split); score the labelled test split;
 report image ROC-AUC, AP (FAIL positive) and F1-max. Global mode: each dataset is
@@ -39,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from indexing.backbones import load_backbone  # noqa: E402
 from indexing.backbones.base import FeatureMaps  # noqa: E402
-from indexing.datasets import Dataset, load_dataset  # noqa: E402
+from indexing.datasets import Dataset  # noqa: E402
 from indexing.evaluation import compute_metrics  # noqa: E402
-from indexing.heatmap import heat_map, mask_at, pixel_roc_auc  # noqa: E402
+from indexing.heatmap import heat_map, mask_at, pixel_pro, pixel_roc_auc  # noqa: E402
 from indexing.images import decode  # noqa: E402
 from indexing.patch_mode import PatchConfig  # noqa: E402
 from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN, UpperBounds  # noqa: E402
@@ -49,13 +61,10 @@ from indexing.scoring import exact_knn  # noqa: E402
 from indexing.service import BackbonePool, NominalService  # noqa: E402
 from indexing.store import EdgeStore  # noqa: E402
 
-HAZELNUT = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "hazelnut_toy"
-DATASETS = {
-    "elpv-mono": lambda: load_dataset("elpv", "elpv", subset="mono"),
-    "elpv-poly": lambda: load_dataset("elpv", "elpv", subset="poly"),
-    "elpv-combined": lambda: load_dataset("elpv", "elpv", subset="combined"),
-    "hazelnut": lambda: load_dataset(HAZELNUT, "mvtec"),
-}
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import suite  # noqa: E402
+
+DATASETS = suite.available()
 BACKBONES = ["efficientnet_lite0", "mobilenet_v2"]
 KS = [1, 3, 5]
 
@@ -304,6 +313,11 @@ def main() -> None:
     parser.add_argument("--sweep", action="store_true", help="only the patch-choice sweep on ELPV poly")
     parser.add_argument("--search", action="store_true", help="only the nearest-patch search backends")
     parser.add_argument("--timing-only", action="store_true", help="only the patch vs global verdict timing")
+    parser.add_argument("--grid", action="store_true", help="the older grid: every backbone x k, patch on ELPV/Hazelnut")
+    parser.add_argument("--modes", nargs="+", default=["global", "patch", "patch-notile"], choices=list(SUITE_MODES),
+                        help="suite: scoring modes (patch rows also give top-k means from the same grids)")
+    parser.add_argument("--anchors", type=Path, help="suite: anomalib rows written by benchmarks/anchors.py --json")
+    parser.add_argument("--fresh", action="store_true", help="suite: recompute rows held in the benchmark cache")
     args = parser.parse_args()
 
     if args.search:
@@ -318,6 +332,21 @@ def main() -> None:
         rows = run_sweep()
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2))
+        return
+    if not args.grid:
+        # --scoring keeps its meaning: which of the two families of modes to run.
+        modes = [m for m in args.modes if (m == "global" and "global" in args.scoring)
+                 or (m.startswith("patch") and "patch" in args.scoring)]
+        rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh)
+        anchors = json.loads(args.anchors.read_text()) if args.anchors else []
+        anchors = [a for a in anchors if a["set"] in args.datasets and a["backbone"] == args.backbones[0]]
+        print_suite(rows, anchors, default_mode())
+        timing = None
+        if not args.no_timing and "patch" in args.scoring:
+            timing = verdict_timing(backbone=args.backbones[0])
+            print_timing(timing)
+        if args.json:
+            args.json.write_text(json.dumps({"rows": rows, "anchors": anchors, "timing": timing}, indent=2))
         return
     timing = None
     rows = run_grid(args.datasets, args.backbones, args.ks) if "global" in args.scoring else []
@@ -347,6 +376,261 @@ def main() -> None:
             print(f"service path check ({dataset}, {backbone}, {scoring}): ROC-AUC {via_service:.4f} vs grid {grid:.4f}")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "timing": timing}, indent=2))
+
+
+# --- the suite -----------------------------------------------------------------------
+
+# Patch scores derived from the same bank and distance grids: the image score as the mean of the top k patches.
+TOP_KS = (3, 10)
+# Tiled sets with masks: full distance grids (pixel metrics) on at most this many test images, evenly spaced;
+# image metrics use every test image (the pruned search a verdict uses).
+PIXEL_CAP = 200
+TIMING_PROBES = 20
+
+
+def _cached(key: str, fresh: bool, compute) -> dict:
+    path = suite.cache_dir() / f"quality-{key}.json"
+    if path.exists() and not fresh:
+        return json.loads(path.read_text())
+    row = compute()
+    path.write_text(json.dumps(row))
+    return row
+
+
+def _probes(data: Dataset) -> list:
+    return [decode(t.image) for t in data.test[:: max(1, len(data.test) // TIMING_PROBES)]][:TIMING_PROBES]
+
+
+def suite_global(name: str, data: Dataset, backbone) -> dict:
+    """Global kNN (k=1, cosine on the pooled embedding): the product's scoring functions."""
+    started = time.perf_counter()
+    train = np.concatenate([embed(backbone, data.train[s : s + 128]) for s in range(0, len(data.train), 128)])
+    fit_s = time.perf_counter() - started
+    test_images = [t.image for t in data.test]
+    test = np.concatenate([embed(backbone, test_images[s : s + 128]) for s in range(0, len(test_images), 128)])
+    is_fail = np.array([t.is_fail for t in data.test])
+    m = compute_metrics(is_fail, global_scores(train, test, 1))
+    probes = _probes(data)
+    backbone.embed(probes[:1])
+    timed = time.perf_counter()
+    for image in probes:
+        exact_knn(train, backbone.embed([image]), 1)
+    ms = (time.perf_counter() - timed) / len(probes) * 1000.0
+    return _row(name, "global", data, m, None, None, ms, fit_s, train.shape[1] * 4.0, tiled=False)
+
+
+def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: str) -> list[dict]:
+    """Patch scoring through `PatchIndex` on an embedded store, exactly as a setting with `config` indexes and scores.
+
+    Returns the row of `config` and, where every test image has a distance grid, rows for
+    the mean of the top k patch distances (same bank, same grids).
+    """
+    from indexing.patch_mode import PatchIndex
+    from indexing.patch_search import top_mean
+    from indexing.tiling import layout_for
+
+    tiled = layout_for(decode(data.train[0]), backbone.input_size, config.tiling) is not None
+    has_masks = any(t.mask_path for t in data.test)
+    n = len(data.test)
+    step = max(1, -(-n // PIXEL_CAP)) if tiled else 1
+    with_grid = set(range(0, n, step)) if (has_masks or not tiled) else set()
+    with tempfile.TemporaryDirectory() as scratch:
+        store = EdgeStore(Path(scratch) / "store")
+        try:
+            index, collection = PatchIndex(store), "bench"
+            store.create_collection(collection, config.dim)
+            started = time.perf_counter()
+            for start in range(0, len(data.train), INDEX_BATCH):
+                batch = data.train[start : start + INDEX_BATCH]
+                index.extend(name, collection, config, backbone, batch, [decode(i) for i in batch], batch_size=INDEX_BATCH)
+            fit_s = time.perf_counter() - started
+            bank = index.bank(name, collection, config.dim)
+            found: list = [None] * n
+            for grids in (True, False):
+                numbers = [i for i in range(n) if (i in with_grid) == grids]
+                for start in range(0, len(numbers), 16):
+                    part = numbers[start : start + 16]
+                    images = [data.test[i].image for i in part]
+                    results = index.score(name, collection, config, backbone, images, [decode(i) for i in images], grids=grids)
+                    for i, result in zip(part, results):
+                        found[i] = result
+            probes = _probes(data)
+            raw = backbone._backbone if isinstance(backbone, MapCache) else backbone  # time the network, not the cache
+            index.score(name, collection, config, raw, [data.test[0].image], probes[:1], neighbours=1)
+            timed = time.perf_counter()
+            for number, image in enumerate(probes):
+                index.score(name, collection, config, raw, [data.test[number].image], [image], neighbours=1)
+            ms = (time.perf_counter() - timed) / len(probes) * 1000.0
+            per_image = bank.bytes_used() / len(data.train)
+        finally:
+            store.close()
+    is_fail = np.array([t.is_fail for t in data.test])
+    scores = np.array([f.score for f in found])
+    pixel = pro = None
+    if has_masks and with_grid:
+        heats, masks = [], []
+        for i in sorted(with_grid):
+            heat = found[i].heat_at(backbone.input_size, config.sigma)
+            test = data.test[i]
+            heats.append(heat)
+            masks.append(mask_at(str(test.mask_path), heat.shape) if test.mask_path else np.zeros(heat.shape, bool))
+        pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
+    label = mode + (" (tiled)" if tiled else "")
+    rows = [_row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, ms, fit_s, per_image, tiled=tiled,
+                 pixel_images=len(with_grid) if has_masks else None)]
+    if len(with_grid) == n and config.reweight_k == 0 and config.top_k == 1:
+        for k in TOP_KS:
+            top = np.array([top_mean(f.grid.ravel(), k) for f in found])
+            rows.append(_row(name, f"{mode} top-{k} mean", data, compute_metrics(is_fail, top), pixel, pro, None, fit_s,
+                             per_image, tiled=tiled))
+    return rows
+
+
+def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, pixel_images=None) -> dict:
+    return {
+        "set": name, "mode": mode, "roc_auc": m.roc_auc, "ap": m.average_precision, "f1_max": m.f1_max,
+        "pixel_roc_auc": pixel, "pixel_pro": pro, "ms_per_image": ms, "fit_s": fit_s,
+        "bytes_per_nominal_image": bytes_per_image, "n_train": len(data.train), "n_test_pass": m.n_pass,
+        "n_test_fail": m.n_fail, "tiled": tiled, "pixel_images": pixel_images,
+    }
+
+
+SUITE_MODES = {
+    "global": None,
+    "patch": PatchConfig(),
+    "patch-notile": PatchConfig(tiling="off"),
+    "patch-reweight9": PatchConfig(reweight_k=9),
+    "patch-coreset5": PatchConfig(coreset_ratio=0.05),
+    "patch-coreset10": PatchConfig(coreset_ratio=0.1),
+    "patch-unnormalised": PatchConfig(normalise=False),
+}
+
+
+class MapCache:
+    """A backbone whose feature maps are remembered by image content (float32, exact), so the patch
+    modes of one run share one backbone pass per image; ELPV mono and poly reuse combined's cells."""
+
+    def __init__(self, backbone) -> None:
+        self._backbone = backbone
+        self._maps: dict[bytes, tuple] = {}
+
+    def __getattr__(self, name: str):
+        return getattr(self._backbone, name)
+
+    def feature_maps(self, images, batch_size: int = 32) -> FeatureMaps:
+        import hashlib
+
+        import torch
+
+        keys = [hashlib.blake2b(i.tobytes() + repr((i.size, i.mode)).encode(), digest_size=16).digest() for i in images]
+        missing = [n for n, key in enumerate(keys) if key not in self._maps]
+        if missing:
+            fresh = self._backbone.feature_maps([images[n] for n in missing], batch_size=batch_size)
+            for j, n in enumerate(missing):
+                self._maps[keys[n]] = (fresh.stride8[j].clone(), fresh.stride16[j].clone())
+        if not keys:
+            return self._backbone.feature_maps([], batch_size=batch_size)
+        return FeatureMaps(torch.stack([self._maps[k][0] for k in keys]), torch.stack([self._maps[k][1] for k in keys]))
+
+
+def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: bool) -> list[dict]:
+    backbone = load_backbone(backbone_name)
+    patch_backbone = MapCache(backbone) if sum(m.startswith("patch") for m in modes) > 1 else backbone
+    rows: list[dict] = []
+    for name in names:
+        data = None
+        for mode in modes:
+            config = SUITE_MODES[mode]
+            if mode == "patch-notile":
+                # Only where it differs from the default: sets the default tiles.
+                data = data or DATASETS[name]()
+                from indexing.tiling import layout_for
+
+                if layout_for(decode(data.train[0]), backbone.input_size, "auto") is None:
+                    continue
+            key = f"{name}-{backbone_name}-{mode}-" + ("" if config is None else _config_key(config))
+
+            def compute(mode=mode, config=config):
+                nonlocal data
+                data = data or DATASETS[name]()
+                started = time.perf_counter()
+                if config is None:
+                    out = [suite_global(name, data, backbone)]
+                else:
+                    out = suite_patch(name, data, patch_backbone, config, mode)
+                print(f"  {mode} on {name}: {time.perf_counter() - started:.0f} s, ROC-AUC {out[0]['roc_auc']:.3f}",
+                      file=sys.stderr, flush=True)
+                return {"rows": out}
+
+            found = _cached(key, fresh, compute)["rows"]
+            for row in found:
+                row["backbone"] = backbone_name
+            rows += found
+    return rows
+
+
+def _config_key(config: PatchConfig) -> str:
+    import hashlib
+
+    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+
+
+def _f(value, digits: int = 3) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> None:
+    lacking = suite.missing()
+    print(f"\nsuite: {len(dict.fromkeys(r['set'] for r in rows))} sets"
+          + (f" (not present: {', '.join(lacking)}; set {suite.BENCH_DATA_VARIABLE})" if lacking else ""))
+    cap = next((a for a in anchors), None)
+    if anchors:
+        print(f"anomalib 2.7.0 rows: same backbone weights, input and split; PatchCore fit on at most "
+              f"{cap.get('cap', 80)} seeded training images where a set is larger; PaDiM on all")
+    print("| set | method | image ROC-AUC | AP | F1-max | pixel ROC-AUC | PRO | verdict ms/image | fit s "
+          "| bank bytes / nominal image | train | test PASS / FAIL |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    by_set: dict[str, list[dict]] = {}
+    for r in rows:
+        by_set.setdefault(r["set"], []).append(r)
+    for a in anchors:
+        by_set.setdefault(a["set"], [])
+    for name, mine in by_set.items():
+        for r in mine:
+            star = " (default)" if r["mode"].split(" (")[0] == default_mode else ""
+            pixels = "" if not r.get("pixel_images") or r["pixel_images"] >= r["n_test_pass"] + r["n_test_fail"] else \
+                f" ({r['pixel_images']} images)"
+            size = "-" if r["bytes_per_nominal_image"] is None else f"{r['bytes_per_nominal_image']:,.0f}"
+            print(f"| {name} | Nominal {r['mode']}{star} | {_f(r['roc_auc'])} | {_f(r['ap'])} | {_f(r['f1_max'])} "
+                  f"| {_f(r['pixel_roc_auc'])}{pixels} | {_f(r['pixel_pro'])} | {_f(r['ms_per_image'], 0)} "
+                  f"| {_f(r['fit_s'], 0)} | {size} | {r['n_train']} | {r['n_test_pass']} / {r['n_test_fail']} |")
+        for a in (a for a in anchors if a["set"] == name):
+            used = f" ({a['n_train_used']} train)" if a["n_train_used"] < a["n_train"] else ""
+            print(f"| {name} | anomalib {a['model']}{used} | {_f(a['roc_auc'])} | {_f(a['ap'])} | {_f(a['f1_max'])} "
+                  f"| {_f(a['pixel_roc_auc'])} | {_f(a['pixel_pro'])} | {_f(a['ms_per_image'], 0)} | {_f(a['fit_s'], 0)} "
+                  f"| - | {a['n_train']} | - |")
+    if anchors:
+        print("\nNominal's default against the best anchor, per set (image ROC-AUC; pixel ROC-AUC against PaDiM):")
+        for name, mine in by_set.items():
+            default = next((r for r in mine if r["mode"].split(" (")[0] == default_mode), None)
+            theirs = [a for a in anchors if a["set"] == name]
+            if default is None or not theirs:
+                continue
+            best = max(theirs, key=lambda a: a["roc_auc"])
+            padim = next((a for a in theirs if a["model"] == "padim"), None)
+            verdict = "at or above" if default["roc_auc"] >= best["roc_auc"] - 5e-4 else "BELOW"
+            line = f"  {name}: {default['roc_auc']:.3f} vs {best['model']} {best['roc_auc']:.3f} ({verdict})"
+            if padim and padim.get("pixel_roc_auc") is not None and default.get("pixel_roc_auc") is not None:
+                pv = "at or above" if default["pixel_roc_auc"] >= padim["pixel_roc_auc"] - 5e-4 else "BELOW"
+                line += f"; pixel {default['pixel_roc_auc']:.3f} vs PaDiM {padim['pixel_roc_auc']:.3f} ({pv})"
+            print(line)
+
+
+def default_mode() -> str:
+    """The scoring a setting created without `scoring` gets."""
+    from indexing.settings import MachineSetting
+
+    return MachineSetting(name="probe", backbone="x", k=1).scoring
 
 
 def print_timing(t: dict) -> None:

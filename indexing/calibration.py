@@ -219,8 +219,9 @@ def f1_max_threshold(is_fail: Labels, scores: Scores) -> tuple[float, float]:
 class Calibration:
     """A threshold, how it was chosen, and how it did on the labelled data it came from.
 
-    `backbone` and `collection` are recorded so that a calibration is never applied
-    to vectors of another backbone or setting (`check_compatible`).
+    `backbone` (the backbone's identity) and `scoring` ("global" or "patch") are
+    recorded so that a calibration is never applied to other scores (`unfit_for`);
+    `collection` says which collection its scores were searched in.
     """
 
     id: str
@@ -239,6 +240,9 @@ class Calibration:
     collection: str
     created_at: str
     warnings: list[str] = field(default_factory=list)
+    scoring: str = "global"
+    # `indexing.compare.Comparison.to_dict()` when the calibration compared candidate scorers.
+    comparison: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; `from_dict` rebuilds an equal `Calibration`."""
@@ -259,6 +263,8 @@ class Calibration:
             "collection": self.collection,
             "created_at": self.created_at,
             "warnings": list(self.warnings),
+            "scoring": self.scoring,
+            "comparison": self.comparison,
         }
 
     @classmethod
@@ -294,20 +300,23 @@ class Calibration:
             collection=str(d["collection"]),
             created_at=str(d["created_at"]),
             warnings=[str(warning) for warning in d.get("warnings", [])],
+            # Records from before `scoring` was stored: a patch bank's collection name says "__patch__".
+            scoring=str(d.get("scoring") or ("patch" if "__patch__" in str(d["collection"]) else "global")),
+            comparison=d.get("comparison"),
         )
 
-    def check_compatible(self, *, backbone: str, collection: str) -> None:
-        """Raise unless this calibration was made on vectors of `backbone` in `collection`.
+    def unfit_for(self, *, backbone: str, scoring: str) -> str | None:
+        """Why this threshold cannot judge scores of `backbone` vectors in `scoring` mode, or None when it can.
 
-        Raises:
-            InvalidCalibration: either differs; the threshold means nothing on other vectors.
+        The one compatibility rule: a threshold is a distance on one backbone's vectors
+        (its identity: name and weights file), and global and patch scores have different
+        scales. Both are recorded on the calibration when it is made.
         """
-        if (backbone, collection) != (self.backbone, self.collection):
-            raise InvalidCalibration(
-                f"calibration {self.id} was made for backbone {self.backbone!r} on collection "
-                f"{self.collection!r}, not backbone {backbone!r} on {collection!r}: calibrate this setting again"
-            )
-
+        if self.backbone != backbone:
+            return f"calibration {self.id} was made on {self.backbone} vectors, not {backbone} vectors"
+        if self.scoring != scoring:
+            return f"calibration {self.id} was made on {self.scoring} scores, not {scoring} scores"
+        return None
 
     @property
     def degenerate(self) -> str | None:
@@ -331,6 +340,7 @@ def calibrate(
     *,
     backbone: str,
     collection: str,
+    scoring: str = "global",
 ) -> Calibration:
     """Choose a threshold from the scores of labelled validation images.
 
@@ -342,6 +352,7 @@ def calibrate(
         policy: see `parse_policy`; None: the default of `policy_for`.
         backbone: backbone the scores came from, recorded.
         collection: collection the scores were searched in, recorded.
+        scoring: "global" or "patch": the kind of score, recorded (see `Calibration.unfit_for`).
 
     Returns:
         The `Calibration`, with metrics at the chosen threshold. Precision, recall and
@@ -388,6 +399,7 @@ def calibrate(
         n_fail=int(fails.size),
         backbone=backbone,
         collection=collection,
+        scoring=scoring,
         created_at=datetime.now(timezone.utc).isoformat(),
         warnings=warnings,
     )

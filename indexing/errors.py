@@ -62,6 +62,10 @@ class BackboneMismatch(NominalError):
     """Vectors of one backbone compared against a collection built with another."""
 
 
+class BackboneChangeNeedsReindex(BackboneMismatch):
+    """A settings update that names another backbone than the one the active version is built on."""
+
+
 class EmptyCollection(NominalError):
     """Scoring against a setting that holds no nominal images yet."""
 

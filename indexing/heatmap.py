@@ -88,3 +88,69 @@ def pixel_roc_auc(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray]) -> fl
         return None
     values = np.concatenate([np.asarray(h, dtype=np.float32).ravel() for h in maps])
     return float(roc_auc_score(truth, values))
+
+
+# PRO is integrated up to this false-positive rate (the MVTec AD standard).
+PRO_MAX_FPR = 0.3
+
+
+def pixel_pro(maps: Sequence[np.ndarray], masks: Sequence[np.ndarray], *, max_fpr: float = PRO_MAX_FPR) -> float | None:
+    """Per-region overlap (PRO) of anomaly maps against masks, integrated up to `max_fpr`, normalised to [0, 1].
+
+    The MVTec AD definition (Bergmann et al., IJCV 2021): every connected defect region
+    of every mask (8-connected) is one region; at a threshold t, its overlap is the
+    fraction of its pixels whose map value is >= t, and PRO(t) is the mean overlap over
+    all regions, so a small defect counts as much as a large one. FPR(t) is the fraction
+    of defect-free pixels (all images pooled, good images wholly) at or above t. The area
+    under PRO(FPR) from 0 to `max_fpr` (trapezoids, every distinct map value a threshold,
+    the last segment interpolated at `max_fpr`) divided by `max_fpr` is the result: 1.0
+    when every region is wholly found before any false positive.
+
+    Returns:
+        The normalised area; None when no mask holds a defect pixel or no pixel is defect-free.
+    """
+    from scipy.ndimage import label
+
+    if not 0.0 < max_fpr <= 1.0:
+        raise ValueError(f"max_fpr must be in (0, 1], got {max_fpr}")
+    values, weights, normal = [], [], []
+    regions = 0
+    structure = np.ones((3, 3), dtype=int)
+    for heat, mask in zip(maps, masks):
+        truth = np.asarray(mask, dtype=bool)
+        heat = np.asarray(heat, dtype=np.float64)
+        if heat.shape != truth.shape:
+            raise ValueError(f"map shape {heat.shape} differs from its mask's {truth.shape}")
+        labelled, count = label(truth, structure=structure)
+        # Each defect pixel weighs 1 / (its region's size): summed over a region that is found, 1.
+        sizes = np.bincount(labelled.ravel(), minlength=count + 1).astype(np.float64)
+        pixel_weight = np.where(labelled > 0, 1.0 / np.maximum(sizes[labelled], 1.0), 0.0)
+        values.append(heat.ravel())
+        weights.append(pixel_weight.ravel())
+        normal.append(~truth.ravel())
+        regions += count
+    if not values:
+        return None
+    value = np.concatenate(values)
+    weight = np.concatenate(weights)
+    is_normal = np.concatenate(normal)
+    n_normal = int(is_normal.sum())
+    if regions == 0 or n_normal == 0:
+        return None
+    order = np.argsort(-value, kind="stable")
+    value, weight, is_normal = value[order], weight[order], is_normal[order]
+    fpr = np.cumsum(is_normal) / n_normal
+    pro = np.cumsum(weight) / regions
+    # A threshold passes every pixel of a tie at once: keep the last index of each run of equal values.
+    last = np.r_[np.flatnonzero(np.diff(value) != 0), len(value) - 1]
+    fpr = np.r_[0.0, fpr[last]]
+    pro = np.r_[0.0, pro[last]]
+    inside = fpr <= max_fpr
+    x, y = fpr[inside], pro[inside]
+    if x[-1] < max_fpr and len(x) < len(fpr):
+        # Interpolate the curve at max_fpr on the segment that crosses it.
+        x1, y1 = fpr[len(x)], pro[len(x)]
+        y_end = y[-1] + (y1 - y[-1]) * (max_fpr - x[-1]) / (x1 - x[-1])
+        x, y = np.r_[x, max_fpr], np.r_[y, y_end]
+    area = float(np.sum((x[1:] - x[:-1]) * (y[1:] + y[:-1]) / 2.0))
+    return area / max_fpr

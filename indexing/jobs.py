@@ -13,12 +13,14 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, Protocol
 
+from indexing.errors import InvalidName
 from indexing.image_store import ImageRef
-from indexing.store.base import VectorStore
+from indexing.store.base import Records
 
 JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 JOB_STATES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -99,7 +101,7 @@ class JobBoard(Protocol):
 class StoreJobBoard:
     """Job status as records in the vector store, so it survives a restart with the data."""
 
-    def __init__(self, store: VectorStore) -> None:
+    def __init__(self, store: Records) -> None:
         self._store = store
         self._lock = threading.Lock()
 
@@ -110,7 +112,7 @@ class StoreJobBoard:
     def get(self, job_id: str) -> Job | None:
         try:
             record = self._store.get_record(JOB_KIND, job_id)
-        except ValueError:  # not a valid key, so no such job
+        except (InvalidName, ValueError):  # not a valid key, so no such job
             return None
         return Job.from_dict(record) if record else None
 
@@ -210,20 +212,37 @@ class JobRunner(Protocol):
     """
 
     board: JobBoard
+    # Whether a job may be handed whole to another process (`detach=True`), so the submitting
+    # process can exit: only when workers can write to the store themselves (a Qdrant server).
+    can_detach: bool
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
         ...
 
-    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+    def submit_reindex(
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None,
+        detach: bool = False,
+    ) -> Job:
         """Build a new version of the setting from a source (folder, glob, manifest CSV) and switch to it.
 
         See `indexing.reindex.reindex`; inspections use the old version until the switch.
+        `roots`: the directories every file the job reads must lie in (None: no limit);
+        checked where each file is opened, not only now. `detach`: hand the whole job to
+        another process (`NotConfigured` unless `can_detach`).
         """
         ...
 
     def cancel(self, job_id: str) -> Job | None:
         """Ask a job to stop (see `request_cancel`); None if there is no such job."""
+        ...
+
+    def ping(self) -> str | None:
+        """Check what the runner needs beyond the store (a broker) answers; for readiness.
+
+        Returns the name of what was checked ("broker"), or None when the runner needs
+        nothing else. Raises (any exception, its message saying why) when it does not answer.
+        """
         ...
 
     def close(self) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from indexing.patch_search import NearestNeighbours, UpperBounds, default_bounds, default_nn
-from indexing.store.base import Point, VectorStore
+from indexing.store.base import Point, Vectors
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
 PATCH_NAMESPACE = uuid.UUID("6b0f0f52-4f53-4c2a-9a43-1c3f7f1d2e55")
@@ -39,26 +39,33 @@ def patch_point_id(image_id: str, patch: int) -> str:
     return str(uuid.uuid5(PATCH_NAMESPACE, f"{image_id}:{patch}"))
 
 
-def patch_points(image_id: str, source: str, vectors: np.ndarray, kept: np.ndarray, grid: tuple[int, int]) -> list[Point]:
-    """Points for the kept patches of one image.
+def patch_points(
+    image_id: str, source: str, vectors: np.ndarray, kept: np.ndarray, grid: tuple[int, int], *, first: int = 0
+) -> list[Point]:
+    """Points for the kept patches of one image (or of one tile of it).
 
     Args:
         image_id: the image's content id (its global point id).
         source: where the image came from, shown with neighbours.
-        vectors: (P, d) all patch vectors of the image.
+        vectors: (P, d) all patch vectors of the image (or tile).
         kept: indices of the patches to store.
         grid: (rows, cols) of the patch grid.
+        first: number of the first patch: a tiled image numbers tile t's patches from t * P,
+            and its points also record `tile` (row and col are then within that tile).
     """
     cols = grid[1]
     points = []
     for patch in kept.tolist():
         vector = vectors[patch]
         norm = float(np.linalg.norm(vector))
+        number = first + patch
         payload = {
-            "image_id": image_id, "source": source, "patch": patch,
+            "image_id": image_id, "source": source, "patch": number,
             "row": patch // cols, "col": patch % cols, "norm": norm,
         }
-        points.append(Point(id=patch_point_id(image_id, patch), vector=vector, payload=payload))
+        if first:
+            payload["tile"] = first // (grid[0] * cols)
+        points.append(Point(id=patch_point_id(image_id, number), vector=vector, payload=payload))
     return points
 
 
@@ -89,9 +96,6 @@ class PatchBank:
 
     def __len__(self) -> int:
         return len(self.image_ids)
-
-    def holds(self, image_id: str) -> bool:
-        return image_id in self._rows
 
     def rows_of(self, image_id: str) -> list[int]:
         """Bank rows owned by an image (empty when it is not a nominal image)."""
@@ -132,13 +136,10 @@ class PatchBank:
             self.cells = np.concatenate([self.cells, np.asarray(cells, dtype=np.int64).reshape(-1, 2)])
             self.vectors = rows if start == 0 else np.concatenate([self.vectors, rows])
             # The bank's backend first: a search that finds a new row through the bounds then finds it in the bank too.
-            self.nn.add(rows)
+            # Both are handed the bank's own array: on a CPU they search it in place, so the rows are held once.
+            self.nn.add(rows, bank=self.vectors)
             if self.bounds is not None:
-                self.bounds.add(rows)
-
-    def bytes_used(self) -> int:
-        """Bytes of the in-memory vectors (on a CPU the exact search and its `UpperBounds` hold one copy each as well)."""
-        return int(self.vectors.nbytes)
+                self.bounds.add(rows, bank=self.vectors)
 
 
 def _original(points: Sequence[Point]) -> np.ndarray:
@@ -152,7 +153,7 @@ def _original(points: Sequence[Point]) -> np.ndarray:
 
 
 def load_bank(
-    store: VectorStore, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
+    store: Vectors, collection: str, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None
 ) -> PatchBank:
     """Every point of a patch collection as a `PatchBank` (scrolled in batches)."""
     bank = PatchBank(dim, nn, bounds)
@@ -179,7 +180,7 @@ class BankCache:
         self._banks: dict[str, tuple[str, PatchBank]] = {}
         self._lock = threading.Lock()
 
-    def get(self, store: VectorStore, setting: str, collection: str, dim: int) -> PatchBank:
+    def get(self, store: Vectors, setting: str, collection: str, dim: int) -> PatchBank:
         """The bank of `collection`, loaded on first use; a setting's older collection is dropped."""
         with self._lock:
             cached = self._banks.get(setting)

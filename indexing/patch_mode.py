@@ -28,13 +28,14 @@ from PIL import Image
 from indexing.backbones import Backbone
 from indexing.datasets import TestImage
 from indexing.errors import EmptyCollection
-from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_roc_auc
+from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_pro, pixel_roc_auc
 from indexing.images import ImageInput, decode
 from indexing.patch_bank import BankCache, PatchBank, patch_point_id, patch_points
 from indexing.patch_search import PatchScorer
 from indexing.patches import PatchMaker, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
-from indexing.store.base import Neighbour, VectorStore
+from indexing.store.base import Neighbour, Vectors
+from indexing.tiling import TileLayout, Tiling, check_tiling, layout_for, metric_size
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,11 @@ class PatchConfig:
         reweight_k: PatchCore re-weighting neighbours; 0 is plain max distance.
         sigma: heat-map smoothing in input pixels.
         seed: seeds the projections and the coreset's first pick.
+        top_k: image score = mean distance of the `top_k` patches farthest from the
+            bank (1: the single largest, PatchCore's score).
+        tiling: "auto", "on" or "off": whether large or elongated images are cut into
+            tiles at the backbone's native scale (`indexing.tiling`). Banks recorded
+            before tiling existed read as "off".
     """
 
     dim: int = 256
@@ -61,10 +67,18 @@ class PatchConfig:
     reweight_k: int = 0
     sigma: float = SIGMA
     seed: int = 0
+    top_k: int = 1
+    tiling: Tiling = "auto"
 
     def __post_init__(self) -> None:
         self.maker()
         self.sampler()
+        check_tiling(self.tiling)
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+
+    def scorer(self, bank: PatchBank) -> PatchScorer:
+        return PatchScorer(bank.nn, reweight_k=self.reweight_k, bounds=bank.bounds, top_k=self.top_k)
 
     def maker(self) -> PatchMaker:
         return PatchMaker(dim=self.dim, projection=self.projection, normalise=self.normalise, seed=self.seed)
@@ -79,8 +93,12 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "PatchConfig":
+        """The recipe a record holds; a recorded recipe from before tiling existed never tiles."""
         known = set(cls.__dataclass_fields__)
-        return cls(**{key: value for key, value in (data or {}).items() if key in known})
+        values = {key: value for key, value in (data or {}).items() if key in known}
+        if data is not None:
+            values.setdefault("tiling", "off")
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -94,7 +112,10 @@ class PatchResult:
         worst: (row, col) of the most anomalous patch.
         neighbours: nominal images holding the bank patches nearest to the worst
             patch, nearest first (id = image id, payload: source, row, col, patch).
-        heat: (size, size) float32 smoothed map at the backbone input size, when asked.
+        heat: float32 smoothed map, when asked: (size, size) at the backbone input
+            size, or (height, width) of the whole image when it was tiled.
+        tiled: (width, height) of the image when it was scored by tiles, else None; its
+            `grid` then covers the whole image at one cell per `TILED_CELL` pixels.
     """
 
     score: float
@@ -102,6 +123,21 @@ class PatchResult:
     worst: tuple[int, int]
     neighbours: list[Neighbour] = field(default_factory=list)
     heat: np.ndarray | None = None
+    tiled: tuple[int, int] | None = None
+
+    def heat_at(self, size: int, sigma: float) -> np.ndarray:
+        """The smoothed map where pixel metrics compare it: (size, size) for a squashed image, or the
+        tiled image's aspect at most `size`^2 pixels (`indexing.tiling.metric_size`)."""
+        assert self.grid is not None, "heat_at needs a PatchResult scored with grids=True"
+        if self.tiled is None:
+            return heat_map(self.grid, self.grid.shape, (size, size), sigma=sigma)
+        width, height = self.tiled
+        shape = metric_size((height, width), size * size)
+        return heat_map(self.grid, self.grid.shape, shape, sigma=sigma * shape[0] / height)
+
+
+# Tiled images report their whole-image grid at one cell per this many pixels (the stride-8 map's cell).
+TILED_CELL = 8
 
 
 class PatchIndex:
@@ -112,7 +148,7 @@ class PatchIndex:
         cache: where loaded banks live; one per process.
     """
 
-    def __init__(self, store: VectorStore, *, cache: BankCache | None = None) -> None:
+    def __init__(self, store: Vectors, *, cache: BankCache | None = None) -> None:
         self.store = store
         self.cache = cache or BankCache()
 
@@ -145,6 +181,9 @@ class PatchIndex:
         if not images:
             return 0
         bank = self.bank(setting, collection, config.dim)
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        if any(found is not None for found in layouts):
+            return self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
         patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
         per_image = patches.vectors.shape[1]
         flat = patches.vectors.reshape(-1, config.dim)
@@ -158,6 +197,46 @@ class PatchIndex:
                 self.store.upsert(collection, points)
                 bank.add(points)
         return len(points)
+
+    def _extend_tiled(
+        self,
+        bank: PatchBank,
+        collection: str,
+        config: PatchConfig,
+        backbone: Backbone,
+        images: Sequence[ImageInput],
+        decoded: Sequence[Image.Image],
+        layouts: Sequence[TileLayout | None],
+        batch_size: int,
+    ) -> int:
+        """`extend` for images cut into tiles: a coreset per `batch_size` tiles, each against the bank so far.
+
+        Patch number `tile * P + p` of an image is patch p of its tile `tile` (P patches a tile).
+        """
+        tiles = [
+            (image, index, piece)
+            for image, pixels, found in zip(images, decoded, layouts)
+            for index, piece in enumerate(found.cut(pixels) if found is not None else [pixels])
+        ]
+        maker, sampler, stored = config.maker(), config.sampler(), 0
+        for start in range(0, len(tiles), batch_size):
+            chunk = tiles[start : start + batch_size]
+            patches = maker.patchify(backbone.feature_maps([piece for _, _, piece in chunk], batch_size=batch_size))
+            per_tile = patches.vectors.shape[1]
+            flat = patches.vectors.reshape(-1, config.dim)
+            with bank.lock:
+                keep = sampler.run(flat, covered=bank.vectors if len(bank) else None)
+                points = []
+                for number, (image, index, _) in enumerate(chunk):
+                    mine = keep[(keep >= number * per_tile) & (keep < (number + 1) * per_tile)] - number * per_tile
+                    points += patch_points(
+                        image.id, image.source, patches.vectors[number], mine, patches.grid, first=index * per_tile
+                    )
+                if points:
+                    self.store.upsert(collection, points)
+                    bank.add(points)
+            stored += len(points)
+        return stored
 
     def score(
         self,
@@ -189,8 +268,14 @@ class PatchIndex:
             raise EmptyCollection(
                 f"setting {setting!r} has no patch memory bank yet: index PASS images into it (scoring=patch)"
             )
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        if any(found is not None for found in layouts):
+            return [
+                self._score_tiled(bank, config, backbone, image, pixels, found, neighbours, grids, maps, batch_size)
+                for image, pixels, found in zip(images, decoded, layouts)
+            ]
         patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, bounds=bank.bounds)
+        scorer = config.scorer(bank)
         rows, cols = patches.grid
         results = []
         for image, vectors in zip(images, patches.vectors):
@@ -206,6 +291,56 @@ class PatchIndex:
                 PatchResult(score=found.score, grid=grid, worst=divmod(found.worst, cols), neighbours=near, heat=heat)
             )
         return results
+
+    def _score_tiled(
+        self,
+        bank: PatchBank,
+        config: PatchConfig,
+        backbone: Backbone,
+        image: ImageInput,
+        pixels: Image.Image,
+        found_layout: TileLayout | None,
+        neighbours: int,
+        grids: bool,
+        maps: bool,
+        batch_size: int,
+    ) -> PatchResult:
+        """One image scored over all its tiles' patches: the score and the worst patch are over every tile."""
+        tile_layout = found_layout or _one_tile(pixels, backbone.input_size)
+        pieces = tile_layout.cut(pixels) if found_layout is not None else [pixels]
+        maker = config.maker()
+        parts, grid_shape = [], (0, 0)
+        for start in range(0, len(pieces), batch_size):
+            patches = maker.patchify(backbone.feature_maps(pieces[start : start + batch_size], batch_size=batch_size))
+            parts.append(patches.vectors.reshape(-1, config.dim))
+            grid_shape = patches.grid
+        vectors = np.concatenate(parts)
+        own = bank.rows_of(image.id)
+        found = config.scorer(bank).run(vectors, exclude=own or None, grid=grids or maps)
+        near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
+        per_tile = grid_shape[0] * grid_shape[1]
+        tile, cell = divmod(found.worst, per_tile)
+        x, y = tile_layout.tile_centre(tile, *divmod(cell, grid_shape[1]), grid_shape)
+        worst = (y // TILED_CELL, x // TILED_CELL)
+        grid = heat = None
+        if found.distances is not None:
+            side = tile_layout.tile
+            raw = [
+                heat_map(d.reshape(grid_shape), grid_shape, (side, side), sigma=0.0)
+                for d in found.distances.reshape(len(pieces), per_tile)
+            ]
+            whole = _to_original(tile_layout.stitch(raw), tile_layout)
+            width, height = tile_layout.original
+            cells = (max(1, -(-height // TILED_CELL)), max(1, -(-width // TILED_CELL)))
+            grid = np.asarray(Image.fromarray(whole, mode="F").resize((cells[1], cells[0]), Image.Resampling.BOX))
+            if maps:
+                from scipy.ndimage import gaussian_filter
+
+                scale = tile_layout.original[1] / tile_layout.scaled[1]
+                heat = gaussian_filter(whole, sigma=config.sigma * scale).astype(np.float32)
+        return PatchResult(
+            score=found.score, grid=grid, worst=worst, neighbours=near, heat=heat, tiled=tile_layout.original
+        )
 
     def forget_image(self, setting: str, collection: str, image_id: str) -> None:
         """Delete a nominal image's patches from the bank (the bank reloads on next use)."""
@@ -230,7 +365,7 @@ class PatchIndex:
         an approximation. Calibrate with PASS images for an exact one.
         """
         bank = self.bank(setting, collection, config.dim)
-        scorer = PatchScorer(bank.nn, reweight_k=config.reweight_k, bounds=bank.bounds)
+        scorer = config.scorer(bank)
         scores = []
         for image_id in dict.fromkeys(bank.image_ids):
             own = bank.rows_of(image_id)
@@ -274,8 +409,8 @@ def write_heatmaps(
     threshold: float | None,
     max_pixels: int,
     progress: Callable[[str, int, int], None] | None = None,
-) -> tuple[float | None, dict[str, Path]]:
-    """One heat-map PNG overlay per test image, and the pixel ROC-AUC where masks exist.
+) -> tuple[float | None, float | None, dict[str, Path]]:
+    """One heat-map PNG overlay per test image, and the pixel ROC-AUC and PRO where masks exist.
 
     Files are named `<number>_<group>_<score>.png` so sorting by name keeps the test
     order. Colours are scaled to the threshold when one is given.
@@ -290,7 +425,8 @@ def write_heatmaps(
         max_pixels: decode limit.
 
     Returns:
-        (pixel ROC-AUC or None when no test image has a mask, {image source: PNG path}).
+        (pixel ROC-AUC, PRO up to 30% FPR (`indexing.heatmap.pixel_pro`), {image source: PNG path});
+        both metrics None when no test image has a mask.
     """
     folder.mkdir(parents=True, exist_ok=True)
     has_masks = any(t.mask_path is not None for t in tests)
@@ -298,8 +434,7 @@ def write_heatmaps(
     for number, (test, found) in enumerate(zip(tests, results)):
         if found is None:
             continue
-        assert found.grid is not None, "write_heatmaps needs results scored with grids=True"
-        heat = heat_map(found.grid, found.grid.shape, (size, size), sigma=sigma)
+        heat = found.heat_at(size, sigma)
         pixels = decode(test.image, max_pixels=max_pixels)
         path = folder / f"{number:04d}_{_safe(test.group)}_{found.score:.4f}.png"
         png = overlay_png(pixels, heat, threshold=threshold)
@@ -309,10 +444,26 @@ def write_heatmaps(
         files[test.image.source] = path
         if has_masks:
             maps.append(heat)
-            masks.append(mask_at(str(test.mask_path), (size, size)) if test.mask_path else np.zeros((size, size), bool))
+            masks.append(mask_at(str(test.mask_path), heat.shape) if test.mask_path else np.zeros(heat.shape, bool))
         if progress is not None:
             progress("heat maps", number + 1, len(tests))
-    return (pixel_roc_auc(maps, masks) if has_masks else None), files
+    if not has_masks:
+        return None, None, files
+    return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
+
+
+def _one_tile(pixels: Image.Image, side: int) -> TileLayout:
+    """The whole image as one tile: an image of a tiled setting small enough to be squashed like any other."""
+    width, height = pixels.size
+    return TileLayout(original=(width, height), scaled=(side, side), tile=side, origins=((0, 0),))
+
+
+def _to_original(stitched: np.ndarray, tile_layout: TileLayout) -> np.ndarray:
+    """A map of the scaled image brought back to the original image's size."""
+    width, height = tile_layout.original
+    if stitched.shape == (height, width):
+        return stitched
+    return np.asarray(Image.fromarray(stitched, mode="F").resize((width, height), Image.Resampling.BILINEAR))
 
 
 def _safe(text: str) -> str:

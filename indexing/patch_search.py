@@ -55,7 +55,11 @@ PRUNED_STEP = 32
 class NearestNeighbours(Protocol):
     def fit(self, bank: np.ndarray) -> None: ...
 
-    def add(self, rows: np.ndarray) -> None: ...
+    def add(self, rows: np.ndarray, *, bank: np.ndarray | None = None) -> None:
+        """Append `rows`. `bank`: the caller's array of every row so far, `rows` at its end, never
+        changed in place; a backend that searches host memory keeps a reference to it instead of a
+        copy of its own, so a bank is held once (`PatchBank`)."""
+        ...
 
     def run(
         self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None
@@ -104,8 +108,8 @@ class FaissNN:
         self._index = index
         self.add(bank)
 
-    def add(self, rows: np.ndarray) -> None:
-        """Append rows; they get the next row numbers."""
+    def add(self, rows: np.ndarray, *, bank: np.ndarray | None = None) -> None:
+        """Append rows; they get the next row numbers. faiss keeps its own copy (on the GPU, its only one)."""
         if self._index is None:
             self.fit(rows)
             return
@@ -169,16 +173,19 @@ class TorchNN:
         self._block = block
 
     def fit(self, bank: np.ndarray) -> None:
-        rows = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32).copy())
+        """Search `bank`; a contiguous float32 array is used in place (not copied): never change it after."""
+        rows = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))
         self._state = (rows, (rows * rows).sum(dim=1))
 
-    def add(self, rows: np.ndarray) -> None:
-        if self.size == 0:
-            self.fit(rows)
-            return
-        bank, norms = self._state
-        extra = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32).copy())
-        self._state = (torch.cat([bank, extra]), torch.cat([norms, (extra * extra).sum(dim=1)]))
+    def add(self, rows: np.ndarray, *, bank: np.ndarray | None = None) -> None:
+        held, norms = self._state
+        extra = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
+        if bank is not None and len(bank) == self.size + len(extra):
+            rows_now = torch.from_numpy(np.ascontiguousarray(bank, dtype=np.float32))  # the caller's: no copy
+        else:
+            rows_now = extra.clone() if self.size == 0 else torch.cat([held, extra])
+        extra_norms = (extra * extra).sum(dim=1)
+        self._state = (rows_now, extra_norms if self.size == 0 else torch.cat([norms, extra_norms]))
 
     def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Same contract as `FaissNN.run`; runs where torch runs (`indexing.torch_thread`)."""
@@ -231,13 +238,18 @@ def default_nn() -> NearestNeighbours:
 
 
 class UpperBounds:
-    """Upper bounds on each query's nearest-bank-row distance: a faiss IVF index probed in one cell.
+    """Upper bounds on each query's nearest-bank-row distance: the nearest row of the query's IVF cell.
 
-    An IVF search answers with a real bank row, so its distance is never less than
-    the distance to the nearest row: an upper bound, usually a tight one, for a
-    few milliseconds per image. The coarse cells are k-means centroids, retrained
-    whenever the bank has doubled since they were trained; rows added in between
-    go to their nearest cell (the bounds stay valid, only less tight).
+    The distance to a real bank row is never less than the distance to the nearest
+    one: an upper bound, usually a tight one, for a few milliseconds per image. The
+    cells are k-means centroids, retrained whenever the bank has doubled since they
+    were trained; rows added in between go to their nearest cell (the bounds stay
+    valid, only less tight).
+
+    The bounds hold the centroids and each row's cell, not the rows: the rows are
+    read from the bank's own array (`add(..., bank=...)`), so on a CPU a bank is in
+    memory once (an IVF index of its own held a second copy). Without `bank` they
+    keep their own copy (tests, benchmarks).
 
     Args:
         rows_per_cell: bank rows per IVF cell, on average.
@@ -250,40 +262,54 @@ class UpperBounds:
         self._faiss = faiss
         self._rows_per_cell = rows_per_cell
         self._max_cells = max_cells
-        self._index = None
         self._trained_on = 0
-        # faiss indexes are not safe to search while rows are added.
-        self._lock = threading.Lock()
+        # One immutable snapshot, swapped whole: rows, their squared norms, rows sorted by cell,
+        # each cell's start in that order, and the centroids' index. A search uses one snapshot.
+        self._state: _BoundState | None = None
+        self._lock = threading.Lock()  # one `add` at a time
 
     @property
     def size(self) -> int:
-        return 0 if self._index is None else int(self._index.ntotal)
+        state = self._state
+        return 0 if state is None else len(state.rows)
 
-    def add(self, rows: np.ndarray) -> None:
-        """Append rows just appended to the bank, in bank order (row numbers must match the bank's)."""
+    def add(self, rows: np.ndarray, *, bank: np.ndarray | None = None) -> None:
+        """Append rows just appended to the bank, in bank order (row numbers must match the bank's).
+
+        `bank`: the bank's array of every row, `rows` at its end, never changed in place.
+        """
         rows = np.ascontiguousarray(rows, dtype=np.float32)
         with self._lock:
-            total = self.size + len(rows)
-            if self._index is None or total >= 2 * self._trained_on:
-                held = self._index.reconstruct_n(0, self._index.ntotal) if self.size else rows[:0]
-                self._index = self._train(np.concatenate([held, rows]))
+            state = self._state
+            if bank is not None and len(bank) == self.size + len(rows):
+                every = np.ascontiguousarray(bank, dtype=np.float32)
             else:
-                self._index.add(rows)
+                every = rows.copy() if state is None else np.concatenate([state.rows, rows])
+            new_norms = (rows.astype(np.float32) ** 2).sum(axis=1)
+            norms = new_norms if state is None else np.concatenate([state.norms, new_norms])
+            if state is None or len(every) >= 2 * self._trained_on:
+                quantizer = self._train(every)
+                _, cells = quantizer.search(every, 1)
+                cells = cells[:, 0].astype(np.int32)
+            else:
+                quantizer = state.quantizer
+                _, fresh = quantizer.search(rows, 1)
+                cells = np.concatenate([state.cells, fresh[:, 0].astype(np.int32)])
+            self._state = _BoundState.build(every, norms, cells, quantizer)
 
-    def _train(self, rows: np.ndarray):
+    def _train(self, rows: np.ndarray):  # noqa: ANN202 - a faiss index
         faiss = self._faiss
         cells = int(np.clip(len(rows) // self._rows_per_cell, 1, self._max_cells))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(rows.shape[1]), rows.shape[1], cells)
         # A rough clustering is enough for bounds: few iterations on a small sample, fixed seed.
-        index.cp.niter = 10
-        index.cp.max_points_per_centroid = self._rows_per_cell
-        index.cp.min_points_per_centroid = 1  # a first image's few rows make one cell; no warning for it
-        index.cp.seed = 1234
-        index.train(rows)
-        index.add(rows)
-        index.make_direct_map()  # so the next retraining can read the rows back
+        kmeans = faiss.Kmeans(
+            rows.shape[1], cells, niter=10, seed=1234,
+            max_points_per_centroid=self._rows_per_cell, min_points_per_centroid=1,
+        )
+        kmeans.train(rows)
+        quantizer = faiss.IndexFlatL2(rows.shape[1])
+        quantizer.add(kmeans.centroids)
         self._trained_on = len(rows)
-        return index
+        return quantizer
 
     def run(self, queries: np.ndarray, *, exclude: Sequence[int] | None = None) -> np.ndarray:
         """(n,) upper bounds on each query's distance to its nearest bank row; inf where the probed cell has none.
@@ -293,16 +319,54 @@ class UpperBounds:
             exclude: bank rows the caller's search leaves out (they bound nothing).
         """
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        with self._lock:
-            if self._index is None:
-                return np.full(len(queries), np.inf, dtype=np.float32)
-            params = None
-            if exclude is not None and len(exclude):
-                banned = self._faiss.IDSelectorBatch(np.asarray(exclude, dtype=np.int64))
-                params = self._faiss.SearchParametersIVF(sel=self._faiss.IDSelectorNot(banned), nprobe=1)
-            squared, rows = self._index.search(queries, 1, params=params)
-        squared = np.where(rows[:, 0] < 0, np.inf, squared[:, 0])  # -1: nothing left in the probed cell
-        return np.sqrt(np.maximum(squared, 0.0)).astype(np.float32)
+        found = np.full(len(queries), np.inf, dtype=np.float32)
+        state = self._state
+        if state is None or not len(queries):
+            return found
+        banned = None
+        if exclude is not None and len(exclude):
+            banned = np.zeros(len(state.rows), dtype=bool)
+            banned[np.asarray(exclude, dtype=np.int64)] = True
+        _, probed = state.quantizer.search(queries, 1)
+        probed = probed[:, 0]
+        self._scan(state, queries, found, banned, probed)
+        found += (queries * queries).sum(axis=1)
+        return np.sqrt(np.maximum(found, 0.0)).astype(np.float32)
+
+    @staticmethod
+    def _scan(state: "_BoundState", queries: np.ndarray, found: np.ndarray, banned: np.ndarray | None, probed: np.ndarray) -> None:
+        by_cell = np.argsort(probed, kind="stable")
+        cells, firsts = np.unique(probed[by_cell], return_index=True)
+        ends = np.append(firsts[1:], len(by_cell))
+        for cell, first, end in zip(cells.tolist(), firsts.tolist(), ends.tolist()):
+            members = state.order[state.starts[cell] : state.starts[cell + 1]]
+            if banned is not None:
+                members = members[~banned[members]]
+            if not len(members):
+                continue  # nothing left in the probed cell
+            which = by_cell[first:end]
+            # min over the cell's rows of ||r||^2 - 2 q.r (+ ||q||^2 after the loop). einsum, not BLAS:
+            # the products are tiny, and BLAS threads on a busy machine made this 10x slower.
+            products = np.einsum("ij,kj->ik", queries[which], state.rows[members])
+            products *= -2.0
+            products += state.norms[members]
+            found[which] = products.min(axis=1)
+
+
+@dataclass(frozen=True)
+class _BoundState:
+    rows: np.ndarray  # (m, d) float32: the bank's own array when it was given
+    norms: np.ndarray  # (m,) float32 squared norms
+    cells: np.ndarray  # (m,) int32 cell of each row
+    order: np.ndarray  # (m,) int32 rows sorted by cell
+    starts: np.ndarray  # (cells + 1,) start of each cell in `order`
+    quantizer: object  # faiss IndexFlatL2 over the centroids
+
+    @classmethod
+    def build(cls, rows: np.ndarray, norms: np.ndarray, cells: np.ndarray, quantizer: object) -> "_BoundState":
+        order = np.argsort(cells, kind="stable").astype(np.int32)
+        starts = np.searchsorted(cells[order], np.arange(quantizer.ntotal + 1)).astype(np.int64)
+        return cls(rows=rows, norms=norms, cells=cells, order=order, starts=starts, quantizer=quantizer)
 
 
 def default_bounds() -> UpperBounds | None:
@@ -322,8 +386,11 @@ class NumpyNN:
     def fit(self, bank: np.ndarray) -> None:
         self._bank = np.ascontiguousarray(bank, dtype=np.float32)
 
-    def add(self, rows: np.ndarray) -> None:
+    def add(self, rows: np.ndarray, *, bank: np.ndarray | None = None) -> None:
         rows = np.ascontiguousarray(rows, dtype=np.float32)
+        if bank is not None and len(bank) == self.size + len(rows):
+            self._bank = np.ascontiguousarray(bank, dtype=np.float32)
+            return
         self._bank = rows if self._bank.size == 0 else np.concatenate([self._bank, rows])
 
     def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -388,6 +455,14 @@ class PatchScore:
     distances: np.ndarray | None = None
 
 
+def top_mean(distances: np.ndarray, k: int) -> float:
+    """Mean of the k largest values (all of them when fewer)."""
+    if k <= 1:
+        return float(distances.max())
+    k = min(k, len(distances))
+    return float(np.partition(distances, len(distances) - k)[-k:].mean())
+
+
 class PatchScorer:
     """Image score = the largest distance from a patch to its nearest bank patch.
 
@@ -401,17 +476,27 @@ class PatchScorer:
         reweight_k: neighbours of m* for the re-weighting; 0 turns it off.
         bounds: the bank's `UpperBounds`; with them, a score asked for without
             the distance grid searches the whole bank only for the patches that can
-            hold the largest distance (the result is the same).
+            hold the largest distances (the result is the same).
+        top_k: the image score is the mean of the `top_k` largest patch distances
+            (1: the largest alone); the re-weighting scales that mean.
     """
 
     def __init__(
-        self, nn: NearestNeighbours, *, reweight_k: int = DEFAULT_REWEIGHT_K, bounds: UpperBounds | None = None
+        self,
+        nn: NearestNeighbours,
+        *,
+        reweight_k: int = DEFAULT_REWEIGHT_K,
+        bounds: UpperBounds | None = None,
+        top_k: int = 1,
     ) -> None:
         if reweight_k < 0:
             raise ValueError(f"reweight_k must be >= 0, got {reweight_k}")
+        if top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {top_k}")
         self.nn = nn
         self.reweight_k = reweight_k
         self.bounds = bounds
+        self.top_k = top_k
 
     def run(self, patches: np.ndarray, *, exclude: Sequence[int] | None = None, grid: bool = True) -> PatchScore:
         """Score one image.
@@ -433,7 +518,7 @@ class PatchScorer:
             found, indices = self.nn.run(patches, 1, exclude=exclude)
             distances = found[:, 0]
             worst = int(np.argmax(distances))
-            score, nearest_row = float(distances[worst]), int(indices[worst, 0])
+            score, nearest_row = top_mean(distances, self.top_k), int(indices[worst, 0])
         else:
             worst, score, nearest_row = self._largest(patches, exclude)
         if self.reweight_k > 0:
@@ -441,24 +526,32 @@ class PatchScorer:
         return PatchScore(score=score, worst=worst, nearest_row=nearest_row, distances=distances)
 
     def _largest(self, patches: np.ndarray, exclude: Sequence[int] | None) -> tuple[int, float, int]:
-        """(patch, its distance, its nearest row) of the patch farthest from the bank, searching few patches in full.
+        """(patch, score, its nearest row) of the patch farthest from the bank, searching few patches in full.
 
         Patches are taken in decreasing order of their upper bound; once a bound is
-        no larger than the largest exact distance found, no later patch can beat it.
+        no larger than the `top_k`-th largest exact distance found, no later patch
+        can enter the top k. The score is the mean of those k exact distances.
         """
         assert self.bounds is not None
         bounds = self.bounds.run(patches, exclude=exclude)
         order = np.argsort(-bounds, kind="stable")
+        k = min(self.top_k, len(patches))
         worst, largest, nearest_row = int(order[0]), -1.0, -1
+        exact: list[np.ndarray] = []
+        kth = -1.0
         for start in range(0, len(order), PRUNED_STEP):
-            if bounds[order[start]] <= largest:
+            if bounds[order[start]] <= kth:
                 break
             step = order[start : start + PRUNED_STEP]
             found, indices = self.nn.run(patches[step], 1, exclude=exclude)
+            exact.append(found[:, 0])
             best = int(np.argmax(found[:, 0]))
             if found[best, 0] > largest:
                 worst, largest, nearest_row = int(step[best]), float(found[best, 0]), int(indices[best, 0])
-        return worst, largest, nearest_row
+            seen = np.concatenate(exact)
+            if len(seen) >= k:
+                kth = float(np.partition(seen, len(seen) - k)[len(seen) - k])
+        return worst, top_mean(np.concatenate(exact), k), nearest_row
 
     def _weight(self, patch: np.ndarray, nearest_row: int, exclude: Sequence[int] | None) -> float:
         bank_row = self._bank_row(nearest_row)

@@ -23,133 +23,37 @@ A cancelled or failed re-index deletes its half-built version and leaves the
 alias where it was. Point ids come from image content, so a batch embedded
 twice (a redelivered task) overwrites its points instead of duplicating them.
 
-One re-index per setting at a time: a new one first deletes versions still
-marked building, which a re-index whose process died leaves behind. (Runners
-run one job at a time per process; two processes re-indexing one setting on a
-shared Qdrant server would collide, and the later one wins.)
+One re-index per setting at a time, in every process that shares the store: a
+re-index holds the setting's `reindex:` lock (`RedisLocks` on a shared Qdrant
+server), and a second one waits for it (its job says so, and can be cancelled).
+Holding it, a re-index first deletes versions still marked building, which a
+re-index whose process died leaves behind. Images uploaded while a version is
+built go into it as well (`NominalService.index`), so the switch loses none.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 from collections.abc import Iterator, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
-from indexing.datasets import find_images
-from indexing.errors import BadImage, NoImages, SourceNotAllowed, VersionCheckFailed
+from indexing.errors import BadImage, VersionCheckFailed
 from indexing.images import ImageInput
 from indexing.jobs import JobProgress
 from indexing.prefetch import prefetched
-from indexing.service import EmbeddedBatch, NominalService, Skipped
+from indexing.embedder import EmbeddedBatch, Embedder, Skipped
+from indexing.service import NominalService
 from indexing.settings import CollectionVersion
+from indexing.sources import SourceItem, read_manifest, read_source, read_source_within  # noqa: F401 - re-exported
 from indexing.store.base import Point
 
 # Older ready versions kept for `rollback` after a re-index switches.
 DEFAULT_KEEP_VERSIONS = 2
 # Stored points queried before the switch to check that the new version answers.
 SAMPLE_QUERIES = 3
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One image a re-index source names: a path any worker can read, and its metadata."""
-
-    path: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def load(self) -> ImageInput:
-        """The image's bytes; `BadImage` if the file cannot be read."""
-        return ImageInput.from_path(self.path, self.metadata)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "metadata": dict(self.metadata)}
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "SourceItem":
-        return cls(path=data["path"], metadata=dict(data.get("metadata") or {}))
-
-
-def read_source(source: str | Path) -> list[SourceItem]:
-    """The images a re-index source names: a manifest CSV, or a folder or glob of image files.
-
-    Raises:
-        NoImages: the source names no image (or the manifest has no `path` column).
-    """
-    path = Path(source)
-    if path.suffix.lower() == ".csv" and path.is_file():
-        return read_manifest(path)
-    return [SourceItem(str(found)) for found in find_images([source])]
-
-
-def read_source_within(source: str | Path, roots: Sequence[Path]) -> list[SourceItem]:
-    """`read_source`, for a source named by someone who may only read inside `roots` (an HTTP client).
-
-    The source's own directory is checked before anything is listed, so nothing
-    outside the roots is even looked at; then every image it names, which keeps a
-    manifest's absolute paths and symlinks from leading out. Paths are compared
-    resolved (symlinks and ".." followed).
-
-    Raises:
-        SourceNotAllowed: the source or one of its images lies outside every root.
-        NoImages: the source names no image.
-    """
-    resolved_roots = [Path(root).resolve() for root in roots]
-
-    def allowed(path: Path) -> bool:
-        where = path.resolve()
-        return any(where == root or where.is_relative_to(root) for root in resolved_roots)
-
-    place = "; ".join(str(root) for root in resolved_roots) or "none configured"
-    if not allowed(_fixed_part(Path(source))):
-        raise SourceNotAllowed(f"{source} is outside the directories re-index sources may be read from ({place})")
-    items = read_source(source)
-    outside = next((item.path for item in items if not allowed(Path(item.path))), None)
-    if outside is not None:
-        raise SourceNotAllowed(
-            f"{source} names {outside}, which is outside the directories re-index sources may be read from ({place})"
-        )
-    return items
-
-
-def _fixed_part(path: Path) -> Path:
-    """The leading components of a path or glob before the first wildcard."""
-    fixed = []
-    for part in path.parts:
-        if any(c in part for c in "*?["):
-            break
-        fixed.append(part)
-    return Path(*fixed) if fixed else Path(".")
-
-
-def read_manifest(manifest: Path) -> list[SourceItem]:
-    """Rows of a manifest CSV: `path` (absolute, or relative to the CSV's folder) and metadata columns.
-
-    A listed file that is missing is not an error here: it is reported as a bad
-    image of the job, like any other file that cannot be read.
-    """
-    with manifest.open(newline="", encoding="utf-8-sig") as handle:
-        reader = csv.DictReader(handle)
-        if reader.fieldnames is None or "path" not in reader.fieldnames:
-            raise NoImages(
-                f"{manifest}: a manifest needs a header row with a `path` column "
-                f"(found {', '.join(reader.fieldnames or []) or 'no header'})"
-            )
-        items = []
-        for row in reader:
-            where = (row.pop("path") or "").strip()
-            if not where:
-                continue
-            resolved = Path(where) if Path(where).is_absolute() else manifest.parent / where
-            items.append(SourceItem(str(resolved), {k: v for k, v in row.items() if k and v not in (None, "")}))
-    if not items:
-        raise NoImages(f"{manifest}: the manifest lists no images (add rows with a `path`)")
-    return items
 
 
 def batches_of(items: Sequence[SourceItem], size: int) -> list[list[SourceItem]]:
@@ -173,12 +77,12 @@ class BatchEmbedder(Protocol):
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]: ...
 
 
-def embed_items(service: NominalService, version: CollectionVersion, items: Sequence[SourceItem]) -> EmbeddedBatch:
+def embed_items(embedder: Embedder, version: CollectionVersion, items: Sequence[SourceItem]) -> EmbeddedBatch:
     """Read, decode and embed one batch with `version`'s backbone; nothing is stored. Worker tasks call this."""
     loaded, skipped = load_items(items)
     if not loaded:
         return EmbeddedBatch(points=[], skipped=skipped)
-    embedded = service.embed_points(version.setting, service.backbone_for(version), loaded, skip_bad=True)
+    embedded = embedder.embed_points(version.setting, embedder.backbone_for(version), loaded, skip_bad=True)
     return EmbeddedBatch(points=embedded.points, skipped=skipped + embedded.skipped)
 
 
@@ -225,6 +129,7 @@ def reindex(
     embedder: BatchEmbedder | None = None,
     keep: int = DEFAULT_KEEP_VERSIONS,
     batch_size: int | None = None,
+    roots: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Build a new version of `setting` from `source`, check it, and switch to it.
 
@@ -238,6 +143,10 @@ def reindex(
         embedder: who embeds; this process by default.
         keep: older ready versions kept for rollback after the switch.
         batch_size: images per batch (per task on workers); the service's by default.
+        roots: the directories the source was allowed to name (an HTTP client's
+            `NOMINAL_SOURCE_ROOTS`), None for no limit. The source is listed again
+            inside them here, and each item carries them to whichever process
+            opens its file, where they are checked on the file actually opened.
 
     Returns:
         The job's result: {"version", "collection", "indexed", "skipped", "count", "pruned"}.
@@ -246,25 +155,31 @@ def reindex(
         NoImages, UnknownSetting, VersionCheckFailed, JobCancelled: nothing switched,
             the half-built version deleted.
     """
-    items = read_source(source)
+    items = read_source(source, roots)
     service.get_setting(setting)
     progress.start(len(items))
     embedder = embedder or LocalEmbedder(service)
-    for stale in service.versions(setting):
-        if stale.state == "building":  # left by a re-index whose process died
-            service.discard_version(stale)
-    version = service.begin_version(setting, backbone=backbone)
-    if service.has_patch_bank(version) and not embedder.builds_patch_bank:
-        embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
-    try:
-        ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
-        progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
-        _check(service, version, ids)
-        ready = service.activate(version, expected_count=len(ids))
-    except BaseException:
-        service.discard_version(version)
-        raise
-    pruned = service.prune_versions(setting, keep=keep)
+
+    def waiting() -> None:
+        progress("waiting for another re-index of this setting to finish", 0, len(items))  # raises on cancel
+
+    # One re-index per setting at a time, across every process sharing the store (see indexing/locks.py).
+    with service.locks.hold(f"reindex:{setting}", waiting=waiting):
+        for stale in service.versions(setting):
+            if stale.state == "building":  # left by a re-index whose process died: the lock says none runs
+                service.discard_version(stale)
+        version = service.begin_version(setting, backbone=backbone)
+        if service.has_patch_bank(version) and not embedder.builds_patch_bank:
+            embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
+        try:
+            ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
+            progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
+            _check(service, version, ids)
+            ready = service.activate(version, expected_count=len(ids))
+        except BaseException:
+            service.discard_version(version)
+            raise
+        pruned = service.prune_versions(setting, keep=keep)
     return {
         "version": ready.version,
         "collection": ready.collection,
@@ -305,11 +220,15 @@ def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -
         raise VersionCheckFailed(
             f"no image of the source could be used for {version.setting!r}: nothing switched (see the job's errors)"
         )
-    count = service.store.count(version.collection)
-    if count != len(ids):
+    # Images uploaded while the version is built are added to it too (`NominalService.index`), so it
+    # may hold more points than the source gave, never fewer: every id of the source must be there.
+    present = sum(
+        len(service.store.retrieve(version.collection, chunk)) for chunk in batches_of(sorted(ids), 1024)
+    )
+    if present != len(ids):
         raise VersionCheckFailed(
-            f"version {version.version} of {version.setting!r} holds {count} points for {len(ids)} distinct images: "
-            "not switched; re-run the re-index"
+            f"version {version.version} of {version.setting!r} holds {present} of the {len(ids)} distinct images "
+            "embedded: not switched; re-run the re-index"
         )
     sample = service.store.retrieve(version.collection, sorted(ids)[:SAMPLE_QUERIES], with_vectors=True)
     vectors = np.stack([p.vector for p in sample]).astype(np.float32) if sample else np.empty((0, version.dim))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from indexing.errors import NominalError
+from indexing.errors import NominalError, NotConfigured
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, JobCancelled, JobProgress, StoreJobBoard, new_job, request_cancel
@@ -121,13 +121,28 @@ class InProcessRunner:
         return self._submit(job, lambda progress: index_refs(
             self.service, self.images, progress, setting=setting, refs=images))
 
-    def submit_reindex(self, setting: str, source: str, *, backbone: str | None = None) -> Job:
+    can_detach = False  # the job runs on this process's thread: it ends with the process
+
+    def submit_reindex(
+        self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None,
+        detach: bool = False,
+    ) -> Job:
+        if detach:
+            raise NotConfigured(
+                "a detached re-index needs workers that write to a Qdrant server (REDIS_URL and QDRANT_URL): "
+                "without them this process runs the job and must wait for it"
+            )
         job = new_job("reindex", setting)
         return self._submit(job, lambda progress: reindex(
-            self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions))
+            self.service, progress, setting=setting, source=source, backbone=backbone, keep=self.keep_versions,
+            roots=roots))
 
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)
+
+    def ping(self) -> str | None:
+        """Jobs run on a thread of this process: nothing beyond the store to check."""
+        return None
 
     def close(self) -> None:
         """Cancel this runner's unfinished jobs and wait for them to stop (see `JobQueue`)."""

@@ -26,8 +26,17 @@ from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
+from indexing.embedder import (  # noqa: F401 - re-exported: the service's public types
+    BackbonePool,
+    EmbeddedBatch,
+    Embedder,
+    Skipped,
+    _Decoded,
+    image_payload,
+)
 from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
+    BackboneChangeNeedsReindex,
     BackboneMismatch,
     BadImage,
     EmptyCollection,
@@ -38,7 +47,9 @@ from indexing.errors import (
 )
 from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
+from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
+from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
@@ -69,22 +80,6 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 
 
 @dataclass(frozen=True)
-class Skipped:
-    """An input left out of a batch, and why."""
-
-    source: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EmbeddedBatch:
-    """Points ready to upsert, plus the inputs that could not be used."""
-
-    points: list[Point]
-    skipped: list[Skipped] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class IndexResult:
     setting: str
     collection: str
@@ -102,6 +97,7 @@ class EvaluationResult:
     is_fail: np.ndarray
     files: dict[str, Path]
     pixel_roc_auc: float | None = None
+    pixel_pro: float | None = None
 
 
 @dataclass(frozen=True)
@@ -134,36 +130,6 @@ class Calibrated:
     replaced: Calibration | None
 
 
-class BackbonePool:
-    """One loaded model per backbone name per process, built on first use.
-
-    Loading is serialised so concurrent first requests do not build two copies.
-    """
-
-    def __init__(self, loader: Callable[[str], Backbone] = load_backbone) -> None:
-        self._loader = loader
-        self._loaded: dict[str, Backbone] = {}
-        self._lock = threading.Lock()
-
-    def get(self, name: str) -> Backbone:
-        with self._lock:
-            if name not in self._loaded:
-                self._loaded[name] = run_on_torch_thread(self._loader, name)
-            return self._loaded[name]
-
-
-def image_payload(setting: str, image: ImageInput, width: int, height: int) -> dict[str, Any]:
-    return {
-        "setting": setting,
-        "sha256": image.sha256,
-        "source": image.source,
-        "ingested_at": utc_now(),
-        "width": width,
-        "height": height,
-        "metadata": dict(image.metadata),
-    }
-
-
 class NominalService:
     """Machine settings and their nominal collections, over one vector store.
 
@@ -176,6 +142,8 @@ class NominalService:
         patch_config: the patch recipe new patch banks are built with (existing
             banks keep the recipe recorded with their version).
         bank_cache: loaded patch banks; share one per process.
+        locks: the setting locks; `LocalLocks` (this process) by default, `RedisLocks`
+            when other processes write to the same store.
         images: where uploaded images are kept (operator feedback is read from it).
     """
 
@@ -189,6 +157,7 @@ class NominalService:
         batch_size: int = 32,
         patch_config: PatchConfig | None = None,
         bank_cache: BankCache | None = None,
+        locks: SettingLocks | None = None,
         images: ImageStore | None = None,
     ) -> None:
         self.store = store
@@ -199,11 +168,16 @@ class NominalService:
         self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         self.patch_config = patch_config or PatchConfig()
         self.patches = PatchIndex(store, cache=bank_cache)
-        self.backbones = backbones or BackbonePool()
+        self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
         self.default_backbone = default_backbone
-        self.max_pixels = max_pixels
-        self.batch_size = batch_size
-        self._settings_lock = threading.RLock()
+        # Every read-modify-write of a setting's records, numbering and alias holds its lock;
+        # `RedisLocks` when several processes share the store (see indexing/locks.py).
+        self.locks: SettingLocks = locks or LocalLocks()
+        # What never changes once written, so a verdict reads it from the store once per process: a ready
+        # version's identity (collection, backbone, dim, patch recipe) and a calibration (by id).
+        self._ready_versions: dict[str, CollectionVersion] = {}
+        self._patch_records: dict[str, dict[str, Any]] = {}
+        self._calibrations: dict[tuple[str, str], Calibration] = {}
 
     # ----------------------------------------------------------------- settings
 
@@ -224,10 +198,11 @@ class NominalService:
         k: int | None = None,
         scoring: str | None = None,
         description: str | None = None,
+        tiling: str | None = None,
     ) -> MachineSetting:
-        """Create a setting, or update the fields given. Changing the backbone needs a re-index."""
-        with self._settings_lock:
-            record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+        """Create a setting, or update the fields given. Changing the backbone or tiling needs a re-index."""
+        with self._lock(check_setting_name(name)):
+            record = self.store.get_record(SETTING_KIND, name)
             if record is None:
                 setting = MachineSetting(
                     name=name,
@@ -235,21 +210,29 @@ class NominalService:
                     k=k or DEFAULT_K,
                     scoring=scoring or "global",  # type: ignore[arg-type]
                     description=description or "",
+                    tiling=tiling or "auto",  # type: ignore[arg-type]
                 )
                 self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
                 current = MachineSetting.from_dict(record)
                 active = self.active_version(name)
-                if backbone and backbone != current.backbone and active is not None and active.count > 0:
-                    raise BackboneMismatch(
-                        f"setting {name!r} holds {active.count} images embedded with {current.backbone}; "
-                        f"vectors of {backbone} cannot be mixed with them: re-index the setting with the new backbone"
-                    )
                 if backbone:
-                    self.backbones.get(backbone)
+                    backbone = self.backbones.get(backbone).name  # unknown: refused here; aliases: canonical
+                if active is not None:
+                    # The active version is the one source of truth for the backbone: its vectors use it.
+                    current = current.updated(backbone=active.backbone)
+                    if backbone and backbone != active.backbone:
+                        raise BackboneChangeNeedsReindex(
+                            f"setting {name!r} is built on {active.backbone} (version {active.version}, "
+                            f"{active.count} images); a change of backbone is a re-index: "
+                            f"POST /v1/settings/{name}/reindex with {{\"source\": ..., \"backbone\": \"{backbone}\"}} "
+                            f"(or `nominal reindex {name} SOURCE --backbone {backbone}`)"
+                        )
                 changes = {
                     key: value
-                    for key, value in {"backbone": backbone, "k": k, "scoring": scoring, "description": description}.items()
+                    for key, value in {
+                        "backbone": backbone, "k": k, "scoring": scoring, "description": description, "tiling": tiling,
+                    }.items()
                     if value is not None
                 }
                 setting = current.updated(**changes)
@@ -259,12 +242,13 @@ class NominalService:
     def delete_setting(self, name: str) -> None:
         """Remove a setting with every collection version and calibration it owns."""
         self.get_setting(name)
-        with self._settings_lock:
+        with self._lock(name):
             for kind in ("global", "patch"):
                 self.store.delete_alias(alias_name(name, kind=kind))
                 for version in self.versions(name, kind=kind):
                     self.store.delete_collection(version.collection)
                     self.store.delete_record(VERSION_KIND, version.collection)
+                    self._forget(version.collection)
             self.patches.cache.forget(name)
             self.references.delete_setting(name)
             for record in self.store.list_records(CALIBRATION_KIND):
@@ -279,6 +263,8 @@ class NominalService:
         """The setting, its active version, and the calibration verdicts use, with why another does not apply."""
         setting = self.get_setting(name)
         active = self.active_version(name)
+        if active is not None and setting.backbone != active.backbone:
+            setting = setting.updated(backbone=active.backbone)  # what its vectors use, whatever a record says
         count = self.store.count(active.collection) if active else 0
         chosen = self.latest_calibration(name)
         stale = self._stale_reason(setting, active, chosen) if chosen and active else None
@@ -319,7 +305,7 @@ class NominalService:
         model = self.backbones.get(backbone or setting.backbone)
         if setting.scoring == "patch":
             model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
-        with self._settings_lock:
+        with self._lock(name):
             number = max((v.version for v in self.versions(name)), default=0) + 1
             version = CollectionVersion(
                 setting=name,
@@ -337,22 +323,21 @@ class NominalService:
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                self.store.put_record(
-                    VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": self.patch_config.to_dict()}
-                )
+                recipe = replace(self.patch_config, tiling=setting.tiling)
+                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
         return version
 
     def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
         """Check a built version and make it the active one in one atomic alias move."""
-        count = self.store.count(version.collection)
-        if expected_count is not None and count != expected_count:
-            raise EmptyCollection(
-                f"version {version.version} of {version.setting!r} holds {count} points, "
-                f"expected {expected_count}: not activated"
-            )
-        ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
-        patch = self._patch_record(version)
-        with self._settings_lock:
+        with self._lock(version.setting):
+            count = self.store.count(version.collection)
+            if expected_count is not None and count < expected_count:
+                raise EmptyCollection(
+                    f"version {version.version} of {version.setting!r} holds {count} points, "
+                    f"expected {expected_count}: not activated"
+                )
+            ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+            patch = self._patch_record(version)
             self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
             if patch is not None:
                 collection = patch["collection"]
@@ -361,14 +346,17 @@ class NominalService:
                 self.store.set_alias(alias_name(version.setting, kind="patch"), collection)
             self.store.set_alias(alias_name(version.setting), version.collection)
             setting = self.get_setting(version.setting)
-            if setting.backbone != version.backbone:
-                # A re-index with another backbone changes what the setting is built on.
-                self.store.put_record(SETTING_KIND, setting.name, setting.updated(backbone=version.backbone).to_dict())
+            # The record mirrors the alias (read in one call per verdict) and the backbone is the version's:
+            # a re-index with another backbone changes what the setting is built on.
+            self.store.put_record(
+                SETTING_KIND, setting.name,
+                setting.updated(backbone=version.backbone, active=version.collection).to_dict(),
+            )
         return ready
 
     def discard_version(self, version: CollectionVersion) -> None:
         """Delete a version that is not active (a half-built or superseded one), vectors and record."""
-        with self._settings_lock:
+        with self._lock(version.setting):
             if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
                 raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
             patch = self._patch_record(version)
@@ -377,6 +365,7 @@ class NominalService:
                 self.store.delete_record(VERSION_KIND, patch["collection"])
             self.store.delete_collection(version.collection)
             self.store.delete_record(VERSION_KIND, version.collection)
+            self._forget(version.collection)
 
     def rollback(self, name: str) -> CollectionVersion:
         """Make the newest ready version older than the active one active again, in one alias move.
@@ -386,69 +375,61 @@ class NominalService:
         Raises:
             NoPreviousVersion: there is no ready version older than the active one.
         """
-        active = self._require_active(name)
-        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-        if not older:
-            raise NoPreviousVersion(
-                f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
-                "a re-index keeps the version it replaces"
-            )
-        return self.activate(older[-1])
+        with self._lock(check_setting_name(name)):
+            active = self._require_active(name)
+            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+            if not older:
+                raise NoPreviousVersion(
+                    f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
+                    "a re-index keeps the version it replaces"
+                )
+            return self.activate(older[-1])
 
     def prune_versions(self, name: str, *, keep: int) -> list[CollectionVersion]:
         """Delete ready versions older than the active one beyond the `keep` newest; returns those deleted."""
         if keep < 0:
             raise ValueError(f"keep must be 0 or more, got {keep}")
-        active = self.active_version(name)
-        if active is None:
-            return []
-        older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-        doomed = older[: max(len(older) - keep, 0)]
-        for version in doomed:
-            self.discard_version(version)
-        return doomed
+        with self._lock(check_setting_name(name)):
+            active = self.active_version(name)
+            if active is None:
+                return []
+            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
+            doomed = older[: max(len(older) - keep, 0)]
+            for version in doomed:
+                self.discard_version(version)
+            return doomed
 
     # ----------------------------------------------------------------- indexing
 
-    def embed_points(
-        self,
-        setting: str,
-        backbone: Backbone,
-        images: Sequence[ImageInput],
-        *,
-        skip_bad: bool,
-    ) -> EmbeddedBatch:
-        """Decode and embed one batch into points (ids from content); nothing is stored.
+    # -------------------------------------------------- embedding (the composed Embedder's)
 
-        Kept separate from storage so a worker without the store can embed and
-        hand the points to the process that owns it.
-        """
-        return self.embed_decoded(setting, backbone, self.decode_batch(images, skip_bad=skip_bad))
+    @property
+    def backbones(self) -> BackbonePool:
+        return self.embedder.backbones
 
-    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> "_Decoded":
-        """Decode one batch for `embed_decoded`; a thread can do this while the model runs on another."""
-        decoded, kept, skipped = [], [], []
-        for image in images:
-            try:
-                decoded.append(decode(image, max_pixels=self.max_pixels))
-                kept.append(image)
-            except BadImage as error:
-                if not skip_bad:
-                    raise
-                skipped.append(Skipped(source=image.source, reason=error.reason))
-        return decoded, kept, skipped
+    @property
+    def max_pixels(self) -> int:
+        return self.embedder.max_pixels
 
-    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
-        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
-        decoded, kept, skipped = batch
-        if not kept:
-            return EmbeddedBatch(points=[], skipped=skipped)
-        vectors = backbone.embed(decoded, batch_size=self.batch_size)
-        points = [
-            Point(id=image.id, vector=vector, payload=image_payload(setting, image, *pixels.size))
-            for image, vector, pixels in zip(kept, vectors, decoded)
-        ]
-        return EmbeddedBatch(points=points, skipped=skipped)
+    @property
+    def batch_size(self) -> int:
+        return self.embedder.batch_size
+
+    @batch_size.setter
+    def batch_size(self, value: int) -> None:
+        self.embedder.batch_size = value
+
+    def backbone_for(self, version: CollectionVersion) -> Backbone:
+        return self.embedder.backbone_for(version)
+
+    def embed_points(self, setting: str, backbone: Backbone, images: Sequence[ImageInput], *, skip_bad: bool) -> EmbeddedBatch:
+        return self.embedder.embed_points(setting, backbone, images, skip_bad=skip_bad)
+
+    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> _Decoded:
+        return self.embedder.decode_batch(images, skip_bad=skip_bad)
+
+    def embed_decoded(self, setting: str, backbone: Backbone, batch: _Decoded) -> EmbeddedBatch:
+        return self.embedder.embed_decoded(setting, backbone, batch)
 
     def index(
         self,
@@ -462,6 +443,11 @@ class NominalService:
 
         With `skip_bad=False` every image is decoded before anything is written,
         and one bad image rejects the whole call: the store is unchanged.
+
+        The call holds the setting's lock, so it is not lost to a re-index running
+        meanwhile (in any process): the images also go into any version being built,
+        which the re-index then switches to. Images indexed before a re-index began
+        are replaced by its source, as a re-index means (roll back to get them back).
         """
         if not images:
             raise BadImage(name, "no images given")
@@ -469,15 +455,19 @@ class NominalService:
         if not skip_bad:
             # Before the setting is created: a refused call leaves no trace.
             self._validate(images, progress)
-        try:
-            setting = self.get_setting(name)
-        except UnknownSetting:
-            setting = self.put_setting(name)
-        version = self.active_version(name)
-        if version is None:
-            version = self.activate(self.begin_version(name, backbone=setting.backbone))
-        result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
-        self._refresh_count(version)
+        with self._lock(name):
+            try:
+                setting = self.get_setting(name)
+            except UnknownSetting:
+                setting = self.put_setting(name)
+            version = self.active_version(name)
+            if version is None:
+                version = self.activate(self.begin_version(name, backbone=setting.backbone))
+            building = [v for v in self.versions(name) if v.state == "building"]
+            result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
+            for other in building:
+                self.index_into(other, images, skip_bad=True)
+            self._refresh_count(version)
         return result
 
     def index_into(
@@ -567,10 +557,9 @@ class NominalService:
 
     def neighbours(self, name: str, images: Sequence[ImageInput], *, k: int | None = None) -> list[list[Neighbour]]:
         """The k nearest nominal images of each input (itself excluded if stored)."""
-        setting = self.get_setting(name)
-        version = self._require_active(name)
-        k = k or setting.k
-        return self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
+        context = self.context(name)
+        k = k or context.setting.k
+        return self._nearest(context.version, self._embed_for(context.version, images), [image.id for image in images], k)
 
     def inspect(
         self, name: str, images: Sequence[ImageInput], *, k: int | None = None, heatmap: bool = False
@@ -583,13 +572,13 @@ class NominalService:
         PNG overlay). A global setting ignores `heatmap`.
         """
         started = time.perf_counter()
-        setting = self.get_setting(name)
+        context = self.context(name)
+        setting, version = context.setting, context.version
         k = k or setting.k
-        version = self._require_active(name)
         if setting.scoring == "patch":
-            verdicts = self._inspect_patch(setting, version, images, k=k, heatmap=heatmap, started=started)
+            verdicts = self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
         else:
-            verdicts = self._inspect_global(setting, version, images, k=k, started=started)
+            verdicts = self._inspect_global(context, images, k=k, started=started)
         verdicts = self._with_p_values(setting, version, verdicts)
         for hook in self.on_verdicts:
             try:
@@ -625,17 +614,16 @@ class NominalService:
 
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
-        key = (version.collection, version.count, setting.scoring, setting.k)
+        # The count read now: a cached version's count is not kept current.
+        key = (version.collection, self.store.count(version.collection), setting.scoring, setting.k)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
             self._nominal_reference = {key: reference}  # one setting's at a time: the fallback only
         return reference
 
-    def _inspect_global(
-        self, setting: MachineSetting, version: CollectionVersion, images: Sequence[ImageInput], *, k: int, started: float
-    ) -> list[Verdict]:
-        calibration = self._usable_calibration(setting, version)
+    def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
+        version, calibration = context.version, context.calibration
         nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
@@ -658,19 +646,23 @@ class NominalService:
 
     def _inspect_patch(
         self,
-        setting: MachineSetting,
-        version: CollectionVersion,
+        context: "CallContext",
         images: Sequence[ImageInput],
         *,
         k: int,
         heatmap: bool,
         started: float,
     ) -> list[Verdict]:
-        calibration = self._usable_calibration(setting, version)
+        calibration = context.calibration
         if not images:
             raise BadImage("request", "no images given")
         decoded, _, _ = self.decode_batch(images, skip_bad=False)
-        results = self._patch_results(setting.name, version, images, decoded, neighbours=k, maps=heatmap)
+        assert context.patch is not None
+        results = self.patches.score(
+            context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
+            self.backbone_for(context.version), images, decoded,
+            neighbours=k, maps=heatmap, batch_size=self.batch_size,
+        )
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
         for image, pixels, found in zip(images, decoded, results):
@@ -767,6 +759,7 @@ class NominalService:
         policy: str | None = None,
         use_feedback: bool = True,
         activate: bool = True,
+        compare: bool = False,
         progress: Progress = _no_progress,
     ) -> "Calibrated":
         """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
@@ -776,6 +769,11 @@ class NominalService:
         the images operators labelled FAIL join `fail_images`. Without a policy:
         ``f1`` with FAIL images, ``quantile:0.01`` without (`default_policy`).
 
+        With `compare`, the labelled images are also scored by every candidate scorer
+        the setting can run and the candidates are compared by cross-validation on
+        those images only (`indexing.compare`); the comparison is kept in the
+        calibration record. The threshold itself stays the setting's current scorer's.
+
         How a calibration goes live (the one rule the API, CLI and page show): it is
         always recorded; it replaces the active one when `activate` is set and it is
         not degenerate (`Calibration.degenerate`). Otherwise it waits as a candidate
@@ -783,24 +781,37 @@ class NominalService:
 
         Raises:
             InvalidCalibration: a policy that needs FAIL images given none (`field`
-                "policy"), too few PASS scores, or a bad policy.
+                "policy"), too few PASS scores, or a bad policy; `compare` without
+                PASS and FAIL images.
         """
         if policy is not None:
             parse_policy(policy)  # a malformed policy is refused before anything else is looked at
         version = self._require_active(name)
         fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
-        policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
-        pass_scores = (
-            self.scores(name, pass_images, progress=progress) if pass_images else self.nominal_scores(name, progress=progress)
-        )
-        fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
+        chosen = policy_for(policy, len(fail_images))  # a policy that cannot be met fails before any image is scored
+        comparison = None
+        if compare:
+            if not pass_images or not fail_images:
+                raise InvalidCalibration("--compare needs labelled PASS and FAIL images (--pass and --fail)")
+            candidates, current = self.candidate_scores(name, pass_images, fail_images, progress=progress)
+            comparison = compare_scorers(candidates, policy=chosen.text, current=current).to_dict()
+            pass_scores, fail_scores = (np.asarray(values) for values in candidates[current])
+        else:
+            pass_scores = (
+                self.scores(name, pass_images, progress=progress)
+                if pass_images else self.nominal_scores(name, progress=progress)
+            )
+            fail_scores = self.scores(name, fail_images, progress=progress) if fail_images else np.empty(0)
         if pass_scores.size == 0:
             raise InvalidCalibration(
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
             )
         result = calibrate(
-            pass_scores, fail_scores, policy, backbone=version.backbone_identity, collection=self._scored_collection(name, version)
+            pass_scores, fail_scores, policy, backbone=version.backbone_identity,
+            collection=self._scored_collection(name, version), scoring=self.get_setting(name).scoring,
         )
+        if comparison is not None:
+            result = replace(result, comparison=comparison)
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
         self.references.save(name, result.id, pass_scores)  # first: a calibration is never recorded without them
@@ -809,6 +820,51 @@ class NominalService:
             calibration=result, active=held_back is None, held_back=held_back,
             replaced=replaced if held_back is None else None,
         )
+
+    def candidate_scores(
+        self,
+        name: str,
+        pass_images: Sequence[ImageInput],
+        fail_images: Sequence[ImageInput],
+        *,
+        progress: Progress = _no_progress,
+    ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
+        """Scores of labelled images by every scorer the setting can run, and the name of the one it runs now.
+
+        Global kNN with k = 1, 3, 5 (the setting's own k too); where the active version
+        keeps a patch bank, the largest patch distance ("patch") and the mean of the
+        3 and 10 largest (from the same distance grid).
+        """
+        from indexing.patch_search import top_mean
+
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        images = list(pass_images) + list(fail_images)
+        split = len(pass_images)
+        backbone = self.backbone_for(version)
+        vectors = []
+        progress("scoring candidates", 0, len(images))
+        for decoded, _, _ in self._decoded_batches(images, skip_bad=False):
+            vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
+        vectors_all = np.concatenate(vectors)
+        ks = sorted({1, 3, 5, setting.k})
+        nearest = self._nearest(version, vectors_all, [image.id for image in images], max(ks))
+        candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        for k in ks:
+            scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
+            candidates[f"global k={k}"] = (scores[:split], scores[split:])
+        current = f"global k={setting.k}"
+        if self._patch_record(version) is not None:
+            found: list[PatchResult] = []
+            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+                found += self._patch_results(name, version, kept, decoded, neighbours=0, grids=True)
+            for label, k in (("patch", 1), ("patch top-3 mean", 3), ("patch top-10 mean", 10)):
+                scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
+                candidates[label] = (scores[:split], scores[split:])
+            if setting.scoring == "patch":
+                current = "patch"
+        progress("scoring candidates", len(images), len(images))
+        return candidates, current
 
     def _feedback_fail_images(self, name: str) -> list[ImageInput]:
         """The images operators marked FAIL (missed defects) that this process can read."""
@@ -825,7 +881,7 @@ class NominalService:
     def save_calibration(self, name: str, result: Calibration, *, activate: bool = True) -> Calibration:
         """Record a calibration; with `activate`, verdicts use it from now on."""
         record = {**result.to_dict(), "setting": name}
-        with self._settings_lock:
+        with self._lock(name):
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
             if activate:
                 setting = self.get_setting(name).updated(calibration_id=result.id)
@@ -926,6 +982,7 @@ class NominalService:
         result = calibrate(
             scores[~is_fail], scores[is_fail], policy,
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
+            scoring="patch" if patch_mode else "global",
         )
         self.references.save(setting, result.id, scores[~is_fail])
         self.save_calibration(setting, result)
@@ -933,9 +990,10 @@ class NominalService:
         configured = self.get_setting(setting)
         heat_files: dict[str, Path] = {}
         pixel_auc: float | None = None
+        pixel_pro: float | None = None
         if configured.scoring == "patch":
             patch = self._require_patch(version)
-            pixel_auc, heat_files = write_heatmaps(
+            pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
                 size=self.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
@@ -952,6 +1010,7 @@ class NominalService:
         }
         if configured.scoring == "patch":
             extra["pixel_roc_auc"] = pixel_auc
+            extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
 
@@ -974,16 +1033,73 @@ class NominalService:
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
         return EvaluationResult(
-            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc
+            metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc,
+            pixel_pro=pixel_pro,
         )
 
     # ----------------------------------------------------------------- internals
+
+    def context(self, name: str) -> "CallContext":
+        """What one verdict needs, resolved once: the setting, its active version, the calibration that applies.
+
+        One store call when warm: the setting record (which names the active version
+        and the calibration); the version's identity and the calibration never change
+        once written, so each is read once per process. Verdicts stay current across
+        processes because the setting record is read every time.
+
+        Raises:
+            UnknownSetting: no such setting.
+            EmptyCollection: it has no version yet, or (patch mode) its version has no patch bank.
+        """
+        record = self.store.get_record(SETTING_KIND, check_setting_name(name))
+        if record is None:
+            raise UnknownSetting(name)
+        setting = MachineSetting.from_dict(record)
+        collection = setting.active or self.store.resolve_alias(alias_name(name))  # a record from before `active`
+        version = self._ready_version(collection) if collection else None
+        if version is None:
+            raise _no_images(name)
+        calibration = None
+        if setting.calibration_id is not None:
+            found = self._calibration_once(name, setting.calibration_id)
+            if found is not None and not self._stale_reason(setting, version, found):
+                calibration = found
+        patch = None
+        if setting.scoring == "patch":
+            patch = self._patch_records.get(version.collection) or self._require_patch(version)
+            self._patch_records[version.collection] = patch
+        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch)
+
+    def _forget(self, collection: str) -> None:
+        """Drop what this process cached of a deleted collection (its name may be used again)."""
+        self._ready_versions.pop(collection, None)
+        self._patch_records.pop(collection, None)
+
+    def _ready_version(self, collection: str) -> CollectionVersion | None:
+        found = self._ready_versions.get(collection)
+        if found is None:
+            record = self.store.get_record(VERSION_KIND, collection)
+            if record is None:
+                return None
+            found = CollectionVersion.from_dict(record)
+            if found.state == "ready":
+                self._ready_versions[collection] = found
+        return found
+
+    def _calibration_once(self, name: str, calibration_id: str) -> Calibration | None:
+        key = (name, calibration_id)
+        if key not in self._calibrations:
+            record = self.store.get_record(CALIBRATION_KIND, _calibration_key(name, calibration_id))
+            if record is None:
+                return None
+            self._calibrations[key] = Calibration.from_dict({k: v for k, v in record.items() if k != "setting"})
+        return self._calibrations[key]
 
     def _usable_calibration(self, setting: MachineSetting, version: CollectionVersion) -> Calibration | None:
         """The latest calibration, if it was made on this backbone's vectors in the current scoring mode.
 
         Global and patch scores have different scales, so a calibration made in one
-        mode is never applied in the other (its collection name says which).
+        mode is never applied in the other (`Calibration.scoring` says which).
         """
         calibration = self.latest_calibration(setting.name)
         if calibration is None or self._stale_reason(setting, version, calibration):
@@ -993,14 +1109,11 @@ class NominalService:
     @staticmethod
     def _stale_reason(setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
-        if calibration.backbone != version.backbone_identity:
-            return (f"calibration {calibration.id} was made on {calibration.backbone} vectors and the active "
-                    f"version {version.version} holds {version.backbone_identity} vectors: calibrate again")
-        if ("__patch__" in calibration.collection) != (setting.scoring == "patch"):
-            made = "patch" if "__patch__" in calibration.collection else "global"
-            return (f"calibration {calibration.id} was made on {made} scores and the setting now scores "
-                    f"{setting.scoring}: calibrate again")
-        return None
+        reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
+        if reason is None:
+            return None
+        return (f"{reason}: the active version {version.version} holds {version.backbone_identity} vectors and "
+                f"the setting scores {setting.scoring}; calibrate again")
 
     def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
         """The patch collection's version record for a global version, or None (a global-only version)."""
@@ -1045,31 +1158,28 @@ class NominalService:
     ) -> list[list[Neighbour]]:
         """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored)."""
         hits = self.store.search(version.collection, vectors, k + 1)
+        if hits and not any(hits):
+            raise _no_images(version.setting)  # an empty version (every image deleted): nothing to compare with
         return [without_self(found, own, k) for own, found in zip(ids, hits)]
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)
         version = self.active_version(name)
         if version is None or self.store.count(version.collection) == 0:
-            raise EmptyCollection(
-                f"setting {name!r} has no nominal images yet: index PASS images first"
-            )
+            raise _no_images(name)
         return version
 
     def _refresh_count(self, version: CollectionVersion) -> None:
-        record = self.store.get_record(VERSION_KIND, version.collection) or version.to_dict()
-        record["count"] = self.store.count(version.collection)
-        self.store.put_record(VERSION_KIND, version.collection, record)
+        with self._lock(version.setting):
+            record = self.store.get_record(VERSION_KIND, version.collection)
+            if record is None:  # discarded meanwhile (a failed re-index's version): nothing to count
+                return
+            record["count"] = self.store.count(version.collection)
+            self.store.put_record(VERSION_KIND, version.collection, record)
 
-    def backbone_for(self, version: CollectionVersion) -> Backbone:
-        """The loaded model `version` was built with; `BackboneMismatch` if this process has other weights."""
-        backbone = self.backbones.get(version.backbone)
-        if backbone.identity != version.backbone_identity:
-            raise BackboneMismatch(
-                f"{version.collection} was built with {version.backbone_identity} but this process loads "
-                f"{backbone.identity}: load the same weights, or re-index the setting"
-            )
-        return backbone
+    def _lock(self, name: str):  # noqa: ANN202 - a context manager
+        """The lock of one setting's records, numbering and alias."""
+        return self.locks.hold(f"setting:{name}")
 
     def _embed_for(self, version: CollectionVersion, images: Sequence[ImageInput]) -> np.ndarray:
         if not images:
@@ -1103,7 +1213,22 @@ class NominalService:
         return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
 
 
-_Decoded = tuple[list[Image.Image], list[ImageInput], list[Skipped]]
+
+
+@dataclass(frozen=True)
+class CallContext:
+    """One call's view of a setting (`NominalService.context`): read once, used throughout the call."""
+
+    setting: MachineSetting
+    version: CollectionVersion  # its `count` may be stale: counts are read where they matter
+    calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
+    patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
+
+
+def _no_images(name: str) -> EmptyCollection:
+    return EmptyCollection(
+        f"setting {name!r} has no nominal images yet: index PASS images first"
+    )
 
 
 def _calibration_key(setting: str, calibration_id: str) -> str:

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from typing import Any, Literal
 
 from indexing.errors import InvalidName
+from indexing.tiling import TILING_MODES, Tiling
 
 SETTING_KIND = "setting"
 VERSION_KIND = "version"
@@ -64,9 +65,15 @@ class MachineSetting:
     k: int
     scoring: Scoring = "global"
     description: str = ""
+    # Patch scoring of large or elongated images by tiles: "auto", "on" or "off" (`indexing.tiling`).
+    # Recorded with each patch bank when it is built: a change takes effect at the next re-index.
+    tiling: Tiling = "auto"
     created_at: str = field(default_factory=utc_now)
     updated_at: str = field(default_factory=utc_now)
     calibration_id: str | None = None
+    # The active version's collection, written with the alias it mirrors (`NominalService.activate`), so one
+    # read of this record tells a verdict everything it needs; None in records from before it was kept.
+    active: str | None = None
 
     def __post_init__(self) -> None:
         check_setting_name(self.name)
@@ -74,6 +81,8 @@ class MachineSetting:
             raise ValueError(f"k must be at least 1, got {self.k}")
         if self.scoring not in SCORING_MODES:
             raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
+        if self.tiling not in TILING_MODES:
+            raise ValueError(f"tiling must be one of {', '.join(TILING_MODES)}, got {self.tiling!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,7 +31,7 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
-from app.config import Config, get_config
+from deployment.config import Config, get_config
 
 EMBED_QUEUE = "embed"
 DEFAULT_QUEUE = "nominal"

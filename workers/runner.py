@@ -28,9 +28,11 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import redis
 from celery import Celery
 from celery.result import AsyncResult
 
+from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job, JobBoard, new_job, request_cancel
@@ -124,21 +126,29 @@ class CeleryRunner:
         self.board = board
         self.app = app
         self.workers_write = workers_write
+        self.can_detach = workers_write
         self.keep_versions = keep_versions
         self._jobs = JobQueue(board)
 
     def submit_reindex(
-        self, setting: str, source: str, *, backbone: str | None = None, detach: bool = False
+        self, setting: str, source: str, *, backbone: str | None = None, detach: bool = False,
+        roots: Sequence[str] | None = None,
     ) -> Job:
         job = new_job("reindex", setting)
-        if detach and self.workers_write:
+        listed = [str(root) for root in roots] if roots is not None else None
+        if detach and not self.can_detach:
+            raise NotConfigured(
+                "a detached re-index needs workers that write to a Qdrant server (QDRANT_URL on every process): "
+                "with the embedded store this process runs the job and must wait for it"
+            )
+        if detach:
             self.board.put(job)
-            self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone])
+            self.app.send_task("nominal.reindex", args=[job.to_dict(), setting, source, backbone, listed])
             return job
         embedder = CeleryEmbedder(self.app, workers_write=self.workers_write)
         return self._jobs.submit(job, lambda progress: reindex(
             self.service, progress, setting=setting, source=source, backbone=backbone,
-            embedder=embedder, keep=self.keep_versions))
+            embedder=embedder, keep=self.keep_versions, roots=listed))
 
     def submit_index(self, setting: str, images: list[ImageRef]) -> Job:
         job = new_job("index", setting, total=len(images))
@@ -152,6 +162,18 @@ class CeleryRunner:
     def cancel(self, job_id: str) -> Job | None:
         return request_cancel(self.board, job_id)
 
+    def ping(self) -> str | None:
+        """The broker (Redis) answers a PING within 2 s; raises `StoreUnavailable` naming it otherwise."""
+        url = self.app.conf.broker_url
+        client = redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=2)
+        try:
+            client.ping()
+        except redis.RedisError as error:
+            raise StoreUnavailable(f"broker {_redacted(url)} does not answer ({error})") from error
+        finally:
+            client.close()
+        return "broker"
+
     def close(self) -> None:
         """Cancel the jobs this process orchestrates and wait for them to stop (see `JobQueue`).
 
@@ -160,3 +182,14 @@ class CeleryRunner:
         self._jobs.close()
         self.app.close()
 
+
+
+def _redacted(url: str) -> str:
+    """A broker URL without its password, for messages."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url)
+    if parts.password:
+        host = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=host)
+    return urlunsplit(parts)

@@ -27,14 +27,15 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
-from app.config import Config
-from app.runtime import backbone_pool, build_service, open_configured_store
+from deployment.config import Config
+from deployment.services import backbone_pool, build_service, open_configured_store
 from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
 from indexing.ingest import index_refs
 from indexing.jobs import Job
 from indexing.reindex import SourceItem, batch_to_dict, embed_items, reindex
 from indexing.runner import run_job
+from indexing.embedder import Embedder
 from indexing.service import NominalService
 from indexing.settings import CollectionVersion
 from workers.board import RedisJobBoard
@@ -50,10 +51,15 @@ _RETRY = {"autoretry_for": (StoreUnavailable,), "retry_backoff": True, "retry_ba
 
 @dataclass
 class WorkerState:
-    """What one worker process builds once, after the fork."""
+    """What one worker process builds once, after the fork.
+
+    `embedder` always (batches are embedded here); `service` only with a Qdrant server
+    (QDRANT_URL), where workers write: an embedded store belongs to the process that opened it.
+    """
 
     config: Config
-    service: NominalService
+    embedder: Embedder
+    service: NominalService | None
     board: RedisJobBoard
 
 
@@ -65,7 +71,7 @@ def _build_after_fork(**kwargs: Any) -> None:
     # Here, in the child, after the fork: a model built in the parent hangs prefork children.
     try:
         state = worker_state()
-        state.service.backbones.get(state.config.backbone)  # the usual model, loaded before the first task
+        state.embedder.backbones.get(state.config.backbone)  # the usual model, loaded before the first task
     except Exception:  # noqa: BLE001 - a child that dies here is re-forked forever; the task reports it instead
         log.exception("worker process %d could not load its model; tasks will say why", os.getpid())
 
@@ -81,12 +87,19 @@ def worker_state() -> WorkerState:
         if not on_cuda:
             children = app.conf.worker_concurrency or os.cpu_count() or 1
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // children))
+        batch_size = max(config.batch_size, CUDA_BATCH_SIZE) if on_cuda else config.batch_size
         # A worker owns no embedded store (the process that opened it does); it writes only to a server.
-        store = open_configured_store(config) if config.qdrant_url else None
-        service = build_service(config, store, backbone_pool(config))  # type: ignore[arg-type]
-        if on_cuda:
-            service.batch_size = max(service.batch_size, CUDA_BATCH_SIZE)
-        _state = WorkerState(config=config, service=service, board=RedisJobBoard.from_url(config.redis_url or "", config.redis_prefix))
+        service = None
+        if config.qdrant_url:
+            service = build_service(config, open_configured_store(config), backbone_pool(config))
+            service.batch_size = batch_size
+            embedder = service.embedder
+        else:
+            embedder = Embedder(backbone_pool(config), max_pixels=config.max_pixels, batch_size=batch_size)
+        _state = WorkerState(
+            config=config, embedder=embedder, service=service,
+            board=RedisJobBoard.from_url(config.redis_url or "", config.redis_prefix),
+        )
         log.info("nominal worker process %d ready (torch threads %d, cuda %s)", os.getpid(), torch.get_num_threads(), on_cuda)
     return _state
 
@@ -94,8 +107,8 @@ def worker_state() -> WorkerState:
 @app.task(name="nominal.embed_batch", **_RETRY)
 def embed_batch(version: dict[str, Any], items: list[dict[str, Any]]) -> dict[str, Any]:
     """Points for a batch of image paths, embedded with the version's backbone; nothing stored."""
-    service = worker_state().service
-    return batch_to_dict(embed_items(service, CollectionVersion.from_dict(version), [SourceItem.from_dict(i) for i in items]))
+    embedder = worker_state().embedder
+    return batch_to_dict(embed_items(embedder, CollectionVersion.from_dict(version), [SourceItem.from_dict(i) for i in items]))
 
 
 @app.task(name="nominal.index_batch", **_RETRY)
@@ -103,7 +116,7 @@ def index_batch(version: dict[str, Any], items: list[dict[str, Any]]) -> dict[st
     """Embed a batch and upsert it into the version's collection on the Qdrant server; returns ids and skips."""
     service = _server_service()
     target = CollectionVersion.from_dict(version)
-    batch = embed_items(service, target, [SourceItem.from_dict(i) for i in items])
+    batch = embed_items(service.embedder, target, [SourceItem.from_dict(i) for i in items])
     if batch.points:
         service.store.upsert(target.collection, batch.points)
     return {"ids": [p.id for p in batch.points], "skipped": [{"source": s.source, "reason": s.reason} for s in batch.skipped]}
@@ -118,11 +131,14 @@ class _JobTask(Task):
 
 
 @app.task(name="nominal.reindex", base=_JobTask)
-def reindex_job(job: dict[str, Any], setting: str, source: str, backbone: str | None = None) -> dict[str, Any]:
+def reindex_job(
+    job: dict[str, Any], setting: str, source: str, backbone: str | None = None, roots: list[str] | None = None
+) -> dict[str, Any]:
     state = worker_state()
     service = _server_service()
     body = lambda progress: reindex(  # noqa: E731
-        service, progress, setting=setting, source=source, backbone=backbone, keep=state.config.keep_versions
+        service, progress, setting=setting, source=source, backbone=backbone, keep=state.config.keep_versions,
+        roots=roots,
     )
     return run_job(state.board, Job.from_dict(job), body).to_dict()
 
@@ -140,7 +156,7 @@ def index_job(job: dict[str, Any], setting: str, refs: list[dict[str, Any]]) -> 
 
 def _server_service() -> NominalService:
     state = worker_state()
-    if state.service.store is None:
+    if state.service is None:
         raise NotConfigured(
             "this worker has no store to write to: set QDRANT_URL on workers, or let the process that owns "
             "the embedded store write (it sends nominal.embed_batch)"

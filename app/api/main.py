@@ -1,8 +1,11 @@
 """The FastAPI application: `create_app(config)` wires the routes to one store, service and job runner.
 
 Run it with `nominal serve` (or `uvicorn --factory app.api.main:create_app`).
-One process owns one model per backbone, loaded at start-up; inference runs in
-FastAPI's thread pool (the handlers are plain functions), never on the event loop.
+One process owns one model per backbone, loaded at start-up. Handlers hand their
+blocking work to FastAPI's thread pool (`off_the_loop`), never the event loop; under
+`nominal serve` each forward pass then runs on the process's main thread
+(`indexing.torch_thread`). Jobs (uploads, re-indexes) go to the runner `build_runner`
+chose: a thread of this process, or Celery workers.
 """
 
 from __future__ import annotations

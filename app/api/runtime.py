@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -16,7 +15,6 @@ from indexing.image_store import ImageStore
 from indexing.jobs import JobRunner
 from indexing.service import NominalService
 from indexing.store import VectorStore
-from indexing.torch_thread import submit_to_torch_thread, torch_calls_served
 
 T = TypeVar("T")
 
@@ -34,13 +32,11 @@ class ApiRuntime:
 
 
 async def off_the_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run model-bound work without blocking the event loop, in one hop.
+    """Run a handler's blocking work (upload checks, decoding, store I/O, inference) off the event loop.
 
-    Under `nominal serve` the main thread runs torch (see `indexing.torch_thread`):
-    the whole call goes there, instead of to a pool thread that would then hand
-    each forward pass to the main thread. Elsewhere (tests, uvicorn's own worker
-    processes) FastAPI's thread pool runs it.
+    It runs on FastAPI's thread pool, never on the torch thread: under `nominal serve`
+    only the forward passes and searches inside it hop to the main thread
+    (`indexing.torch_thread`), so one request's decoding and store round trips do not
+    hold up another's model time.
     """
-    if torch_calls_served():
-        return await asyncio.wrap_future(submit_to_torch_thread(function, *args, **kwargs))
     return await run_in_threadpool(function, *args, **kwargs)

@@ -26,10 +26,15 @@ class SettingPut(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once images are stored.")
+    backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once the setting has a version: a change of backbone is a re-index (409 here).")
     k: int | None = Field(None, ge=1, le=1000, description="Nearest nominal neighbours averaged into the score.")
     scoring: Literal["global", "patch"] | None = Field(None, description="global: one embedding per image; patch: PatchCore-style.")
     description: str | None = Field(None, max_length=2000)
+    tiling: Literal["auto", "on", "off"] | None = Field(
+        None,
+        description="Patch scoring of large or elongated images by overlapping tiles at the backbone's native scale: "
+        "auto (images far from square or far above the backbone input), on, off. Takes effect at the next (re-)index.",
+    )
 
 
 class ReindexRequest(BaseModel):
@@ -67,6 +72,7 @@ class SettingPublic(BaseModel):
     backbone: str
     k: int
     scoring: str
+    tiling: str
     description: str
     images: int = Field(description="Nominal images in the active version.")
     active_version: int | None
@@ -82,7 +88,7 @@ class SettingPublic(BaseModel):
     def of(cls, status: SettingStatus) -> "SettingPublic":
         s, c, candidate = status.setting, status.calibration, status.candidate
         return cls(
-            name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, description=s.description,
+            name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, tiling=s.tiling, description=s.description,
             images=status.count,
             active_version=status.active.version if status.active else None,
             collection=status.active.collection if status.active else None,
@@ -231,6 +237,10 @@ class CalibrationPublic(BaseModel):
     collection: str
     created_at: str
     warnings: list[str]
+    comparison: dict[str, Any] | None = Field(
+        None, description="Candidate scorers compared by cross-validation on this calibration's labelled images "
+        "(`nominal calibrate --compare`): ranking, winner, margin in held-out F1.",
+    )
     active: bool = Field(description="Whether verdicts use this calibration now.")
     held_back: str | None = Field(None, description="Why a new calibration did not go live.")
     replaced: CalibrationSummary | None = Field(None, description="The calibration verdicts used before this one.")

@@ -64,6 +64,14 @@ def calibrate(
     ] = None,
     feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="Add the images operators marked FAIL (missed defects).")] = True,
     activate: Annotated[bool, typer.Option("--activate/--no-activate", help="Make it live unless it is degenerate; --no-activate records a candidate only.")] = True,
+    compare: Annotated[
+        bool,
+        typer.Option(
+            "--compare",
+            help="Also compare every scorer the setting can run (global k=1/3/5; patch max, top-3, top-10 mean) "
+            "by 5-fold cross-validation on these labelled images only; kept in the calibration record.",
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Choose the PASS/FAIL threshold from a precision-recall curve, record it, and make it live when that is safe.
@@ -81,6 +89,8 @@ def calibrate(
       nominal calibrate line-3 --policy quantile:0.01
 
       nominal calibrate line-3 --fail val/fail --no-activate     # compare first: nominal calibrations line-3
+
+      nominal calibrate line-3 --pass val/pass --fail val/fail --compare   # which scorer suits this line
     """
     out = Output(json_mode=json_out)
     if policy is not None:
@@ -90,7 +100,7 @@ def calibrate(
     with service_for(state(ctx).config) as service, out.progress() as bars:
         try:
             result = service.calibrate(setting, pass_images=pass_images, fail_images=fail_images, policy=policy,
-                                       use_feedback=feedback, activate=activate, progress=bars)
+                                       use_feedback=feedback, activate=activate, compare=compare, progress=bars)
         except InvalidCalibration as error:
             raise CliError(f"--{error.field}: {error}" if error.field else str(error)) from None
     c = result.calibration
@@ -109,6 +119,16 @@ def calibrate(
         out.line(f"verdicts use this threshold now{before}")
     else:
         out.warn(f"recorded, not in use: {result.held_back}; `nominal calibrations {setting} {c.id} --activate` makes it live")
+    if c.comparison:
+        found = c.comparison
+        out.table(
+            f"scorers compared by {found['folds']}-fold cross-validation on {found['n_pass']} PASS + "
+            f"{found['n_fail']} FAIL labelled images ({found['policy']} threshold per training fold)",
+            ["scorer", "held-out F1", "+/-", "balanced acc.", "ROC-AUC (all)"],
+            [[r["name"] + (" (current)" if r["name"] == found["current"] else ""), r["f1_mean"], r["f1_std"],
+              r["balanced_accuracy_mean"], r["roc_auc"]] for r in found["results"]],
+        )
+        out.line(f"best: {found['winner']}, ahead of the next by {found['margin']:.3f} held-out F1")
 
 
 def calibrations(

@@ -24,6 +24,12 @@ class Scoring(str, Enum):
     patch = "patch"
 
 
+class Tiling(str, Enum):
+    auto = "auto"
+    on = "on"
+    off = "off"
+
+
 class Layout(str, Enum):
     mvtec = "mvtec"
     folders = "folders"
@@ -39,6 +45,7 @@ def evaluate(
     k: Annotated[int, typer.Option(min=1, help="Nearest nominal neighbours averaged into the score.")] = 1,
     scoring: Annotated[Scoring, typer.Option(help="global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps.")] = Scoring.global_,
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
+    tiling: Annotated[Tiling, typer.Option(help="patch only: cut large or elongated images into tiles at the backbone's native scale (auto: when far from square or far above the backbone input).")] = Tiling.auto,
     policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
     json_out: JsonOpt = False,
 ) -> None:
@@ -67,13 +74,14 @@ def evaluate(
         store = EdgeStore(Path(scratch) / "store")
         try:
             service = build_service(config, store, backbone_pool(config))
-            service.put_setting("evaluation", backbone=backbone or config.backbone, k=k, scoring=scoring.value)
+            service.put_setting("evaluation", backbone=backbone or config.backbone, k=k, scoring=scoring.value, tiling=tiling.value)
             with out.progress() as bars:
                 result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy, progress=bars)
         finally:
             store.close()
     m = result.metrics
-    out.data({"metrics": m, "calibration": result.calibration, "files": result.files, "pixel_roc_auc": result.pixel_roc_auc})
+    out.data({"metrics": m, "calibration": result.calibration, "files": result.files, "pixel_roc_auc": result.pixel_roc_auc,
+              "pixel_pro": result.pixel_pro})
     for warning in result.calibration.warnings:
         out.warn(warning)
     out.table(
@@ -85,7 +93,8 @@ def evaluate(
     out.line(f"confusion: TP {c['tp']}  FP {c['fp']}  TN {c['tn']}  FN {c['fn']}")
     if scoring is Scoring.patch:
         pixel = "n/a (no masks)" if result.pixel_roc_auc is None else f"{result.pixel_roc_auc:.3f}"
-        out.line(f"pixel ROC-AUC: {pixel}; heat maps: {Path(out_dir) / 'heatmaps'}")
+        pro = "n/a (no masks)" if result.pixel_pro is None else f"{result.pixel_pro:.3f}"
+        out.line(f"pixel ROC-AUC: {pixel}; PRO (to 30% FPR): {pro}; heat maps: {Path(out_dir) / 'heatmaps'}")
     out.line(f"report: {Path(out_dir) / 'report.md'}")
 
 

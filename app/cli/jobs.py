@@ -56,8 +56,8 @@ def reindex(
     with service_for(config) as service:
         runner = build_runner(config, service)
         try:
-            if not wait and config.redis_url and config.qdrant_url:
-                job = runner.submit_reindex(setting, source, backbone=backbone, detach=True)  # type: ignore[call-arg]
+            if not wait and runner.can_detach:
+                job = runner.submit_reindex(setting, source, backbone=backbone, detach=True)
                 out.data(JobPublic.of(job))
                 out.line(f"re-index job {job.id} sent to the workers; follow it with `nominal jobs {job.id}`")
                 return

@@ -49,7 +49,7 @@ __all__ = [
 
 # The quality benchmark decides this; keep it the single place that names the default.
 DEFAULT_BACKBONE = "efficientnet_lite0"
-OPENCLIP_PATTERN = "openclip:<model>:<pretrained>"
+from indexing.backbones.names import OPENCLIP_PATTERN  # noqa: E402 - also the loaders'
 
 # Name -> module of this package with `load(*, device, weights_dir, download) -> Backbone`.
 _MODULES: dict[str, str] = {

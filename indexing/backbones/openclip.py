@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from indexing.backbones import OPENCLIP_PATTERN as PATTERN
+from indexing.backbones.names import OPENCLIP_PATTERN as PATTERN
 from indexing.backbones.base import Backbone, resolve_device
 from indexing.backbones.preprocess import Preprocess
 from indexing.backbones.weights import WEIGHTS_DIR_SETTING, fingerprint, reachable

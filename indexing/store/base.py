@@ -55,7 +55,9 @@ class Neighbour:
 
 
 @runtime_checkable
-class VectorStore(Protocol):
+class Vectors(Protocol):
+    """Collections of vectors and the aliases naming them: what search and indexing use."""
+
     def create_collection(self, name: str, dim: int) -> None:
         """Create an empty cosine collection of `dim`-d vectors; ValueError if it exists."""
 
@@ -106,6 +108,12 @@ class VectorStore(Protocol):
     def delete_alias(self, alias: str) -> None:
         """Remove an alias; a missing one is not an error."""
 
+
+
+@runtime_checkable
+class Records(Protocol):
+    """Small JSON documents by (kind, key): settings, versions, calibrations, labels, jobs."""
+
     def put_record(self, kind: str, key: str, record: dict[str, Any]) -> None:
         """Store a JSON-serialisable document under (kind, key), replacing any previous one atomically.
 
@@ -120,6 +128,20 @@ class VectorStore(Protocol):
 
     def delete_record(self, kind: str, key: str) -> None:
         """Remove a document; a missing one is not an error."""
+
+
+
+@runtime_checkable
+class VectorStore(Vectors, Records, Protocol):
+    """Both, in one store, so records live and die with the vectors; what a process opens.
+
+    The parts of Nominal that need only one side take only that side (`StoreJobBoard`
+    takes `Records`; `PatchIndex` and bank loading take `Vectors`).
+    """
+
+    # True when other processes may write to the same store (a Qdrant server), so writers
+    # must coordinate; False for the embedded store, which one process owns.
+    shared: bool
 
     def close(self) -> None:
         """Release files, locks and connections."""

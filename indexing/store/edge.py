@@ -71,6 +71,9 @@ class EdgeStore:
             directory open.
     """
 
+    # One process owns the directory: nothing else writes to it.
+    shared = False
+
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()
         self._collections_dir = self.path / "collections"

@@ -63,6 +63,9 @@ class ServerStore:
     such promise.
     """
 
+    # Other processes may write to the same server: writers coordinate (indexing/locks.py).
+    shared = True
+
     def __init__(
         self, client: QdrantClient, *, shard_number: int | None = None, replication_factor: int | None = None
     ) -> None:

@@ -121,6 +121,12 @@ def test_nominal_images_can_be_dropped_and_settings_deleted(filled: TestClient, 
     assert client.delete(f"/v1/settings/hz/images/{image_id}").status_code == 204
     assert client.delete(f"/v1/settings/hz/images/{image_id}").status_code == 404
     assert client.get("/v1/settings/hz").json()["images"] == 27
+    other = client.put("/v1/settings/hz", json={"backbone": "mobilenet_v2"})
+    assert other.status_code == 409, other.text
+    [error] = other.json()["detail"]
+    assert error["loc"] == ["body", "backbone"] and error["type"] == "backbone_change_needs_reindex"
+    assert "a change of backbone is a re-index" in error["msg"] and "/v1/settings/hz/reindex" in error["msg"]
+    assert client.get("/v1/settings/hz").json()["backbone"] == "efficientnet_lite0"
     assert client.delete("/v1/settings/hz").status_code == 204
     assert client.get("/v1/settings/hz").status_code == 404
     assert client.get("/v1/settings").json() == {"settings": []}
@@ -224,6 +230,19 @@ def test_a_truncated_image_to_inspect_is_refused_with_422(filled: TestClient, ba
     response = filled.post("/v1/settings/hz/inspect", files=files_of([bad_images["truncated"]]))
     assert response.status_code == 422
     assert "truncated.jpg" in response.json()["detail"][0]["msg"] and "truncated" in response.json()["detail"][0]["msg"]
+
+
+def test_a_tiled_patch_setting_maps_the_whole_image(client: TestClient, hazelnut: Path) -> None:
+    created = client.put("/v1/settings/tiles", json={"scoring": "patch", "tiling": "on"}).json()
+    assert created["tiling"] == "on"
+    job = client.post("/v1/settings/tiles/images", files=files_of(jpgs(hazelnut / "train" / "good")[:3])).json()
+    assert wait_job(client, job["job_id"])["state"] == "succeeded"
+    defect = hazelnut / "test" / "colour" / "00.jpg"
+    result = client.post("/v1/settings/tiles/inspect", files=files_of([defect]), data={"heatmap": "true"}).json()["results"][0]
+    width, height = Image.open(defect).size
+    grid = result["heatmap"]["grid"]
+    assert (len(grid), len(grid[0])) == (-(-height // 8), -(-width // 8))  # 8 px cells over the whole image
+    assert client.put("/v1/settings/tiles", json={"tiling": "sometimes"}).status_code == 422
 
 
 def test_a_patch_setting_answers_with_a_heat_map_when_asked(client: TestClient, hazelnut: Path) -> None:

@@ -220,3 +220,42 @@ def test_identities_differ_between_backbones_and_are_stable(
     assert identities["mobilenet_v2"] == "mobilenet_v2@sha256:2f518e773d44"
     again = load_backbone("EfficientNet-Lite0", device="cpu")
     assert again.name == "efficientnet_lite0" and again.identity == identities["efficientnet_lite0"]
+
+
+def test_resnet50_batch_norm_folding_keeps_torchvisions_outputs(tmp_path: Path, photos: dict[str, Image.Image]) -> None:
+    """The folded ResNet-50 Nominal runs equals torchvision's unfused `resnet50` with the same weights.
+
+    Random weights (no package ships trained ones), with batch-norm statistics and affine
+    parameters randomised too: a fresh network's BN (mean 0, var 1, weight 1, bias 0) is
+    nearly the identity, which would hide a wrong fold.
+    """
+    torch.manual_seed(1)
+    reference = resnet50(weights=None)
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.1)
+    torch.save(reference.state_dict(), tmp_path / "resnet50.pth")
+    folded = load_backbone("resnet50", device="cpu", weights_dir=tmp_path, download=False)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.encoder.modules())  # all folded away
+
+    reference.eval()
+    x = folded.preprocess.tensor([photos["chelsea"], photos["rocket"]])
+    taps: dict[str, torch.Tensor] = {}
+    reference.layer2.register_forward_hook(lambda m, i, out: taps.__setitem__("layer2", out))
+    reference.layer3.register_forward_hook(lambda m, i, out: taps.__setitem__("layer3", out))
+    reference.fc = torch.nn.Identity()  # torchvision's forward then ends at the 2048-d average pool
+    with torch.inference_mode():
+        exact_pooled = reference(x)
+        fast_pooled = folded.encoder.pooled(x)
+        fast2, fast3 = folded.encoder.maps(x)
+    for fast, exact in ((fast_pooled, exact_pooled), (fast2, taps["layer2"]), (fast3, taps["layer3"])):
+        assert fast.shape == exact.shape
+        assert (fast - exact).abs().max() <= 1e-4 * exact.abs().max(), (fast - exact).abs().max()
+    # The embedding is that pooled vector, L2-normalised.
+    vectors = folded.embed([photos["chelsea"], photos["rocket"]])
+    expected = torch.nn.functional.normalize(exact_pooled, dim=1).numpy()
+    assert np.abs(vectors - expected).max() < 1e-4

@@ -59,6 +59,17 @@ def test_index_calibrate_inspect_across_separate_commands(capsys, data_dir: Path
         ("line-3", 28, calibration["id"])
     ]
 
+    compared = run_json(
+        capsys, data_dir, "calibrate", "line-3", "--compare",
+        "--pass", str(hazelnut / "test" / "good"), "--fail", str(hazelnut / "test" / "colour"),
+    )
+    found = compared["comparison"]
+    assert found["current"] == "global k=1" and found["n_pass"] == 6 and found["n_fail"] == 17 and found["folds"] == 5
+    assert {r["name"] for r in found["results"]} == {"global k=1", "global k=3", "global k=5"}
+    assert found["winner"] == found["results"][0]["name"]
+    # The threshold stays the current scorer's: the same as the plain calibration's.
+    assert compared["threshold"] == calibration["threshold"]
+
 
 def test_the_cli_speaks_the_apis_json(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path) -> None:
     """Scripts move between `--json` and HTTP without renaming a field."""

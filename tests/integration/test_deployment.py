@@ -108,3 +108,20 @@ def test_the_dockerfile_builds_both_targets_from_files_that_exist() -> None:
     assert {"cpu", "cuda"} <= stages
     for source in re.findall(r"^COPY (?!--from)(\S+) ", dockerfile, flags=re.MULTILINE):
         assert (ROOT / source).exists(), f"Dockerfile copies {source}, which does not exist"
+
+
+def stage_runs(dockerfile: str, stage: str) -> str:
+    """The RUN commands of one stage of the Dockerfile, continuation lines joined."""
+    joined = dockerfile.replace("\\\n", " ")
+    body = re.split(rf"^FROM \S+ AS {stage}$", joined, flags=re.MULTILINE)[1]
+    body = re.split(r"^FROM ", body, flags=re.MULTILINE)[0]
+    return " && ".join(re.findall(r"^RUN (.*)$", body, flags=re.MULTILINE))
+
+
+def test_the_cuda_image_holds_faiss_gpu_alone() -> None:
+    """faiss-cpu (a dependency) and faiss-gpu both provide `faiss`: the CUDA build must remove the former first."""
+    runs = [step.strip() for step in stage_runs((ROOT / "Dockerfile").read_text(), "build-cuda").split("&&")]
+    removed = next(i for i, step in enumerate(runs) if step.startswith("pip uninstall") and "faiss-cpu" in step)
+    added = next(i for i, step in enumerate(runs) if step.startswith("pip install") and "faiss-gpu" in step)
+    assert removed < added, runs
+    assert not any("faiss-gpu" in step for step in stage_runs((ROOT / "Dockerfile").read_text(), "build-cpu").split("&&"))

@@ -186,4 +186,22 @@ def test_patch_evaluation_writes_heat_maps_and_pixel_auc(patch_service, hazelnut
     assert result.pixel_roc_auc is not None and result.pixel_roc_auc >= 0.9
     pngs = sorted((tmp_path / "report" / "heatmaps").glob("*.png"))
     assert len(pngs) == len(data.test) and result.files["heatmaps"] == tmp_path / "report" / "heatmaps"
-    assert '"pixel_roc_auc"' in (tmp_path / "report" / "metrics.json").read_text()
+    assert result.pixel_pro is not None and 0.5 <= result.pixel_pro <= 1.0
+    written = (tmp_path / "report" / "metrics.json").read_text()
+    assert '"pixel_roc_auc"' in written and '"pixel_pro"' in written
+
+
+def test_calibrate_compare_ranks_every_scorer_on_the_labelled_images_only(patch_service, hazelnut_sets) -> None:
+    result = patch_service.calibrate(
+        SETTING, pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"], compare=True
+    ).calibration
+    found = result.comparison
+    assert found is not None and found["current"] == "patch"
+    names = [r["name"] for r in found["results"]]
+    assert set(names) == {"global k=1", "global k=3", "global k=5", "patch", "patch top-3 mean", "patch top-10 mean"}
+    assert names[0] == found["winner"] and found["margin"] >= 0.0
+    f1s = [r["f1_mean"] for r in found["results"]]
+    assert f1s == sorted(f1s, reverse=True) and all(len(r["f1_per_fold"]) == found["folds"] for r in found["results"])
+    # Kept in the calibration record; the threshold is the current (patch) scorer's.
+    assert patch_service.latest_calibration(SETTING).comparison == found
+    assert "__patch__" in result.collection

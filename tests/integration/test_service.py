@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from indexing.errors import BackboneMismatch, BadImage, EmptyCollection, UnknownBackbone, UnknownSetting
+from indexing.errors import BackboneChangeNeedsReindex, BackboneMismatch, BadImage, EmptyCollection, UnknownBackbone, UnknownSetting
 from indexing.images import ImageInput
 from indexing.service import NominalService
 from indexing.store import EdgeStore
@@ -111,7 +111,7 @@ def test_unknown_setting_and_backbone_are_named(service, hazelnut_sets) -> None:
 
 def test_an_empty_setting_explains_what_to_do(service, hazelnut_sets) -> None:
     service.put_setting("empty")
-    with pytest.raises(EmptyCollection, match="no nominal images yet: index PASS images first"):
+    with pytest.raises(EmptyCollection, match="has no nominal images yet: index PASS images first"):
         service.inspect("empty", hazelnut_sets["good"][:1])
 
 
@@ -121,6 +121,28 @@ def test_backbones_are_never_mixed(service, hazelnut_sets) -> None:
         service.put_setting("hazelnut", backbone="mobilenet_v2")
     version = service.active_version("hazelnut")
     assert version is not None and version.backbone_identity == service.backbones.get("efficientnet_lite0").identity
+
+
+def test_the_backbone_is_the_active_versions_even_when_it_holds_no_image(service, hazelnut_sets) -> None:
+    """Emptying a setting does not make its backbone editable: its version embeds with the old one."""
+    train = hazelnut_sets["train"][:2]
+    service.index("hazelnut", train)
+    for image in train:
+        service.delete_image("hazelnut", image.id)
+    assert service.status("hazelnut").count == 0
+    with pytest.raises(BackboneChangeNeedsReindex, match="a change of backbone is a re-index"):
+        service.put_setting("hazelnut", backbone="mobilenet_v2")
+    service.put_setting("hazelnut", backbone="efficientnet-lite0", k=2)  # the same backbone, spelt otherwise: fine
+    service.index("hazelnut", train)
+    status = service.status("hazelnut")
+    assert status.setting.backbone == status.active.backbone == "efficientnet_lite0" and status.setting.k == 2
+
+
+def test_a_new_settings_backbone_may_change_until_it_has_a_version(service, hazelnut_sets) -> None:
+    service.put_setting("fresh")
+    service.put_setting("fresh", backbone="mobilenet_v2")
+    service.index("fresh", hazelnut_sets["train"][:2])
+    assert service.status("fresh").active.backbone == service.get_setting("fresh").backbone == "mobilenet_v2"
 
 
 def test_a_bad_nominal_image_can_be_dropped(service, hazelnut_sets) -> None:

@@ -476,3 +476,12 @@ def test_neighbours_are_our_own_types(store: VectorStore) -> None:
     filled(store, n=3)
     [[hit, *_]] = store.search("parts", unit_vectors(1, 16, seed=0), k=3)
     assert type(hit) is Neighbour and isinstance(hit.id, str) and type(hit.distance) is float
+
+
+def test_a_store_is_vectors_and_records_and_says_whether_it_is_shared(store: VectorStore) -> None:
+    """Parts of Nominal take one side only (the job board: records; patch banks: vectors)."""
+    from indexing.store import Records, Vectors
+
+    assert isinstance(store, Vectors) and isinstance(store, Records) and isinstance(store, VectorStore)
+    # A server may have other writers (they coordinate: indexing/locks.py); the embedded store has one owner.
+    assert store.shared is isinstance(store, ServerStore)

@@ -335,8 +335,13 @@ def test_from_dict_refuses_an_incomplete_record() -> None:
         Calibration.from_dict(record)
 
 
-def test_check_compatible() -> None:
+def test_one_rule_says_which_scores_a_calibration_may_judge() -> None:
     cal = _cal(*_scores(), "f1")
-    cal.check_compatible(backbone="resnet50", collection="line-1")
-    with pytest.raises(InvalidCalibration, match="calibrate this setting again"):
-        cal.check_compatible(backbone="clip", collection="line-1")
+    assert cal.scoring == "global" and Calibration.from_dict(cal.to_dict()) == cal
+    assert cal.unfit_for(backbone="resnet50", scoring="global") is None
+    assert "clip vectors" in cal.unfit_for(backbone="clip", scoring="global")
+    assert "global scores, not patch scores" in cal.unfit_for(backbone="resnet50", scoring="patch")
+    # A record from before `scoring` was stored: the patch bank's collection name says it.
+    legacy = {key: value for key, value in cal.to_dict().items() if key != "scoring"}
+    legacy["collection"] = "nominal__line__resnet50__patch__v3"
+    assert Calibration.from_dict(legacy).scoring == "patch"

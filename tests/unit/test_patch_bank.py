@@ -47,3 +47,27 @@ def test_a_loaded_bank_has_every_row_at_its_original_length_with_its_owner(tmp_p
     assert len(bank) == 38 and bank.rows_of("late") == [36, 37]
     np.testing.assert_allclose(bank.vectors[bank.rows_of("late")], late[[2, 6]], rtol=1e-5, atol=1e-5)
     assert bank.nn.run(late[[6]], 1)[1][0, 0] == 37
+
+
+def test_a_loaded_bank_is_held_once_on_the_cpu(tmp_path: Path) -> None:
+    """The exact search and the bounds read the bank's own array instead of copies of it.
+
+    (They reach into private state to say so: the memory itself is measured by
+    benchmarks/bank_memory.py.)
+    """
+    rng = np.random.default_rng(3)
+    with EdgeStore(tmp_path / "store") as store:
+        store.create_collection("bank", 16)
+        for image in range(3):
+            image_id = f"img{image}"
+            vectors = rng.standard_normal((8, 16)).astype(np.float32)
+            store.upsert("bank", patch_points(image_id, f"{image_id}.png", vectors, np.arange(8), (4, 2)))
+        bank = load_bank(store, "bank", 16, TorchNN(), UpperBounds())
+        late = rng.standard_normal((8, 16)).astype(np.float32)
+        for stage in ("loaded", "extended"):
+            searched = bank.nn._state[0].numpy()
+            assert np.shares_memory(searched, bank.vectors) and searched.shape == bank.vectors.shape, stage
+            assert bank.bounds._state.rows is bank.vectors, stage
+            if stage == "loaded":
+                bank.add(patch_points("late", "late.png", late, np.arange(8), (4, 2)))
+        assert len(bank) == 32

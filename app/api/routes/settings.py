@@ -10,8 +10,8 @@ from app.api.schemas import (
     JobAccepted, ReindexRequest, SettingPublic, SettingPut, SettingsPublic, VersionPublic, VersionsPublic,
 )
 from indexing.backbones import available_backbones
-from indexing.errors import NoImages, SourceNotAllowed, UnknownBackbone
-from indexing.reindex import read_source_within
+from indexing.errors import BackboneChangeNeedsReindex, NoImages, SourceNotAllowed, UnknownBackbone
+from indexing.sources import read_source
 
 router = APIRouter(tags=["settings"])
 
@@ -30,9 +30,16 @@ def list_settings(runtime: RuntimeDep) -> SettingsPublic:
 
 @router.put("/v1/settings/{setting}", dependencies=[AdminAccess], responses={201: {"description": "Created."}})
 def put_setting(setting: str, body: SettingPut, runtime: RuntimeDep, response: Response) -> SettingPublic:
-    """Create a machine setting (201) or change the fields given (200); changing the backbone of a filled setting needs a re-index (409)."""
+    """Create a machine setting (201) or change the fields given (200).
+
+    The backbone is the active version's: once a setting has a version, a change of
+    backbone is a re-index (`POST .../reindex` with `backbone`); a PUT naming another answers 409.
+    """
     existed = any(s.name == setting for s in runtime.service.list_settings())
-    runtime.service.put_setting(setting, **body.model_dump())
+    try:
+        runtime.service.put_setting(setting, **body.model_dump())
+    except BackboneChangeNeedsReindex as error:
+        raise ApiError(409, ["body", "backbone"], str(error), "backbone_change_needs_reindex") from error
     if not existed:
         response.status_code = 201
     return SettingPublic.of(runtime.service.status(setting))
@@ -84,12 +91,16 @@ def reindex_setting(setting: str, body: ReindexRequest, runtime: RuntimeDep) -> 
             "source_not_allowed",
         )
     try:
-        total = len(read_source_within(body.source, roots))
+        total = len(read_source(body.source, roots))
     except SourceNotAllowed as error:
         raise ApiError(403, ["body", "source"], str(error), "source_not_allowed") from error
     except NoImages as error:
         raise ApiError(422, ["body", "source"], str(error), "no_images") from error
-    job = runtime.runner.submit_reindex(setting, body.source, backbone=body.backbone)
+    # The job lists the source again and opens every file inside the same roots, wherever it runs:
+    # what was checked here may have changed by then (a swapped symlink, a new file matching a glob).
+    job = runtime.runner.submit_reindex(
+        setting, body.source, backbone=body.backbone, roots=[str(root) for root in roots]
+    )
     return JobAccepted(job_id=job.id, state=job.state, total=job.total or total, url=f"/v1/jobs/{job.id}")
 
 

@@ -1,0 +1,82 @@
+"""Tiled patch scoring end to end: real weights, a real texture cut into line-scan strips, the embedded store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data as skdata
+
+from indexing.image_store import ImageStore
+from indexing.images import ImageInput
+from indexing.runner import InProcessRunner
+from indexing.service import NominalService
+from tests.waiting import wait_for_job
+
+pytestmark = pytest.mark.slow
+
+WIDTH, HEIGHT = 960, 224  # 4.3:1, tiled by `auto`; 6 tiles of 224 px
+DEFECT = (700, 120, 28)  # x, y, side of the painted square
+
+
+def strip(offset: int) -> np.ndarray:
+    """A grey strip of real gravel texture; different offsets give different nominal strips."""
+    texture = np.tile(skdata.gravel(), (1, 3))
+    return np.ascontiguousarray(texture[offset : offset + HEIGHT, offset : offset + WIDTH])
+
+
+def as_input(pixels: np.ndarray, name: str) -> ImageInput:
+    return ImageInput.from_array(pixels, source=name)
+
+
+def test_a_defect_painted_on_a_strip_is_found_at_its_place(service: NominalService) -> None:
+    service.put_setting("strips", scoring="patch")
+    assert service.get_setting("strips").tiling == "auto"
+    service.index("strips", [as_input(strip(offset), f"nominal-{offset}") for offset in (0, 40, 80, 120, 160, 200)])
+    version = service.active_version("strips")
+    recipe = service._patch_record(version)["patch_config"]
+    assert recipe["tiling"] == "auto"
+
+    good = strip(240)
+    bad = good.copy()
+    x, y, side = DEFECT
+    bad[y : y + side, x : x + side] = 255  # a bright square the gravel never shows
+    verdicts = service.inspect("strips", [as_input(good, "good"), as_input(bad, "bad")], heatmap=True)
+    assert verdicts[1].score > verdicts[0].score * 1.2
+
+    heat = verdicts[1].heatmap
+    assert heat is not None
+    row, col = heat.worst  # cells of 8 px over the whole strip
+    assert abs(col * 8 + 4 - (x + side / 2)) <= 24 and abs(row * 8 + 4 - (y + side / 2)) <= 24
+    assert len(heat.grid) == HEIGHT // 8 and len(heat.grid[0]) == WIDTH // 8
+
+    # The stitched, smoothed map covers the whole strip and peaks on the square.
+    decoded, _, _ = service.decode_batch([as_input(bad, "bad")], skip_bad=False)
+    found = service._patch_results("strips", version, [as_input(bad, "bad")], decoded, neighbours=0, maps=True)[0]
+    assert found.heat is not None and found.heat.shape == (HEIGHT, WIDTH)
+    peak_row, peak_col = np.unravel_index(np.argmax(found.heat), found.heat.shape)
+    assert abs(peak_col - (x + side / 2)) <= 20 and abs(peak_row - (y + side / 2)) <= 20
+
+
+def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalService, tmp_path) -> None:
+    from PIL import Image
+
+    folder = tmp_path / "strips"
+    folder.mkdir()
+    for offset in (0, 60, 120):
+        Image.fromarray(strip(offset)).save(folder / f"{offset:03d}.png")
+    service.put_setting("strips", scoring="patch", tiling="off")
+    service.index("strips", [as_input(strip(200), "seed")])
+    assert service._patch_record(service.active_version("strips"))["patch_config"]["tiling"] == "off"
+    service.put_setting("strips", tiling="on")
+    runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
+    try:
+        assert wait_for_job(runner.board, runner.submit_reindex("strips", str(folder))).state == "succeeded"
+    finally:
+        runner.close()
+    version = service.active_version("strips")
+    assert version.version == 2 and service._patch_record(version)["patch_config"]["tiling"] == "on"
+    # Tiled: every strip holds the patches of its 6 tiles, numbered past the first tile's 784.
+    patches = [p.payload["patch"] for p in service.store.scroll(service._patch_record(version)["collection"])]
+    assert max(patches) >= 784
+    verdict = service.inspect("strips", [as_input(strip(240), "probe")], heatmap=True)[0]
+    assert len(verdict.heatmap.grid) == HEIGHT // 8 and len(verdict.heatmap.grid[0]) == WIDTH // 8
