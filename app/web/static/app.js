@@ -757,6 +757,14 @@ async function renderLine(setting) {
   const canvas = $("#score-chart");
   const advice = $("#drift-advice");
   const base = `/v1/settings/${encodeURIComponent(setting.name)}`;
+  if (!setting.images) {  // nothing to compare scores with yet (the drift endpoint answers 409)
+    drawChart(canvas, [], null);
+    canvas.dataset.points = "0";
+    stateLine.className = "drift muted";
+    stateLine.textContent = "No nominal images yet: no verdicts to follow.";
+    advice.hidden = true;
+    return;
+  }
   let page, drift;
   try {
     [page, drift] = await Promise.all([
