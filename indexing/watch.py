@@ -17,7 +17,9 @@ For each file, in this order, every step recorded in a journal (SQLite,
 4. move the file to `MOVE_TO/pass/`, `MOVE_TO/fail/` (or `uncalibrated/`, and
    `error/` for a file that is not a usable image).
 
-A restart resumes unfinished files from the step they reached, so no file is skipped
+A file that changes while it is judged is judged again once it settles, and one that is
+not a usable image is called ERROR only once it has been still for max(5 s, 10 x settle)
+(cameras pause mid-write). A restart resumes unfinished files from the step they reached, so no file is skipped
 and none is reported twice. A file is recognised by name, size and modification time;
 without `--move-to` the judged files stay and are not judged again.
 Webhook delivery is at least once: a kill between a receiver's 200 and the journal
@@ -268,6 +270,12 @@ class Watcher:
             verdict = result["verdict"]
             self.stats.judged += 1
         except BadImage as error:
+            if time.time() - mtime_ns / 1e9 < max(5.0, 10 * self.settle):
+                # A camera that pauses mid-write longer than `settle` leaves a truncated file for a while:
+                # judge it again when it has been still for longer before calling it an ERROR.
+                log.info("%s: not a usable image yet (%s); trying again", path.name, error.reason)
+                self._stop.wait(self.poll)
+                return
             result = {"source": str(path), "verdict": "ERROR", "error": error.reason}
             verdict = "ERROR"
             self.stats.errors += 1
@@ -278,6 +286,12 @@ class Watcher:
             log.warning("%s: could not be judged now (%s: %s); trying again", path.name, type(error).__name__, error)
             self._stop.wait(min(5.0, max(self.poll, 1.0)))
             return
+        try:
+            now = path.stat()
+        except FileNotFoundError:
+            return
+        if (now.st_size, now.st_mtime_ns) != (size, mtime_ns):
+            return  # written to while it was judged: judged again once it settles
         row = self.journal.execute(
             "INSERT INTO files (name, size, mtime_ns, verdict, result, judged_at) VALUES (?,?,?,?,?,?)",
             (path.name, size, mtime_ns, verdict, json.dumps(result), time.time()))
