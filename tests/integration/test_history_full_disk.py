@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
@@ -11,21 +10,15 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.config import Config
+from tests.disks import tiny_disk as mount_tiny_disk
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.decode().strip()}): needs root")
-    try:
+    with mount_tiny_disk(tmp_path / "tiny", "1m") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def files_of(paths: list[Path], field: str = "files") -> list[tuple[str, tuple[str, bytes]]]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import subprocess
 import time
 import uuid
 from pathlib import Path
@@ -13,7 +12,7 @@ import pytest
 from indexing.history import BadCursor, History
 from indexing.images import ImageInput
 from indexing.verdicts import Verdict
-
+from tests.disks import tiny_disk as mount_tiny_disk
 
 NOW = round(time.time())  # recent: retention would delete verdicts of 1970
 
@@ -85,15 +84,8 @@ def test_retention_by_age_and_by_bytes(tmp_path: Path) -> None:
 
 @pytest.fixture
 def tiny_disk(tmp_path: Path):
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs to fill ({done.stderr.decode().strip()}): needs root")
-    try:
+    with mount_tiny_disk(tmp_path / "tiny", "512k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_a_full_disk_drops_records_without_raising_and_recording_resumes(tiny_disk: Path) -> None:
