@@ -10,7 +10,7 @@ from fastapi.testclient import TestClient
 
 from app.api.main import create_app
 from app.config import Config
-from tests.disks import tiny_disk as mount_tiny_disk
+from tests.disks import fill, tiny_disk as mount_tiny_disk
 
 pytestmark = pytest.mark.slow
 
@@ -40,14 +40,7 @@ def test_verdicts_are_answered_while_the_history_disk_is_full(tmp_path: Path, ti
         before = len(client.get("/v1/settings/hz/inspections").json()["inspections"])
         assert before == 1
 
-        filler = tiny_disk / "filler"
-        with filler.open("wb") as out:
-            try:
-                while True:
-                    out.write(b"\0" * 65536)
-                    out.flush()
-            except OSError:
-                pass
+        filler = fill(tiny_disk)
         full = client.post("/v1/settings/hz/inspect", files=files_of(defects[1:9]))
         assert full.status_code == 200, full.text
         assert [r["verdict"] for r in full.json()["results"]] == ["FAIL"] * 8

@@ -12,7 +12,7 @@ import pytest
 from indexing.history import BadCursor, History
 from indexing.images import ImageInput
 from indexing.verdicts import Verdict
-from tests.disks import tiny_disk as mount_tiny_disk
+from tests.disks import fill, tiny_disk as mount_tiny_disk
 
 NOW = round(time.time())  # recent: retention would delete verdicts of 1970
 
@@ -91,14 +91,7 @@ def tiny_disk(tmp_path: Path):
 def test_a_full_disk_drops_records_without_raising_and_recording_resumes(tiny_disk: Path) -> None:
     history = History(tiny_disk / "history")
     history.record("s", 1, [image(0)], [verdict("FAIL", 0.9)])
-    filler = tiny_disk / "filler"
-    with filler.open("wb") as out:
-        try:
-            while True:
-                out.write(b"\0" * 65536)
-                out.flush()
-        except OSError:
-            pass
+    filler = fill(tiny_disk)
     big = [ImageInput(data=uuid.uuid4().bytes * 8000, source=f"b{n}.png") for n in range(20)]
     recorded = history.record("s", 1, big, [verdict("FAIL", 0.9)] * 20)  # must not raise
     assert recorded < 20 and history.dropped == 20 - recorded
