@@ -949,8 +949,9 @@ class NominalService:
 
     def usable_calibration(self, name: str) -> Calibration | None:
         """The calibration verdicts use now: the active one, if it fits the active version."""
+        setting = self.get_setting(name)  # an unknown setting is said as such
         version = self.active_version(name)
-        return None if version is None else self._usable_calibration(self.get_setting(name), version)
+        return None if version is None else self._usable_calibration(setting, version)
 
     # ----------------------------------------------------------------- feedback
 

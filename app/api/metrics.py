@@ -123,7 +123,7 @@ def drift_reports(config: "Config", service: "NominalService", history: "History
     found = []
     for setting in service.list_settings():
         try:
-            if service.status(setting.name).calibration is None:
+            if service.usable_calibration(setting.name) is None:
                 continue
             found.append(compute_drift(service, history, setting.name, last=config.drift_window,
                                        minutes=config.drift_minutes))

@@ -156,7 +156,7 @@ def calibrations(
             out.line(f"verdicts of {setting!r} use calibration {calibration_id} now "
                      f"(threshold {result.calibration.threshold:.4f})")
             return
-        live = service.status(setting).calibration
+        live = service.usable_calibration(setting)
         listed = [service.calibration(setting, calibration_id)] if calibration_id else service.calibrations(setting)
     summaries = [CalibrationSummary.of(c, active=live is not None and c.id == live.id) for c in listed]
     out.data(CalibrationsPublic(calibrations=summaries))

@@ -52,7 +52,7 @@ def calibrate(
 @router.get("/v1/settings/{setting}/calibrations", dependencies=[ReadAccess])
 def list_calibrations(setting: str, runtime: RuntimeDep) -> CalibrationsPublic:
     """Every recorded calibration, newest first; `active` marks the one verdicts use."""
-    live = runtime.service.status(setting).calibration
+    live = runtime.service.usable_calibration(setting)
     return CalibrationsPublic(calibrations=[
         CalibrationSummary.of(c, active=live is not None and c.id == live.id) for c in runtime.service.calibrations(setting)
     ])
@@ -66,7 +66,7 @@ def activate_calibration(setting: str, calibration_id: str, runtime: RuntimeDep)
 
 
 def _latest(runtime, setting: str) -> Calibration:
-    calibration = runtime.service.status(setting).calibration
+    calibration = runtime.service.usable_calibration(setting)
     if calibration is None:
         raise ApiError(404, ["path", "setting"], f"setting {setting!r} has no calibration that verdicts use", "not_calibrated")
     return calibration
