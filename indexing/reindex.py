@@ -49,6 +49,7 @@ from indexing.service import NominalService
 from indexing.settings import CollectionVersion
 from indexing.sources import SourceItem, read_manifest, read_source, read_source_within  # noqa: F401 - re-exported
 from indexing.store.base import Point
+from indexing.versions import Versions
 
 # Older ready versions kept for `rollback` after a re-index switches.
 DEFAULT_KEEP_VERSIONS = 2
@@ -102,20 +103,21 @@ class LocalEmbedder:
     stores_points = False
     builds_patch_bank = True
 
-    def __init__(self, service: NominalService) -> None:
-        self.service = service
+    def __init__(self, versions: Versions) -> None:
+        self.versions = versions
 
     def embed(self, version: CollectionVersion, batches: Sequence[Sequence[SourceItem]]) -> Iterator[EmbeddedBatch]:
-        backbone = self.service.backbone_for(version)
+        embedder = self.versions.embedder
+        backbone = embedder.backbone_for(version)
 
         def read(items: Sequence[SourceItem]) -> tuple[Any, list[Skipped]]:
             loaded, unreadable = load_items(items)
-            return self.service.decode_batch(loaded, skip_bad=True), unreadable
+            return embedder.decode_batch(loaded, skip_bad=True), unreadable
 
         for decoded, unreadable in prefetched(read, batches):
             # Before the batch's global points are upserted: the bank skips images already in the version.
-            self.service.extend_patch_bank(version, decoded)
-            embedded = self.service.embed_decoded(version.setting, backbone, decoded)
+            self.versions.extend_patch_bank(version, decoded)
+            embedded = embedder.embed_decoded(version.setting, backbone, decoded)
             yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
 
 
@@ -134,7 +136,7 @@ def reindex(
     """Build a new version of `setting` from `source`, check it, and switch to it.
 
     Args:
-        service: owns the store the version is written to.
+        service: the setting's service; the new version is built through its `versions`.
         progress: the job's progress (done/total, errors, cancel requests).
         setting: an existing machine setting.
         source: folder, glob or manifest CSV (see `read_source`).
@@ -157,29 +159,30 @@ def reindex(
     """
     items = read_source(source, roots)
     service.get_setting(setting)
+    versions = service.versions
     progress.start(len(items))
-    embedder = embedder or LocalEmbedder(service)
+    embedder = embedder or LocalEmbedder(versions)
 
     def waiting() -> None:
         progress("waiting for another re-index of this setting to finish", 0, len(items))  # raises on cancel
 
     # One re-index per setting at a time, across every process sharing the store (see indexing/locks.py).
-    with service.locks.hold(f"reindex:{setting}", waiting=waiting):
-        for stale in service.versions(setting):
+    with versions.locks.hold(f"reindex:{setting}", waiting=waiting):
+        for stale in versions.list(setting):
             if stale.state == "building":  # left by a re-index whose process died: the lock says none runs
-                service.discard_version(stale)
-        version = service.begin_version(setting, backbone=backbone)
-        if service.has_patch_bank(version) and not embedder.builds_patch_bank:
-            embedder = LocalEmbedder(service)  # see the module docstring: patch features are made where they are written
+                versions.discard(stale)
+        version = versions.begin(service.get_setting(setting), backbone)
+        if versions.has_patch_bank(version) and not embedder.builds_patch_bank:
+            embedder = LocalEmbedder(versions)  # see the module docstring: patch features are made where they are written
         try:
-            ids, skipped = _build(service, version, items, embedder, progress, batch_size or service.batch_size)
+            ids, skipped = _build(versions, version, items, embedder, progress, batch_size or versions.embedder.batch_size)
             progress.report_errors([{"source": s.source, "reason": s.reason} for s in skipped])
-            _check(service, version, ids)
-            ready = service.activate(version, expected_count=len(ids))
+            _check(versions, version, ids)
+            ready = versions.activate(version, expected_count=len(ids))
         except BaseException:
-            service.discard_version(version)
+            versions.discard(version)
             raise
-        pruned = service.prune_versions(setting, keep=keep)
+        pruned = versions.prune(setting, keep=keep)
     return {
         "version": ready.version,
         "collection": ready.collection,
@@ -192,7 +195,7 @@ def reindex(
 
 
 def _build(
-    service: NominalService,
+    versions: Versions,
     version: CollectionVersion,
     items: Sequence[SourceItem],
     embedder: BatchEmbedder,
@@ -206,7 +209,7 @@ def _build(
     with closing(iter(embedder.embed(version, batches_of(items, batch_size)))) as stream:
         for batch in stream:
             if batch.points and not embedder.stores_points:
-                service.add_points(version, batch.points)
+                versions.add_points(version, batch.points)
             ids.update(point.id for point in batch.points)
             skipped.extend(batch.skipped)
             done += len(batch.points) + len(batch.skipped)
@@ -214,7 +217,7 @@ def _build(
     return ids, skipped
 
 
-def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -> None:
+def _check(versions: Versions, version: CollectionVersion, ids: set[str]) -> None:
     """One point per distinct good image, and a few stored vectors find neighbours."""
     if not ids:
         raise VersionCheckFailed(
@@ -222,13 +225,13 @@ def _check(service: NominalService, version: CollectionVersion, ids: set[str]) -
         )
     # Images uploaded while the version is built are added to it too (`NominalService.index`), so it
     # may hold more points than the source gave, never fewer: every id of the source must be there.
-    present = service.points_present(version, ids)
+    present = versions.points_present(version, ids)
     if present != len(ids):
         raise VersionCheckFailed(
             f"version {version.version} of {version.setting!r} holds {present} of the {len(ids)} distinct images "
             "embedded: not switched; re-run the re-index"
         )
-    answered = service.sample_queries_answered(version, sorted(ids)[:SAMPLE_QUERIES])
+    answered = versions.sample_queries_answered(version, sorted(ids)[:SAMPLE_QUERIES])
     if answered < min(SAMPLE_QUERIES, len(ids)):
         raise VersionCheckFailed(
             f"sample queries on version {version.version} of {version.setting!r} found nothing: not switched; "

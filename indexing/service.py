@@ -10,30 +10,20 @@ written unless the caller asks to skip it).
 from __future__ import annotations
 
 import logging
-import math
-import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
-from functools import partial
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from indexing.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from indexing.backbones import DEFAULT_BACKBONE
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
-from indexing.embedder import (  # noqa: F401 - re-exported: the service's public types
-    BackbonePool,
-    EmbeddedBatch,
-    Embedder,
-    Skipped,
-    _Decoded,
-    image_payload,
-)
+from indexing.embedder import BackbonePool, EmbeddedBatch, Embedder, Skipped  # noqa: F401 - re-exported
 from indexing.evaluation import Metrics, compute_metrics
 from indexing.errors import (
     BackboneChangeNeedsReindex,
@@ -41,7 +31,6 @@ from indexing.errors import (
     BadImage,
     EmptyCollection,
     InvalidCalibration,
-    NoPreviousVersion,
     UnknownCalibration,
     UnknownSetting,
 )
@@ -51,42 +40,23 @@ from indexing.locks import LocalLocks, SettingLocks
 from indexing.patch_bank import BankCache
 from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
-from indexing.prefetch import prefetched
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
     LABEL_KIND,
     SETTING_KIND,
-    VERSION_KIND,
     CollectionVersion,
     MachineSetting,
     alias_name,
     check_setting_name,
-    collection_name,
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
-from indexing.torch_thread import run_on_torch_thread
 from indexing.verdicts import HeatMap, Verdict, decide
+from indexing.versions import IndexResult, Progress, Versions, no_progress  # noqa: F401 - IndexResult re-exported
 
 log = logging.getLogger("nominal.service")
 
-# progress(stage, done, total): called as work advances so edges can show bars or job status.
-Progress = Callable[[str, int, int], None]
-
-
-def _no_progress(stage: str, done: int, total: int) -> None:
-    pass
-
-
-@dataclass(frozen=True)
-class IndexResult:
-    setting: str
-    collection: str
-    received: int
-    indexed: int
-    skipped: list[Skipped]
-    count: int
 
 
 @dataclass(frozen=True)
@@ -173,10 +143,10 @@ class NominalService:
         # Every read-modify-write of a setting's records, numbering and alias holds its lock;
         # `RedisLocks` when several processes share the store (see indexing/locks.py).
         self.locks: SettingLocks = locks or LocalLocks()
-        # What never changes once written, so a verdict reads it from the store once per process: a ready
-        # version's identity (collection, backbone, dim, patch recipe) and a calibration (by id).
-        self._ready_versions: dict[str, CollectionVersion] = {}
-        self._patch_records: dict[str, dict[str, Any]] = {}
+        self.versions = Versions(
+            store, embedder=self.embedder, patches=self.patches, patch_config=self.patch_config, locks=self.locks,
+        )
+        # A calibration never changes once written, so a verdict reads it from the store once per process.
         self._calibrations: dict[tuple[str, str], Calibration] = {}
 
     # ----------------------------------------------------------------- settings
@@ -215,7 +185,7 @@ class NominalService:
                 self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
                 current = MachineSetting.from_dict(record)
-                active = self.active_version(name)
+                active = self.versions.active(name)
                 if backbone:
                     backbone = self.backbones.get(backbone).name  # unknown: refused here; aliases: canonical
                 if active is not None:
@@ -243,13 +213,7 @@ class NominalService:
         """Remove a setting with every collection version and calibration it owns."""
         self.get_setting(name)
         with self._lock(name):
-            for kind in ("global", "patch"):
-                self.store.delete_alias(alias_name(name, kind=kind))
-                for version in self.versions(name, kind=kind):
-                    self.store.delete_collection(version.collection)
-                    self.store.delete_record(VERSION_KIND, version.collection)
-                    self._forget(version.collection)
-            self.patches.cache.forget(name)
+            self.versions.delete_all(name)
             self.references.delete_setting(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
@@ -262,7 +226,7 @@ class NominalService:
     def status(self, name: str) -> SettingStatus:
         """The setting, its active version, and the calibration verdicts use, with why another does not apply."""
         setting = self.get_setting(name)
-        active = self.active_version(name)
+        active = self.versions.active(name)
         if active is not None and setting.backbone != active.backbone:
             setting = setting.updated(backbone=active.backbone)  # what its vectors use, whatever a record says
         count = self.store.count(active.collection) if active else 0
@@ -278,126 +242,10 @@ class NominalService:
 
     # ----------------------------------------------------------------- versions
 
-    def versions(self, name: str, *, kind: str = "global") -> list[CollectionVersion]:
-        """Versions of one kind: "global" (image vectors) or "patch" (patch banks, same numbers)."""
-        prefix = f"nominal__{name}__"
-        records = [
-            r for r in self.store.list_records(VERSION_KIND)
-            if r.get("setting") == name and r.get("kind", "global") == kind
-        ]
-        found = [CollectionVersion.from_dict(r) for r in records if r["collection"].startswith(prefix)]
-        return sorted(found, key=lambda v: v.version)
-
-    def active_version(self, name: str) -> CollectionVersion | None:
-        collection = self.store.resolve_alias(alias_name(name))
-        if collection is None:
-            return None
-        record = self.store.get_record(VERSION_KIND, collection)
-        return CollectionVersion.from_dict(record) if record else None
-
-    def begin_version(self, name: str, *, backbone: str | None = None) -> CollectionVersion:
-        """Create the next, empty, not yet active collection version of a setting.
-
-        A patch-scoring setting also gets the patch collection of the same number;
-        `index_into` fills both and `activate` switches both.
-        """
-        setting = self.get_setting(name)
-        model = self.backbones.get(backbone or setting.backbone)
-        if setting.scoring == "patch":
-            model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
-        with self._lock(name):
-            number = max((v.version for v in self.versions(name)), default=0) + 1
-            version = CollectionVersion(
-                setting=name,
-                version=number,
-                collection=collection_name(name, model.name, number),
-                backbone=model.name,
-                backbone_identity=model.identity,
-                dim=model.dim,
-            )
-            self.store.create_collection(version.collection, model.dim)
-            self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
-            if setting.scoring == "patch":
-                patch = CollectionVersion.from_dict({
-                    **version.to_dict(), "kind": "patch", "dim": self.patch_config.dim,
-                    "collection": collection_name(name, model.name, number, kind="patch"),
-                })
-                self.store.create_collection(patch.collection, patch.dim)
-                recipe = replace(self.patch_config, tiling=setting.tiling)
-                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
-        return version
-
-    def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
-        """Check a built version and make it the active one in one atomic alias move."""
-        with self._lock(version.setting):
-            count = self.store.count(version.collection)
-            if expected_count is not None and count < expected_count:
-                raise EmptyCollection(
-                    f"version {version.version} of {version.setting!r} holds {count} points, "
-                    f"expected {expected_count}: not activated"
-                )
-            ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
-            patch = self._patch_record(version)
-            self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
-            if patch is not None:
-                collection = patch["collection"]
-                patch = {**patch, "state": "ready", "count": self.store.count(collection)}
-                self.store.put_record(VERSION_KIND, collection, patch)
-                self.store.set_alias(alias_name(version.setting, kind="patch"), collection)
-            self.store.set_alias(alias_name(version.setting), version.collection)
-            setting = self.get_setting(version.setting)
-            # The record mirrors the alias (read in one call per verdict) and the backbone is the version's:
-            # a re-index with another backbone changes what the setting is built on.
-            self.store.put_record(
-                SETTING_KIND, setting.name,
-                setting.updated(backbone=version.backbone, active=version.collection, active_count=count).to_dict(),
-            )
-        return ready
-
-    def discard_version(self, version: CollectionVersion) -> None:
-        """Delete a version that is not active (a half-built or superseded one), vectors and record."""
-        with self._lock(version.setting):
-            if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
-                raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
-            patch = self._patch_record(version)
-            if patch is not None:
-                self.store.delete_collection(patch["collection"])
-                self.store.delete_record(VERSION_KIND, patch["collection"])
-            self.store.delete_collection(version.collection)
-            self.store.delete_record(VERSION_KIND, version.collection)
-            self._forget(version.collection)
-
     def rollback(self, name: str) -> CollectionVersion:
-        """Make the newest ready version older than the active one active again, in one alias move.
-
-        The version rolled back from is kept (it is newer, so pruning leaves it alone).
-
-        Raises:
-            NoPreviousVersion: there is no ready version older than the active one.
-        """
-        with self._lock(check_setting_name(name)):
-            active = self._require_active(name)
-            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-            if not older:
-                raise NoPreviousVersion(
-                    f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
-                    "a re-index keeps the version it replaces"
-                )
-            return self.activate(older[-1])
-
-    def prune_versions(self, name: str, *, keep: int) -> list[CollectionVersion]:
-        """Delete ready versions older than the active one beyond the `keep` newest; returns those deleted."""
-        if keep < 0:
-            raise ValueError(f"keep must be 0 or more, got {keep}")
-        with self._lock(check_setting_name(name)):
-            active = self.active_version(name)
-            if active is None:
-                return []
-            older = [v for v in self.versions(name) if v.state == "ready" and v.version < active.version]
-            doomed = older[: max(len(older) - keep, 0)]
-            for version in doomed:
-                self.discard_version(version)
-            return doomed
+        """Make the newest ready version older than the active one active again (`Versions.rollback`)."""
+        self.get_setting(name)
+        return self.versions.rollback(name)
 
     # ----------------------------------------------------------------- indexing
 
@@ -419,25 +267,13 @@ class NominalService:
     def batch_size(self, value: int) -> None:
         self.embedder.batch_size = value
 
-    def backbone_for(self, version: CollectionVersion) -> Backbone:
-        return self.embedder.backbone_for(version)
-
-    def embed_points(self, setting: str, backbone: Backbone, images: Sequence[ImageInput], *, skip_bad: bool) -> EmbeddedBatch:
-        return self.embedder.embed_points(setting, backbone, images, skip_bad=skip_bad)
-
-    def decode_batch(self, images: Sequence[ImageInput], *, skip_bad: bool) -> _Decoded:
-        return self.embedder.decode_batch(images, skip_bad=skip_bad)
-
-    def embed_decoded(self, setting: str, backbone: Backbone, batch: _Decoded) -> EmbeddedBatch:
-        return self.embedder.embed_decoded(setting, backbone, batch)
-
     def index(
         self,
         name: str,
         images: Sequence[ImageInput],
         *,
         skip_bad: bool = False,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> IndexResult:
         """Add PASS images to the setting's active version, creating the setting and version 1 if needed.
 
@@ -460,105 +296,25 @@ class NominalService:
                 setting = self.get_setting(name)
             except UnknownSetting:
                 setting = self.put_setting(name)
-            version = self.active_version(name)
+            version = self.versions.active(name)
             if version is None:
-                version = self.activate(self.begin_version(name, backbone=setting.backbone))
-            building = [v for v in self.versions(name) if v.state == "building"]
-            result = self.index_into(version, images, skip_bad=skip_bad, progress=progress)
+                version = self.versions.activate(self.versions.begin(setting))
+            building = [v for v in self.versions.list(name) if v.state == "building"]
+            result = self.versions.fill(version, images, skip_bad=skip_bad, progress=progress)
             for other in building:
-                self.index_into(other, images, skip_bad=True)
-            self._refresh_count(version)
+                self.versions.fill(other, images, skip_bad=True)
+            self.versions.refresh_count(version)
         return result
-
-    def index_into(
-        self,
-        version: CollectionVersion,
-        images: Sequence[ImageInput],
-        *,
-        skip_bad: bool = True,
-        progress: Progress = _no_progress,
-    ) -> IndexResult:
-        """Embed and upsert images into one collection version, batch by batch."""
-        backbone = self.backbone_for(version)
-        patch = self._patch_record(version)
-        indexed, skipped = 0, []
-        progress("embedding", 0, len(images))
-        # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
-        size = max(1, min(self.batch_size, math.ceil(len(images) / 50)))
-        for batch in self._decoded_batches(images, skip_bad=skip_bad, size=size):
-            embedded = self.embed_decoded(version.setting, backbone, batch)
-            if patch is not None:
-                self._extend_patches(version, patch, backbone, batch)
-            if embedded.points:
-                self.store.upsert(version.collection, embedded.points)
-            indexed += len(embedded.points)
-            skipped.extend(embedded.skipped)
-            progress("embedding", indexed + len(skipped), len(images))
-        return IndexResult(
-            setting=version.setting,
-            collection=version.collection,
-            received=len(images),
-            indexed=indexed,
-            skipped=skipped,
-            count=self.store.count(version.collection),
-        )
-
-    def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
-        """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
-        self.store.upsert(version.collection, points)
-
-    def points_present(self, version: CollectionVersion, ids: Iterable[str]) -> int:
-        """How many of `ids` the version holds (looked up 1,024 at a time)."""
-        wanted = sorted(ids)
-        return sum(len(self.store.retrieve(version.collection, wanted[i : i + 1024])) for i in range(0, len(wanted), 1024))
-
-    def sample_queries_answered(self, version: CollectionVersion, ids: Sequence[str]) -> int:
-        """How many of these stored points, used as queries, find a neighbour: the version answers searches."""
-        sample = self.store.retrieve(version.collection, list(ids), with_vectors=True)
-        if not sample:
-            return 0
-        hits = self.store.search(version.collection, np.stack([p.vector for p in sample]).astype(np.float32), 1)
-        return sum(1 for found in hits if found)
-
-    def has_patch_bank(self, version: CollectionVersion) -> bool:
-        """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
-        return self._patch_record(version) is not None
-
-    def extend_patch_bank(self, version: CollectionVersion, batch: "_Decoded") -> None:
-        """Add a decoded batch (`decode_batch`) to the version's patch bank; nothing for a global-only version.
-
-        Call it before upserting the batch's global points: images already in the
-        version are left out, so an image is never added twice.
-        """
-        patch = self._patch_record(version)
-        if patch is not None:
-            self._extend_patches(version, patch, self.backbone_for(version), batch)
-
-    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: "_Decoded") -> None:
-        """Add a batch's new images to the patch bank; images already in the version are left out,
-        so re-indexing an image never adds its patches twice."""
-        decoded, kept, _ = batch
-        present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
-        fresh = {}
-        for image, pixels in zip(kept, decoded):
-            if image.id not in present and image.id not in fresh:
-                fresh[image.id] = (image, pixels)
-        if fresh:
-            images, pixels = zip(*fresh.values())
-            self.patches.extend(
-                version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
-                backbone, list(images), list(pixels), batch_size=self.batch_size,
-            )
 
     def delete_image(self, name: str, image_id: str) -> bool:
         """Drop one nominal image from the active version; False if it was not there."""
         self.get_setting(name)
-        version = self.active_version(name)
+        version = self.versions.active(name)
         if version is None or not self.store.retrieve(version.collection, [image_id]):
             return False
         self.store.delete_points(version.collection, [image_id])
-        self._refresh_count(version)
-        patch = self._patch_record(version)
+        self.versions.refresh_count(version)
+        patch = self.versions.patch_record(version)
         if patch is not None:
             self.patches.forget_image(name, patch["collection"], image_id)
         return True
@@ -566,7 +322,7 @@ class NominalService:
     def nominal_image(self, name: str, image_id: str) -> Point | None:
         """A stored nominal image's point (payload only), or None if the setting holds no such image."""
         self.get_setting(name)
-        version = self.active_version(name)
+        version = self.versions.active(name)
         found = self.store.retrieve(version.collection, [image_id]) if version else []
         return found[0] if found else None
 
@@ -673,11 +429,11 @@ class NominalService:
         calibration = context.calibration
         if not images:
             raise BadImage("request", "no images given")
-        decoded, _, _ = self.decode_batch(images, skip_bad=False)
+        decoded, _, _ = self.embedder.decode_batch(images, skip_bad=False)
         assert context.patch is not None
         results = self.patches.score(
             context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
-            self.backbone_for(context.version), images, decoded,
+            self.embedder.backbone_for(context.version), images, decoded,
             neighbours=k, maps=heatmap, batch_size=self.batch_size,
         )
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
@@ -702,12 +458,12 @@ class NominalService:
             )
         return verdicts
 
-    def scores(self, name: str, images: Sequence[ImageInput], *, progress: Progress = _no_progress) -> np.ndarray:
+    def scores(self, name: str, images: Sequence[ImageInput], *, progress: Progress = no_progress) -> np.ndarray:
         """Scores of many images, in batches (leave-one-out for stored images): kNN or largest patch distance."""
         return np.asarray([score for score, _ in self._scored(name, images, progress=progress)], dtype=np.float64)
 
     def _scored(
-        self, name: str, images: Sequence[ImageInput], *, grids: bool = False, progress: Progress = _no_progress
+        self, name: str, images: Sequence[ImageInput], *, grids: bool = False, progress: Progress = no_progress
     ) -> list[tuple[float, PatchResult | None]]:
         """(score, patch result or None in global mode) per image, in input order; `grids` keeps patch-distance grids."""
         setting = self.get_setting(name)
@@ -715,22 +471,22 @@ class NominalService:
         if setting.scoring == "patch":
             found: list[tuple[float, PatchResult | None]] = []
             progress("scoring", 0, len(images))
-            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+            for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
                 for result in self._patch_results(name, version, kept, decoded, neighbours=0, grids=grids):
                     found.append((result.score, result))
                 progress("scoring", len(found), len(images))
             return found
-        backbone = self.backbone_for(version)
+        backbone = self.embedder.backbone_for(version)
         out: list[float] = []
         progress("scoring", 0, len(images))
-        for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+        for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
             vectors = backbone.embed(decoded, batch_size=self.batch_size)
             for near in self._nearest(version, vectors, [image.id for image in kept], setting.k):
                 out.append(knn_score([n.distance for n in near], setting.k))
             progress("scoring", len(out), len(images))
         return [(score, None) for score in out]
 
-    def nominal_scores(self, name: str, *, progress: Progress = _no_progress) -> np.ndarray:
+    def nominal_scores(self, name: str, *, progress: Progress = no_progress) -> np.ndarray:
         """Leave-one-out scores of the stored nominal images against the rest, without re-embedding.
 
         In patch mode only each image's stored (coreset) patches can be scored, which
@@ -740,7 +496,7 @@ class NominalService:
         setting = self.get_setting(name)
         version = self._require_active(name)
         if setting.scoring == "patch":
-            patch = self._require_patch(version)
+            patch = self.versions.require_patch(version)
             progress("scoring nominal set", 0, 1)
             scores = self.patches.nominal_scores(name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")))
             progress("scoring nominal set", 1, 1)
@@ -777,7 +533,7 @@ class NominalService:
         use_feedback: bool = True,
         activate: bool = True,
         compare: bool = False,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> "Calibrated":
         """Calibrate a threshold, record it, and make it the one verdicts use when that is safe.
 
@@ -844,7 +600,7 @@ class NominalService:
         pass_images: Sequence[ImageInput],
         fail_images: Sequence[ImageInput],
         *,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], str]:
         """Scores of labelled images by every scorer the setting can run, and the name of the one it runs now.
 
@@ -858,10 +614,10 @@ class NominalService:
         version = self._require_active(name)
         images = list(pass_images) + list(fail_images)
         split = len(pass_images)
-        backbone = self.backbone_for(version)
+        backbone = self.embedder.backbone_for(version)
         vectors = []
         progress("scoring candidates", 0, len(images))
-        for decoded, _, _ in self._decoded_batches(images, skip_bad=False):
+        for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
             vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
         vectors_all = np.concatenate(vectors)
         ks = sorted({1, 3, 5, setting.k})
@@ -871,9 +627,9 @@ class NominalService:
             scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
             candidates[f"global k={k}"] = (scores[:split], scores[split:])
         current = f"global k={setting.k}"
-        if self._patch_record(version) is not None:
+        if self.versions.patch_record(version) is not None:
             found: list[PatchResult] = []
-            for decoded, kept, _ in self._decoded_batches(images, skip_bad=False):
+            for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
                 found += self._patch_results(name, version, kept, decoded, neighbours=0, grids=True)
             for label, k in (("patch", 1), ("patch top-3 mean", 3), ("patch top-10 mean", 10)):
                 scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
@@ -950,7 +706,7 @@ class NominalService:
     def usable_calibration(self, name: str) -> Calibration | None:
         """The calibration verdicts use now: the active one, if it fits the active version."""
         setting = self.get_setting(name)  # an unknown setting is said as such
-        version = self.active_version(name)
+        version = self.versions.active(name)
         return None if version is None else self._usable_calibration(setting, version)
 
     # ----------------------------------------------------------------- feedback
@@ -976,7 +732,7 @@ class NominalService:
         setting: str,
         out_dir: str | Path,
         policy: str | None = None,
-        progress: Progress = _no_progress,
+        progress: Progress = no_progress,
     ) -> EvaluationResult:
         """The industry-standard evaluation: fit on PASS only, score the labelled test set, report.
 
@@ -1010,10 +766,10 @@ class NominalService:
         pixel_auc: float | None = None
         pixel_pro: float | None = None
         if configured.scoring == "patch":
-            patch = self._require_patch(version)
+            patch = self.versions.require_patch(version)
             pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
-                size=self.backbone_for(version).input_size,
+                size=self.embedder.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
                 threshold=result.threshold, max_pixels=self.max_pixels, progress=progress,
             )
@@ -1074,7 +830,7 @@ class NominalService:
             raise UnknownSetting(name)
         setting = MachineSetting.from_dict(record)
         collection = setting.active or self.store.resolve_alias(alias_name(name))  # a record from before `active`
-        version = self._ready_version(collection) if collection else None
+        version = self.versions.ready(collection) if collection else None
         if version is None:
             raise _no_images(name)
         if setting.active_count is not None and setting.active == version.collection:
@@ -1088,25 +844,8 @@ class NominalService:
                 calibration = found
         patch = None
         if setting.scoring == "patch":
-            patch = self._patch_records.get(version.collection) or self._require_patch(version)
-            self._patch_records[version.collection] = patch
+            patch = self.versions.require_patch(version, cached=True)
         return CallContext(setting=setting, version=version, calibration=calibration, patch=patch)
-
-    def _forget(self, collection: str) -> None:
-        """Drop what this process cached of a deleted collection (its name may be used again)."""
-        self._ready_versions.pop(collection, None)
-        self._patch_records.pop(collection, None)
-
-    def _ready_version(self, collection: str) -> CollectionVersion | None:
-        found = self._ready_versions.get(collection)
-        if found is None:
-            record = self.store.get_record(VERSION_KIND, collection)
-            if record is None:
-                return None
-            found = CollectionVersion.from_dict(record)
-            if found.state == "ready":
-                self._ready_versions[collection] = found
-        return found
 
     def _calibration_once(self, name: str, calibration_id: str) -> Calibration | None:
         key = (name, calibration_id)
@@ -1137,24 +876,10 @@ class NominalService:
         return (f"{reason}: the active version {version.version} holds {version.backbone_identity} vectors and "
                 f"the setting scores {setting.scoring}; calibrate again")
 
-    def _patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
-        """The patch collection's version record for a global version, or None (a global-only version)."""
-        name = collection_name(version.setting, version.backbone, version.version, kind="patch")
-        return self.store.get_record(VERSION_KIND, name)
-
-    def _require_patch(self, version: CollectionVersion) -> dict[str, Any]:
-        patch = self._patch_record(version)
-        if patch is None:
-            raise EmptyCollection(
-                f"setting {version.setting!r} scores by patches but version {version.version} has no patch bank "
-                "(it was built while the setting scored globally): re-index the setting to build one"
-            )
-        return patch
-
     def _scored_collection(self, name: str, version: CollectionVersion) -> str:
         """The collection a score of this setting comes from: the patch bank in patch mode."""
         if self.get_setting(name).scoring == "patch":
-            return self._require_patch(version)["collection"]
+            return self.versions.require_patch(version)["collection"]
         return version.collection
 
     def _patch_results(
@@ -1168,10 +893,10 @@ class NominalService:
         grids: bool = False,
         maps: bool = False,
     ) -> list[PatchResult]:
-        patch = self._require_patch(version)
+        patch = self.versions.require_patch(version)
         return self.patches.score(
             name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
-            self.backbone_for(version), images, decoded,
+            self.embedder.backbone_for(version), images, decoded,
             neighbours=neighbours, grids=grids, maps=maps, batch_size=self.batch_size,
         )
 
@@ -1186,31 +911,20 @@ class NominalService:
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)
-        version = self.active_version(name)
+        version = self.versions.active(name)
         if version is None or self.store.count(version.collection) == 0:
             raise _no_images(name)
         return version
 
-    def _refresh_count(self, version: CollectionVersion) -> None:
-        with self._lock(version.setting):
-            record = self.store.get_record(VERSION_KIND, version.collection)
-            if record is None:  # discarded meanwhile (a failed re-index's version): nothing to count
-                return
-            record["count"] = self.store.count(version.collection)
-            self.store.put_record(VERSION_KIND, version.collection, record)
-            setting = self.store.get_record(SETTING_KIND, version.setting)
-            if setting is not None and setting.get("active") == version.collection:
-                self.store.put_record(SETTING_KIND, version.setting, {**setting, "active_count": record["count"]})
-
     def _lock(self, name: str):  # noqa: ANN202 - a context manager
         """The lock of one setting's records, numbering and alias."""
-        return self.locks.hold(f"setting:{name}")
+        return self.versions.lock(name)
 
     def _embed_for(self, version: CollectionVersion, images: Sequence[ImageInput]) -> np.ndarray:
         if not images:
             raise BadImage("request", "no images given")
-        decoded, _, _ = self.decode_batch(images, skip_bad=False)
-        return self.backbone_for(version).embed(decoded, batch_size=self.batch_size)
+        decoded, _, _ = self.embedder.decode_batch(images, skip_bad=False)
+        return self.embedder.backbone_for(version).embed(decoded, batch_size=self.batch_size)
 
     def _validate(self, images: Sequence[ImageInput], progress: Progress) -> None:
         """Decode every image once so a bad one is refused before anything is written."""
@@ -1228,16 +942,6 @@ class NominalService:
             if len(bad) == 1:
                 raise BadImage(bad[0].source, f"{bad[0].reason}; nothing was indexed")
             raise BadImage(f"{len(bad)} images", f"{listed}{more}; nothing was indexed")
-
-    def _decoded_batches(
-        self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
-    ) -> Iterator["_Decoded"]:
-        """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
-        size = size or self.batch_size
-        batches = [images[i : i + size] for i in range(0, len(images), size)]
-        return prefetched(partial(self.decode_batch, skip_bad=skip_bad), batches)
-
-
 
 
 @dataclass(frozen=True)

@@ -167,7 +167,7 @@ def test_a_worker_killed_mid_reindex_loses_nothing(
         redis_space.client.lock(f"{redis_space.prefix}unacked_mutex", timeout=_sweep_lock_expiry(deployment)).acquire()
         first.kill()
         killed_at = runner.board.get(job.id).done
-        assert killed_at < 29 and service.active_version("hz").version == 1
+        assert killed_at < 29 and service.versions.active("hz").version == 1
         second = start_worker("second")
         second.wait_ready()
         done = wait_for_job(runner.board, job, timeout=180)
@@ -178,7 +178,7 @@ def test_a_worker_killed_mid_reindex_loses_nothing(
 
     assert done.state == "succeeded", done.message
     assert done.result["indexed"] == 28 and done.error_count == 1
-    active = service.active_version("hz")
+    active = service.versions.active("hz")
     assert active.version == 2 and service.store.count(active.collection) == 28  # one point per distinct image
     # The alias only ever named a complete version: v1 with its 6 images, then v2 with 28.
     assert seen <= {(1, 6), (2, 28)} and (1, 6) in seen, seen
@@ -204,7 +204,7 @@ def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, 
     finally:
         runner.close()
     assert done.state == "cancelled" and done.done < 29
-    assert [v.version for v in service.versions("hz")] == [1] and service.active_version("hz").version == 1
+    assert [v.version for v in service.versions.list("hz")] == [1] and service.versions.active("hz").version == 1
 
 
 def test_closing_the_runner_cancels_a_reindex_no_worker_will_ever_serve(deployment, service, source, hazelnut_sets) -> None:
@@ -218,7 +218,7 @@ def test_closing_the_runner_cancels_a_reindex_no_worker_will_ever_serve(deployme
     closer.join(timeout=30)
     assert not closer.is_alive(), "close waited for batches no worker will ever embed"
     assert runner.board.get(job.id).state == "cancelled"
-    assert [v.version for v in service.versions("hz")] == [1] and service.active_version("hz").version == 1
+    assert [v.version for v in service.versions.list("hz")] == [1] and service.versions.active("hz").version == 1
     assert len(service.store.collections()) == 1, service.store.collections()  # the half-built version is gone
 
 

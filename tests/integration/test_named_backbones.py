@@ -74,13 +74,13 @@ def test_a_named_backbone_runs_index_inspect_calibrate_and_reindex(
     service.put_setting("line", backbone=backbone, k=1, scoring=scoring)
     indexed = service.index("line", train)
     assert indexed.indexed == 5
-    version = service.active_version("line")
+    version = service.versions.active("line")
     loaded = service.backbones.get(backbone)
     assert version.backbone == loaded.name and version.backbone_identity == loaded.identity
     assert version.dim == (dim or loaded.dim)
     assert loaded.identity.split("@")[0] == ("resnet50" if backbone == "resnet50" else "openclip:ViT-S-32-alt")
     if scoring == "patch":
-        assert service.has_patch_bank(version)
+        assert service.versions.has_patch_bank(version)
 
     first = service.inspect("line", good + defect, heatmap=scoring == "patch")
     assert [v.verdict for v in first] == ["UNCALIBRATED"] * 4 and all(v.score >= 0 for v in first)
@@ -98,7 +98,7 @@ def test_a_named_backbone_runs_index_inspect_calibrate_and_reindex(
     shutil.copytree(hazelnut / "test" / "good", source)
     result = reindex(service, Progress(), setting="line", source=str(source))
     assert result["version"] == 2 and result["indexed"] == 6
-    again = service.active_version("line")
+    again = service.versions.active("line")
     assert again.backbone_identity == loaded.identity and service.status("line").count == 6
     assert service.status("line").setting.backbone == loaded.name
     assert len(service.inspect("line", defect[:1])) == 1
@@ -108,4 +108,4 @@ def test_clip_cannot_score_patches_and_says_so_before_anything_is_stored(service
     service.put_setting("clip-patches", backbone=CLIP, scoring="patch")
     with pytest.raises(UnknownBackbone, match="patch scoring needs a CNN backbone"):
         service.index("clip-patches", hazelnut_sets["train"][:2])
-    assert service.versions("clip-patches") == []
+    assert service.versions.list("clip-patches") == []

@@ -63,8 +63,8 @@ def test_patch_setting_keeps_a_versioned_bank_beside_the_global_collection(patch
     ids = {image.id for image in hazelnut_sets["train"]}
     assert point.payload["image_id"] in ids
     assert 0 <= point.payload["row"] < 28 and 0 <= point.payload["col"] < 28
-    assert [v.kind for v in patch_service.versions(SETTING, kind="patch")] == ["patch"]
-    assert [v.version for v in patch_service.versions(SETTING)] == [1]
+    assert [v.kind for v in patch_service.versions.list(SETTING, kind="patch")] == ["patch"]
+    assert [v.version for v in patch_service.versions.list(SETTING)] == [1]
 
 
 def test_patch_scores_separate_good_from_colour_defects(patch_service, hazelnut_sets) -> None:
@@ -162,9 +162,9 @@ def test_calibrated_patch_verdicts_and_a_new_version_moves_both_aliases(patch_se
     finally:
         patch_service.put_setting(SETTING, scoring="patch")
 
-    version = patch_service.begin_version(SETTING)
-    patch_service.index_into(version, hazelnut_sets["train"][:6])
-    patch_service.activate(version)
+    version = patch_service.versions.begin(patch_service.get_setting(SETTING))
+    patch_service.versions.fill(version, hazelnut_sets["train"][:6])
+    patch_service.versions.activate(version)
     assert patch_collection(patch_service).endswith("__patch__v2")
     patch_service.scores(SETTING, good[:1])
     assert patch_service.patches.cache.loaded() == {SETTING: patch_collection(patch_service)}

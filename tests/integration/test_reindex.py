@@ -52,7 +52,7 @@ def test_reindex_builds_a_new_version_and_switches_to_it(service, runner, source
     assert all(e["reason"] for e in done.errors)
     status = service.status("hazelnut")
     assert status.active.version == 2 and status.count == 28
-    assert [(v.version, v.state) for v in service.versions("hazelnut")] == [(1, "ready"), (2, "ready")]
+    assert [(v.version, v.state) for v in service.versions.list("hazelnut")] == [(1, "ready"), (2, "ready")]
 
 
 def test_a_manifest_carries_metadata_and_missing_files_are_reported(service, runner, source, hazelnut_sets) -> None:
@@ -64,7 +64,7 @@ def test_a_manifest_carries_metadata_and_missing_files_are_reported(service, run
     done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(manifest)))
     assert done.state == "succeeded", done.message
     assert done.result["indexed"] == 5 and done.errors[0]["source"].endswith("missing.jpg")
-    stored = {p.payload["metadata"]["lot"] for p in service.store.scroll(service.active_version("hazelnut").collection)}
+    stored = {p.payload["metadata"]["lot"] for p in service.store.scroll(service.versions.active("hazelnut").collection)}
     assert stored == {"L0", "L1", "L2", "L3", "L4"}
 
 
@@ -82,8 +82,8 @@ def test_old_versions_beyond_keep_are_deleted_and_rollback_returns_to_the_previo
             assert wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(small))).state == "succeeded"
     finally:
         runner.close()
-    assert [v.version for v in service.versions("hazelnut")] == [2, 3]
-    assert service.rollback("hazelnut").version == 2 and service.active_version("hazelnut").version == 2
+    assert [v.version for v in service.versions.list("hazelnut")] == [2, 3]
+    assert service.rollback("hazelnut").version == 2 and service.versions.active("hazelnut").version == 2
     with pytest.raises(NoPreviousVersion, match="no ready version older than v2"):
         service.rollback("hazelnut")
 
@@ -103,8 +103,8 @@ def test_cancel_leaves_the_old_version_active_and_deletes_the_half_built_one(
     runner.cancel(job.id)
     done = wait_for_job(runner.board, job)
     assert done.state == "cancelled" and done.done < 140
-    assert service.active_version("hazelnut").version == 1 and service.status("hazelnut").count == 4
-    assert [v.version for v in service.versions("hazelnut")] == [1]
+    assert service.versions.active("hazelnut").version == 1 and service.status("hazelnut").count == 4
+    assert [v.version for v in service.versions.list("hazelnut")] == [1]
     assert not any("__v2" in c for c in service.store.collections())
 
 
@@ -119,7 +119,7 @@ def test_a_reindex_with_no_usable_image_fails_and_switches_nothing(
     done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(bad)))
     assert done.state == "failed" and "nothing switched" in done.message
     assert done.error_count == len(bad_images)
-    assert [v.version for v in service.versions("hazelnut")] == [1]
+    assert [v.version for v in service.versions.list("hazelnut")] == [1]
 
 
 def test_inspections_during_a_reindex_are_all_answered(service, runner, source, hazelnut_sets) -> None:
@@ -158,14 +158,14 @@ def test_a_patch_setting_is_reindexed_with_its_patch_bank_and_pruning_removes_ol
 ) -> None:
     service.put_setting("hazelnut", scoring="patch")
     seed(service, hazelnut_sets)
-    first = service.active_version("hazelnut")
-    first_bank = service._patch_record(first)["collection"]
+    first = service.versions.active("hazelnut")
+    first_bank = service.versions.patch_record(first)["collection"]
     for expected_version in (2, 3, 4):
         done = wait_for_job(runner.board, runner.submit_reindex("hazelnut", str(source)))
         assert done.state == "succeeded", done.message
         assert done.result["version"] == expected_version
-    active = service.active_version("hazelnut")
-    bank = service._patch_record(active)["collection"]
+    active = service.versions.active("hazelnut")
+    bank = service.versions.patch_record(active)["collection"]
     assert service.store.count(bank) > 0, "the new version's patch bank is filled, not empty"
     assert service.store.resolve_alias("nominal__hazelnut__patch__active") == bank
     defect = service.inspect("hazelnut", hazelnut_sets["defect"][:1])[0]
@@ -175,4 +175,4 @@ def test_a_patch_setting_is_reindexed_with_its_patch_bank_and_pruning_removes_ol
     assert len([c for c in service.store.collections() if "__patch__" in c]) == 3, "active + 2 kept for rollback"
     back = service.rollback("hazelnut")
     assert back.version == 3
-    assert service.store.resolve_alias("nominal__hazelnut__patch__active") == service._patch_record(back)["collection"]
+    assert service.store.resolve_alias("nominal__hazelnut__patch__active") == service.versions.patch_record(back)["collection"]

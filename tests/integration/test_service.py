@@ -119,7 +119,7 @@ def test_backbones_are_never_mixed(service, hazelnut_sets) -> None:
     service.index("hazelnut", hazelnut_sets["train"][:3])
     with pytest.raises(BackboneMismatch, match="re-index"):
         service.put_setting("hazelnut", backbone="mobilenet_v2")
-    version = service.active_version("hazelnut")
+    version = service.versions.active("hazelnut")
     assert version is not None and version.backbone_identity == service.backbones.get("efficientnet_lite0").identity
 
 

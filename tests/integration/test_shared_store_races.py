@@ -113,15 +113,15 @@ def test_concurrent_first_uploads_and_new_versions_are_numbered_once(processes, 
         def body() -> None:
             service.index("fresh", [image])  # the first upload of a setting creates its version 1
             for _ in range(3):
-                numbers.append(service.begin_version("fresh").version)
+                numbers.append(service.versions.begin(service.get_setting("fresh")).version)
 
         return body
 
     run_all([writer(service, image) for service, image in zip(services, images)])
-    versions = services[0].versions("fresh")
+    versions = services[0].versions.list("fresh")
     assert sorted(numbers) == list(range(2, 14)), numbers  # twelve new versions, no number twice
     assert len({v.collection for v in versions}) == len(versions) == 13
-    active = services[0].active_version("fresh")
+    active = services[0].versions.active("fresh")
     assert active.version == 1 and services[0].status("fresh").count == 4  # every first upload landed
 
 
@@ -147,7 +147,7 @@ def test_uploads_calibrations_and_reindexes_across_processes_lose_nothing(
     def upload() -> None:
         for image in uploads:
             deadline = time.monotonic() + 60
-            while not (building := {v.version for v in uploader.versions("line") if v.state == "building"}):
+            while not (building := {v.version for v in uploader.versions.list("line") if v.state == "building"}):
                 assert time.monotonic() < deadline, "no re-index was ever seen building"
                 time.sleep(0.02)
             uploader.index("line", [image])
@@ -169,12 +169,12 @@ def test_uploads_calibrations_and_reindexes_across_processes_lose_nothing(
         calibrate,
     ])
 
-    versions = reindexer.versions("line")
+    versions = reindexer.versions.list("line")
     assert [v.version for v in versions] == [1, 2, 3, 4] and all(v.state == "ready" for v in versions)
     setting = reindexer.get_setting("line")
     # Read-modify-writes of the setting record from four processes: the last of each kind holds.
     assert setting.calibration_id == calibrations[-1] and setting.description == descriptions[-1]
-    assert setting.backbone == reindexer.active_version("line").backbone
+    assert setting.backbone == reindexer.versions.active("line").backbone
     by_number = {v.version: v for v in versions}
     for image_id, building in landed:
         for number in building:  # an image uploaded while a version was built is in that version

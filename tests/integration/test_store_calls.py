@@ -91,9 +91,9 @@ def test_a_verdict_follows_what_other_processes_change(tmp_path: Path, pool: Bac
         assert made.active
         assert here.inspect("line", image)[0].calibration_id == made.calibration.id
 
-        new = elsewhere.begin_version("line")
-        elsewhere.index_into(new, hazelnut_sets["train"][4:8])
-        elsewhere.activate(new)
+        new = elsewhere.versions.begin(elsewhere.get_setting("line"))
+        elsewhere.versions.fill(new, hazelnut_sets["train"][4:8])
+        elsewhere.versions.activate(new)
         moved = here.inspect("line", image, k=4)[0]
         assert {n.id for n in moved.neighbours} <= {i.id for i in hazelnut_sets["train"][4:8]}
 

@@ -32,8 +32,8 @@ def test_a_defect_painted_on_a_strip_is_found_at_its_place(service: NominalServi
     service.put_setting("strips", scoring="patch")
     assert service.get_setting("strips").tiling == "auto"
     service.index("strips", [as_input(strip(offset), f"nominal-{offset}") for offset in (0, 40, 80, 120, 160, 200)])
-    version = service.active_version("strips")
-    recipe = service._patch_record(version)["patch_config"]
+    version = service.versions.active("strips")
+    recipe = service.versions.patch_record(version)["patch_config"]
     assert recipe["tiling"] == "auto"
 
     good = strip(240)
@@ -50,7 +50,7 @@ def test_a_defect_painted_on_a_strip_is_found_at_its_place(service: NominalServi
     assert len(heat.grid) == HEIGHT // 8 and len(heat.grid[0]) == WIDTH // 8
 
     # The stitched, smoothed map covers the whole strip and peaks on the square.
-    decoded, _, _ = service.decode_batch([as_input(bad, "bad")], skip_bad=False)
+    decoded, _, _ = service.embedder.decode_batch([as_input(bad, "bad")], skip_bad=False)
     found = service._patch_results("strips", version, [as_input(bad, "bad")], decoded, neighbours=0, maps=True)[0]
     assert found.heat is not None and found.heat.shape == (HEIGHT, WIDTH)
     peak_row, peak_col = np.unravel_index(np.argmax(found.heat), found.heat.shape)
@@ -66,17 +66,17 @@ def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalSe
         Image.fromarray(strip(offset)).save(folder / f"{offset:03d}.png")
     service.put_setting("strips", scoring="patch", tiling="off")
     service.index("strips", [as_input(strip(200), "seed")])
-    assert service._patch_record(service.active_version("strips"))["patch_config"]["tiling"] == "off"
+    assert service.versions.patch_record(service.versions.active("strips"))["patch_config"]["tiling"] == "off"
     service.put_setting("strips", tiling="on")
     runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
     try:
         assert wait_for_job(runner.board, runner.submit_reindex("strips", str(folder))).state == "succeeded"
     finally:
         runner.close()
-    version = service.active_version("strips")
-    assert version.version == 2 and service._patch_record(version)["patch_config"]["tiling"] == "on"
+    version = service.versions.active("strips")
+    assert version.version == 2 and service.versions.patch_record(version)["patch_config"]["tiling"] == "on"
     # Tiled: every strip holds the patches of its 6 tiles, numbered past the first tile's 784.
-    patches = [p.payload["patch"] for p in service.store.scroll(service._patch_record(version)["collection"])]
+    patches = [p.payload["patch"] for p in service.store.scroll(service.versions.patch_record(version)["collection"])]
     assert max(patches) >= 784
     verdict = service.inspect("strips", [as_input(strip(240), "probe")], heatmap=True)[0]
     assert len(verdict.heatmap.grid) == HEIGHT // 8 and len(verdict.heatmap.grid[0]) == WIDTH // 8

@@ -50,7 +50,7 @@ def test_workers_write_batches_straight_to_the_server(
         tasks._state = None
     assert done.state == "succeeded", done.message
     assert handed.state == "succeeded" and handed.result["version"] == 3, handed.message
-    active = service.active_version("hz")
+    active = service.versions.active("hz")
     assert active.version == 3 and server.count(active.collection) == 6
 
 

@@ -1,0 +1,364 @@
+"""A setting's collection versions: numbering, filling, the atomic switch, pruning, and the patch bank beside each.
+
+Version N of a setting is a collection `nominal__<setting>__<backbone>__vN` with a
+record (`VERSION_KIND`) saying its backbone, dimension, state (`building` or
+`ready`) and count. The setting's alias names the active one; `activate` moves it
+in one step, so verdicts never see a half-built version. A patch-scoring setting's
+version also has a patch collection of the same number, created, switched and
+deleted with it.
+
+`Versions` is a collaborator of `NominalService` (which edges call) and of a
+re-index (`indexing.reindex`), which builds a version beside the active one.
+Every numbering, record write and alias move holds the setting's lock, shared
+with the service: `RedisLocks` when several processes write to one store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from indexing.backbones import Backbone
+from indexing.embedder import Embedder, Skipped, _Decoded
+from indexing.errors import EmptyCollection, NoPreviousVersion
+from indexing.images import ImageInput
+from indexing.locks import SettingLocks
+from indexing.patch_mode import PatchConfig, PatchIndex
+from indexing.prefetch import prefetched
+from indexing.settings import (
+    SETTING_KIND,
+    VERSION_KIND,
+    CollectionVersion,
+    MachineSetting,
+    alias_name,
+    collection_name,
+)
+from indexing.store.base import Point, VectorStore
+
+# progress(stage, done, total): called as work advances so edges can show bars or job status.
+Progress = Callable[[str, int, int], None]
+
+
+def no_progress(stage: str, done: int, total: int) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class IndexResult:
+    setting: str
+    collection: str
+    received: int
+    indexed: int
+    skipped: list[Skipped]
+    count: int
+
+
+class Versions:
+    """The collection versions of every setting in one store.
+
+    Args:
+        store: the open vector store (records, aliases and vectors).
+        embedder: embeds what is filled in (each version with its own backbone).
+        patches: the patch banks (one per patch-scoring version).
+        patch_config: the recipe new patch banks are built with; a bank keeps the recipe it was built with.
+        locks: the setting locks, shared with the service.
+    """
+
+    def __init__(
+        self, store: VectorStore, *, embedder: Embedder, patches: PatchIndex, patch_config: PatchConfig,
+        locks: SettingLocks,
+    ) -> None:
+        self.store = store
+        self.embedder = embedder
+        self.patches = patches
+        self.patch_config = patch_config
+        self.locks = locks
+        # What never changes once written, read from the store once per process: a ready version's
+        # identity (collection, backbone, dim) and its patch bank's record (recipe).
+        self._ready: dict[str, CollectionVersion] = {}
+        self._patch_records: dict[str, dict[str, Any]] = {}
+
+    def lock(self, name: str):  # noqa: ANN201 - a context manager
+        """The lock of one setting's records, numbering and alias (re-entrant)."""
+        return self.locks.hold(f"setting:{name}")
+
+    # ----------------------------------------------------------------- reading
+
+    def list(self, name: str, *, kind: str = "global") -> list[CollectionVersion]:
+        """Versions of one kind, oldest first: "global" (image vectors) or "patch" (patch banks, same numbers)."""
+        prefix = f"nominal__{name}__"
+        records = [
+            r for r in self.store.list_records(VERSION_KIND)
+            if r.get("setting") == name and r.get("kind", "global") == kind
+        ]
+        found = [CollectionVersion.from_dict(r) for r in records if r["collection"].startswith(prefix)]
+        return sorted(found, key=lambda v: v.version)
+
+    def active(self, name: str) -> CollectionVersion | None:
+        collection = self.store.resolve_alias(alias_name(name))
+        if collection is None:
+            return None
+        record = self.store.get_record(VERSION_KIND, collection)
+        return CollectionVersion.from_dict(record) if record else None
+
+    def ready(self, collection: str) -> CollectionVersion | None:
+        """A version by collection name; a ready one is read from the store once per process."""
+        found = self._ready.get(collection)
+        if found is None:
+            record = self.store.get_record(VERSION_KIND, collection)
+            if record is None:
+                return None
+            found = CollectionVersion.from_dict(record)
+            if found.state == "ready":
+                self._ready[collection] = found
+        return found
+
+    def patch_record(self, version: CollectionVersion) -> dict[str, Any] | None:
+        """The patch bank's version record of a global version, or None (a global-only version)."""
+        name = collection_name(version.setting, version.backbone, version.version, kind="patch")
+        return self.store.get_record(VERSION_KIND, name)
+
+    def has_patch_bank(self, version: CollectionVersion) -> bool:
+        """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
+        return self.patch_record(version) is not None
+
+    def require_patch(self, version: CollectionVersion, *, cached: bool = False) -> dict[str, Any]:
+        """The patch bank's record, or EmptyCollection saying why there is none. `cached`: of a ready version."""
+        if cached and version.collection in self._patch_records:
+            return self._patch_records[version.collection]
+        patch = self.patch_record(version)
+        if patch is None:
+            raise EmptyCollection(
+                f"setting {version.setting!r} scores by patches but version {version.version} has no patch bank "
+                "(it was built while the setting scored globally): re-index the setting to build one"
+            )
+        if cached:
+            self._patch_records[version.collection] = patch
+        return patch
+
+    def points_present(self, version: CollectionVersion, ids: Iterable[str]) -> int:
+        """How many of `ids` the version holds (looked up 1,024 at a time)."""
+        wanted = sorted(ids)
+        return sum(len(self.store.retrieve(version.collection, wanted[i : i + 1024])) for i in range(0, len(wanted), 1024))
+
+    def sample_queries_answered(self, version: CollectionVersion, ids: Sequence[str]) -> int:
+        """How many of these stored points, used as queries, find a neighbour: the version answers searches."""
+        sample = self.store.retrieve(version.collection, list(ids), with_vectors=True)
+        if not sample:
+            return 0
+        hits = self.store.search(version.collection, np.stack([p.vector for p in sample]).astype(np.float32), 1)
+        return sum(1 for found in hits if found)
+
+    # ----------------------------------------------------------------- building
+
+    def begin(self, setting: MachineSetting, backbone: str | None = None) -> CollectionVersion:
+        """Create the setting's next version, empty and not active, embedded with `backbone` (default: the setting's).
+
+        A patch-scoring setting also gets the patch collection of the same number;
+        `fill` fills both and `activate` switches both.
+        """
+        name = setting.name
+        model = self.embedder.backbones.get(backbone or setting.backbone)
+        if setting.scoring == "patch":
+            model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
+        with self.lock(name):
+            number = max((v.version for v in self.list(name)), default=0) + 1
+            version = CollectionVersion(
+                setting=name,
+                version=number,
+                collection=collection_name(name, model.name, number),
+                backbone=model.name,
+                backbone_identity=model.identity,
+                dim=model.dim,
+            )
+            self.store.create_collection(version.collection, model.dim)
+            self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
+            if setting.scoring == "patch":
+                patch = CollectionVersion.from_dict({
+                    **version.to_dict(), "kind": "patch", "dim": self.patch_config.dim,
+                    "collection": collection_name(name, model.name, number, kind="patch"),
+                })
+                self.store.create_collection(patch.collection, patch.dim)
+                recipe = replace(self.patch_config, tiling=setting.tiling)
+                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
+        return version
+
+    def fill(
+        self,
+        version: CollectionVersion,
+        images: Sequence[ImageInput],
+        *,
+        skip_bad: bool = True,
+        progress: Progress = no_progress,
+    ) -> IndexResult:
+        """Embed and upsert images into one version (and its patch bank), batch by batch."""
+        backbone = self.embedder.backbone_for(version)
+        patch = self.patch_record(version)
+        indexed, skipped = 0, []
+        progress("embedding", 0, len(images))
+        # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
+        size = max(1, min(self.embedder.batch_size, math.ceil(len(images) / 50)))
+        for batch in self.decoded_batches(images, skip_bad=skip_bad, size=size):
+            embedded = self.embedder.embed_decoded(version.setting, backbone, batch)
+            if patch is not None:
+                self._extend_patches(version, patch, backbone, batch)
+            if embedded.points:
+                self.store.upsert(version.collection, embedded.points)
+            indexed += len(embedded.points)
+            skipped.extend(embedded.skipped)
+            progress("embedding", indexed + len(skipped), len(images))
+        return IndexResult(
+            setting=version.setting,
+            collection=version.collection,
+            received=len(images),
+            indexed=indexed,
+            skipped=skipped,
+            count=self.store.count(version.collection),
+        )
+
+    def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
+        """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
+        self.store.upsert(version.collection, points)
+
+    def extend_patch_bank(self, version: CollectionVersion, batch: _Decoded) -> None:
+        """Add a decoded batch (`Embedder.decode_batch`) to the version's patch bank; nothing for a global-only one.
+
+        Call it before upserting the batch's global points: images already in the
+        version are left out, so an image is never added twice.
+        """
+        patch = self.patch_record(version)
+        if patch is not None:
+            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch)
+
+    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: _Decoded) -> None:
+        decoded, kept, _ = batch
+        present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
+        fresh = {}
+        for image, pixels in zip(kept, decoded):
+            if image.id not in present and image.id not in fresh:
+                fresh[image.id] = (image, pixels)
+        if fresh:
+            images, pixels = zip(*fresh.values())
+            self.patches.extend(
+                version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
+                backbone, list(images), list(pixels), batch_size=self.embedder.batch_size,
+            )
+
+    def decoded_batches(
+        self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
+    ) -> Iterator[_Decoded]:
+        """Decoded batches; the next batch decodes on a thread while the model runs on this one."""
+        size = size or self.embedder.batch_size
+        batches = [images[i : i + size] for i in range(0, len(images), size)]
+        return prefetched(partial(self.embedder.decode_batch, skip_bad=skip_bad), batches)
+
+    def refresh_count(self, version: CollectionVersion) -> None:
+        """Write the version's current point count to its record (and to the setting's, if it is the active one)."""
+        with self.lock(version.setting):
+            record = self.store.get_record(VERSION_KIND, version.collection)
+            if record is None:  # discarded meanwhile (a failed re-index's version): nothing to count
+                return
+            record["count"] = self.store.count(version.collection)
+            self.store.put_record(VERSION_KIND, version.collection, record)
+            setting = self.store.get_record(SETTING_KIND, version.setting)
+            if setting is not None and setting.get("active") == version.collection:
+                self.store.put_record(SETTING_KIND, version.setting, {**setting, "active_count": record["count"]})
+
+    # ----------------------------------------------------------------- switching
+
+    def activate(self, version: CollectionVersion, *, expected_count: int | None = None) -> CollectionVersion:
+        """Check a built version and make it the active one in one atomic alias move."""
+        with self.lock(version.setting):
+            count = self.store.count(version.collection)
+            if expected_count is not None and count < expected_count:
+                raise EmptyCollection(
+                    f"version {version.version} of {version.setting!r} holds {count} points, "
+                    f"expected {expected_count}: not activated"
+                )
+            ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+            patch = self.patch_record(version)
+            self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
+            if patch is not None:
+                collection = patch["collection"]
+                patch = {**patch, "state": "ready", "count": self.store.count(collection)}
+                self.store.put_record(VERSION_KIND, collection, patch)
+                self.store.set_alias(alias_name(version.setting, kind="patch"), collection)
+            self.store.set_alias(alias_name(version.setting), version.collection)
+            record = self.store.get_record(SETTING_KIND, version.setting)
+            if record is not None:
+                # The record mirrors the alias (read in one call per verdict) and the backbone is the version's:
+                # a re-index with another backbone changes what the setting is built on.
+                setting = MachineSetting.from_dict(record)
+                self.store.put_record(
+                    SETTING_KIND, setting.name,
+                    setting.updated(backbone=version.backbone, active=version.collection, active_count=count).to_dict(),
+                )
+        return ready
+
+    def rollback(self, name: str) -> CollectionVersion:
+        """Make the newest ready version older than the active one active again, in one alias move.
+
+        The version rolled back from is kept (it is newer, so pruning leaves it alone).
+
+        Raises:
+            NoPreviousVersion: there is no ready version older than the active one.
+        """
+        with self.lock(name):
+            active = self.active(name)
+            if active is None:
+                raise EmptyCollection(f"setting {name!r} has no nominal images yet: index PASS images first")
+            older = [v for v in self.list(name) if v.state == "ready" and v.version < active.version]
+            if not older:
+                raise NoPreviousVersion(
+                    f"setting {name!r} has no ready version older than v{active.version} to roll back to: "
+                    "a re-index keeps the version it replaces"
+                )
+            return self.activate(older[-1])
+
+    def discard(self, version: CollectionVersion) -> None:
+        """Delete a version that is not active (a half-built or superseded one), vectors and record."""
+        with self.lock(version.setting):
+            if self.store.resolve_alias(alias_name(version.setting)) == version.collection:
+                raise ValueError(f"{version.collection} is the active version of {version.setting!r}: not deleted")
+            patch = self.patch_record(version)
+            if patch is not None:
+                self.store.delete_collection(patch["collection"])
+                self.store.delete_record(VERSION_KIND, patch["collection"])
+            self.store.delete_collection(version.collection)
+            self.store.delete_record(VERSION_KIND, version.collection)
+            self.forget(version.collection)
+
+    def prune(self, name: str, *, keep: int) -> list[CollectionVersion]:
+        """Delete ready versions older than the active one beyond the `keep` newest; returns those deleted."""
+        if keep < 0:
+            raise ValueError(f"keep must be 0 or more, got {keep}")
+        with self.lock(name):
+            active = self.active(name)
+            if active is None:
+                return []
+            older = [v for v in self.list(name) if v.state == "ready" and v.version < active.version]
+            doomed = older[: max(len(older) - keep, 0)]
+            for version in doomed:
+                self.discard(version)
+            return doomed
+
+    def delete_all(self, name: str) -> None:
+        """Every version of a setting, both kinds, its aliases and its patch banks in memory (deleting the setting)."""
+        with self.lock(name):
+            for kind in ("global", "patch"):
+                self.store.delete_alias(alias_name(name, kind=kind))
+                for version in self.list(name, kind=kind):
+                    self.store.delete_collection(version.collection)
+                    self.store.delete_record(VERSION_KIND, version.collection)
+                    self.forget(version.collection)
+            self.patches.cache.forget(name)
+
+    def forget(self, collection: str) -> None:
+        """Drop what this process cached of a deleted collection (its name may be used again)."""
+        self._ready.pop(collection, None)
+        self._patch_records.pop(collection, None)
