@@ -18,6 +18,7 @@ from indexing.backbones import load_backbone
 from indexing.history import History
 from indexing.image_store import ImageStore
 from indexing.locks import LocalLocks, RedisLocks, SettingLocks
+from indexing.compute import INLINE, Compute
 from indexing.service import BackbonePool, NominalService
 from indexing.store import VectorStore, open_store
 
@@ -33,8 +34,9 @@ def open_configured_store(config: Config) -> VectorStore:
     return open_store(data_dir=config.data)
 
 
-def backbone_pool(config: Config) -> BackbonePool:
-    return BackbonePool(partial(load_backbone, device=config.device, weights_dir=config.weights_dir))
+def backbone_pool(config: Config, compute: Compute = INLINE) -> BackbonePool:
+    """The process's models; they run on `compute` (a server's `ComputeThread`, else inline)."""
+    return BackbonePool(partial(load_backbone, device=config.device, weights_dir=config.weights_dir), compute=compute)
 
 
 def setting_locks(config: Config, store: VectorStore | None) -> SettingLocks:

@@ -20,7 +20,7 @@ from indexing.errors import BackboneMismatch, BadImage
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.settings import CollectionVersion, utc_now
 from indexing.store.base import Point
-from indexing.torch_thread import run_on_torch_thread
+from indexing.compute import INLINE, Compute
 
 
 @dataclass(frozen=True)
@@ -43,17 +43,23 @@ class BackbonePool:
     """One loaded model per backbone name per process, built on first use.
 
     Loading is serialised so concurrent first requests do not build two copies.
+    `compute` is where the models run (`indexing.compute`): each backbone loaded
+    here runs its forward passes there, and so does the patch work of a service
+    built on this pool.
     """
 
-    def __init__(self, loader: Callable[[str], Backbone] = load_backbone) -> None:
+    def __init__(self, loader: Callable[[str], Backbone] = load_backbone, *, compute: Compute = INLINE) -> None:
         self._loader = loader
+        self.compute = compute
         self._loaded: dict[str, Backbone] = {}
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Backbone:
         with self._lock:
             if name not in self._loaded:
-                self._loaded[name] = run_on_torch_thread(self._loader, name)
+                backbone = self.compute.run(self._loader, name)
+                backbone.compute = self.compute
+                self._loaded[name] = backbone
             return self._loaded[name]
 
 

@@ -26,13 +26,14 @@ import numpy as np
 from PIL import Image
 
 from indexing.backbones import Backbone
+from indexing.compute import INLINE, Compute
 from indexing.datasets import TestImage
 from indexing.errors import EmptyCollection
 from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_pro, pixel_roc_auc
 from indexing.images import ImageInput, decode
 from indexing.patch_bank import BankCache, PatchBank, patch_point_id, patch_points
 from indexing.patch_search import PatchScorer
-from indexing.patches import PatchMaker, Projection
+from indexing.patches import PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
 from indexing.store.base import Neighbour, Vectors
 from indexing.tiling import TileLayout, Tiling, check_tiling, layout_for, metric_size
@@ -146,11 +147,14 @@ class PatchIndex:
     Args:
         store: the open vector store (the service's).
         cache: where loaded banks live; one per process.
+        compute: where patch work runs (`indexing.compute`): features, coreset steps and
+            searches; loading a bank and writing its points stay on the caller's thread.
     """
 
-    def __init__(self, store: Vectors, *, cache: BankCache | None = None) -> None:
+    def __init__(self, store: Vectors, *, cache: BankCache | None = None, compute: Compute = INLINE) -> None:
         self.store = store
         self.cache = cache or BankCache()
+        self.compute = compute
 
     def bank(self, setting: str, collection: str, dim: int) -> PatchBank:
         """The loaded bank of a collection; reloaded when the store holds a different number of points
@@ -184,11 +188,11 @@ class PatchIndex:
         layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
         if any(found is not None for found in layouts):
             return self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
-        patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
+        patches = self._patchify(config.maker(), backbone, list(decoded), batch_size)
         per_image = patches.vectors.shape[1]
         flat = patches.vectors.reshape(-1, config.dim)
         with bank.lock:
-            keep = config.sampler().run(flat, covered=bank.vectors if len(bank) else None)
+            keep = self.compute.run(config.sampler().run, flat, covered=bank.vectors if len(bank) else None)
             points = []
             for number, image in enumerate(images):
                 mine = keep[(keep >= number * per_image) & (keep < (number + 1) * per_image)] - number * per_image
@@ -221,11 +225,11 @@ class PatchIndex:
         maker, sampler, stored = config.maker(), config.sampler(), 0
         for start in range(0, len(tiles), batch_size):
             chunk = tiles[start : start + batch_size]
-            patches = maker.patchify(backbone.feature_maps([piece for _, _, piece in chunk], batch_size=batch_size))
+            patches = self._patchify(maker, backbone, [piece for _, _, piece in chunk], batch_size)
             per_tile = patches.vectors.shape[1]
             flat = patches.vectors.reshape(-1, config.dim)
             with bank.lock:
-                keep = sampler.run(flat, covered=bank.vectors if len(bank) else None)
+                keep = self.compute.run(sampler.run, flat, covered=bank.vectors if len(bank) else None)
                 points = []
                 for number, (image, index, _) in enumerate(chunk):
                     mine = keep[(keep >= number * per_tile) & (keep < (number + 1) * per_tile)] - number * per_tile
@@ -268,6 +272,23 @@ class PatchIndex:
             raise EmptyCollection(
                 f"setting {setting!r} has no patch memory bank yet: index PASS images into it (scoring=patch)"
             )
+        # Everything from here is computation on a loaded bank: one hop to the compute thread for the call.
+        return self.compute.run(
+            self._score_loaded, bank, config, backbone, images, decoded, neighbours, grids, maps, batch_size
+        )
+
+    def _score_loaded(
+        self,
+        bank: PatchBank,
+        config: PatchConfig,
+        backbone: Backbone,
+        images: Sequence[ImageInput],
+        decoded: Sequence[Image.Image],
+        neighbours: int,
+        grids: bool,
+        maps: bool,
+        batch_size: int,
+    ) -> list[PatchResult]:
         layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
         if any(found is not None for found in layouts):
             return [
@@ -365,14 +386,22 @@ class PatchIndex:
         an approximation. Calibrate with PASS images for an exact one.
         """
         bank = self.bank(setting, collection, config.dim)
-        scorer = config.scorer(bank)
-        scores = []
-        for image_id in dict.fromkeys(bank.image_ids):
-            own = bank.rows_of(image_id)
-            if len(own) == len(bank):
-                continue
-            scores.append(scorer.run(bank.vectors[own], exclude=own, grid=False).score)
-        return np.asarray(scores, dtype=np.float64)
+
+        def leave_one_out() -> np.ndarray:
+            scorer = config.scorer(bank)
+            scores = []
+            for image_id in dict.fromkeys(bank.image_ids):
+                own = bank.rows_of(image_id)
+                if len(own) == len(bank):
+                    continue
+                scores.append(scorer.run(bank.vectors[own], exclude=own, grid=False).score)
+            return np.asarray(scores, dtype=np.float64)
+
+        return self.compute.run(leave_one_out)
+
+    def _patchify(self, maker: PatchMaker, backbone: Backbone, images: list[Image.Image], batch_size: int) -> Patches:
+        """Patch vectors of these images, computed on the compute thread (the backbone's forward nests there)."""
+        return self.compute.run(lambda: maker.patchify(backbone.feature_maps(images, batch_size=batch_size)))
 
     @staticmethod
     def _neighbours(bank: PatchBank, patch: np.ndarray, k: int, own: list[int]) -> list[Neighbour]:

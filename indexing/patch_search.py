@@ -38,7 +38,6 @@ import numpy as np
 import torch
 
 from indexing.errors import EmptyCollection
-from indexing.torch_thread import run_on_torch_thread
 
 # Bank rows' nearest neighbours the PatchCore re-weighting looks at (anomalib uses 9).
 DEFAULT_REWEIGHT_K = 0
@@ -188,10 +187,7 @@ class TorchNN:
         self._state = (rows_now, extra_norms if self.size == 0 else torch.cat([norms, extra_norms]))
 
     def run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Same contract as `FaissNN.run`; runs where torch runs (`indexing.torch_thread`)."""
-        return run_on_torch_thread(self._run, queries, k, exclude=exclude)
-
-    def _run(self, queries: np.ndarray, k: int, *, exclude: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Same contract as `FaissNN.run`."""
         bank, norms = self._state
         size = int(bank.shape[0])
         banned = torch.as_tensor(np.unique(np.asarray(list(exclude or ()), dtype=np.int64)))
@@ -509,10 +505,6 @@ class PatchScorer:
         Returns:
             Its `PatchScore`.
         """
-        # One hop to the torch thread for the whole image, not one per search step.
-        return run_on_torch_thread(self._run, patches, exclude, grid)
-
-    def _run(self, patches: np.ndarray, exclude: Sequence[int] | None, grid: bool) -> PatchScore:
         distances = None
         if grid or self.bounds is None:
             found, indices = self.nn.run(patches, 1, exclude=exclude)

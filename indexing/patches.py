@@ -34,7 +34,6 @@ import torch
 import torch.nn.functional as F
 
 from indexing.backbones.base import FeatureMaps
-from indexing.torch_thread import run_on_torch_thread
 
 Projection = Literal["pool", "random"]
 PROJECTIONS: tuple[str, ...] = ("pool", "random")
@@ -81,10 +80,6 @@ class PatchMaker:
             raise ValueError(f"neighbourhood must be an odd size >= 1, got {self.neighbourhood}")
 
     def patchify(self, maps: FeatureMaps) -> Patches:
-        """See `_patchify`; runs where torch runs (`indexing.torch_thread`)."""
-        return run_on_torch_thread(self._patchify, maps)
-
-    def _patchify(self, maps: FeatureMaps) -> Patches:
         """Patch vectors of every image of `maps`.
 
         Args:

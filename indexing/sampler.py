@@ -26,7 +26,6 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from indexing.torch_thread import run_on_torch_thread
 
 # Rows per block when measuring new rows against the bank: a block pair is 4096 x 4096 floats (64 MB).
 _BLOCK = 4096
@@ -71,10 +70,6 @@ class GreedyCoresetSampler:
         return f"GreedyCoresetSampler(ratio={self.ratio}, projection_dim={self.projection_dim}, seed={self.seed})"
 
     def run(self, features: np.ndarray, *, covered: np.ndarray | None = None) -> np.ndarray:
-        """See `_run`; runs where torch runs (`indexing.torch_thread`)."""
-        return run_on_torch_thread(self._run, features, covered=covered)
-
-    def _run(self, features: np.ndarray, *, covered: np.ndarray | None = None) -> np.ndarray:
         """Indices of the rows to keep, farthest-first.
 
         Args:

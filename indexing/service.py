@@ -137,8 +137,8 @@ class NominalService:
         # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
         self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         self.patch_config = patch_config or PatchConfig()
-        self.patches = PatchIndex(store, cache=bank_cache)
         self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
+        self.patches = PatchIndex(store, cache=bank_cache, compute=self.embedder.backbones.compute)
         self.default_backbone = default_backbone
         # Every read-modify-write of a setting's records, numbering and alias holds its lock;
         # `RedisLocks` when several processes share the store (see indexing/locks.py).

@@ -2,10 +2,11 @@
 
 Run it with `nominal serve` (or `uvicorn --factory app.api.main:create_app`).
 One process owns one model per backbone, loaded at start-up. Handlers hand their
-blocking work to FastAPI's thread pool (`off_the_loop`), never the event loop; under
-`nominal serve` each forward pass then runs on the process's main thread
-(`indexing.torch_thread`). Jobs (uploads, re-indexes) go to the runner `build_runner`
-chose: a thread of this process, or Celery workers.
+blocking work to FastAPI's thread pool (`off_the_loop`), never the event loop; the
+model work inside it (forward passes, patch searches) runs on the process's one
+`ComputeThread` (`indexing.compute`), whichever thread asked, in every worker process
+alike. Jobs (uploads, re-indexes) go to the runner `build_runner` chose: a thread of
+this process, or Celery workers.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ from app.api.metrics import Metrics, drift_reports
 from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
-from app.runtime import build_history, build_runner, build_service, open_configured_store
+from app.runtime import backbone_pool, build_history, build_runner, build_service, open_configured_store
+from indexing.compute import ComputeThread
 from indexing.image_store import ImageStore
 
 log = logging.getLogger("nominal.api")
@@ -50,9 +52,10 @@ def create_app(config: Config | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         store = open_configured_store(config)
+        compute = ComputeThread()  # the one thread of this process that runs torch (see indexing/compute.py)
         try:
             history = build_history(config)
-            service = build_service(config, store, history=history)
+            service = build_service(config, store, backbone_pool(config, compute), history=history)
             for name in {config.backbone, *(s.backbone for s in service.list_settings())}:
                 service.backbones.get(name)  # load once now, not on the first request
             runner = build_runner(config, service)
@@ -67,6 +70,7 @@ def create_app(config: Config | None = None) -> FastAPI:
                 runner.close()
                 history.close()
         finally:
+            compute.close()
             store.close()
 
     # /docs and /redoc load their JS and CSS from this package, not from a CDN (a plant has no internet).

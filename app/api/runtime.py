@@ -34,9 +34,8 @@ class ApiRuntime:
 async def off_the_loop(function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
     """Run a handler's blocking work (upload checks, decoding, store I/O, inference) off the event loop.
 
-    It runs on FastAPI's thread pool, never on the torch thread: under `nominal serve`
-    only the forward passes and searches inside it hop to the main thread
-    (`indexing.torch_thread`), so one request's decoding and store round trips do not
-    hold up another's model time.
+    It runs on FastAPI's thread pool: only the forward passes and searches inside it
+    hop to the process's compute thread (`indexing.compute`), so one request's decoding
+    and store round trips do not hold up another's model time.
     """
     return await run_in_threadpool(function, *args, **kwargs)

@@ -89,40 +89,12 @@ def run_server(config: Config, *, host: str = LOOPBACK, port: int = 8000, worker
     with sock:
         if workers == 1:
             server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="info"))
-            _serve_with_torch_on_main_thread(server, sock)
+            server.run(sockets=[sock])
             if not server.started:
                 raise CliError("the server stopped before it started serving: see the log lines above")
         else:
             # Each worker process builds its own app (and model) from the environment.
             uvicorn.run("app.api.main:create_app", factory=True, fd=sock.fileno(), workers=workers, log_level="info")
-
-
-def _serve_with_torch_on_main_thread(server, sock: socket.socket) -> None:
-    """uvicorn on a thread; this (main) thread runs every torch call (see `indexing.torch_thread`).
-
-    uvicorn installs no signal handlers off the main thread, so SIGINT and SIGTERM
-    are caught here and ask it to shut down; torch calls are served until it has
-    (its shutdown may still wait for a job's last batch).
-    """
-    import signal
-    import threading
-
-    from indexing.torch_thread import serve_torch_calls
-
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn")
-
-    def stop(signum: int, frame: object) -> None:
-        server.should_exit = True
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        serve_torch_calls(until=lambda: not thread.is_alive(), on_ready=thread.start)
-    finally:
-        server.should_exit = True
-        if thread.is_alive():
-            thread.join()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 def _is_loopback(host: str) -> bool:

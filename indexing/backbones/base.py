@@ -19,7 +19,7 @@ from PIL import Image
 
 from indexing.backbones.preprocess import Preprocess
 from indexing.errors import UnknownBackbone
-from indexing.torch_thread import run_on_torch_thread
+from indexing.compute import INLINE, Compute
 
 # The two mid-level maps PatchCore takes from ResNet layer2 and layer3.
 MAP_STRIDES: tuple[int, int] = (8, 16)
@@ -93,7 +93,11 @@ class Backbone:
             backbone has no convolutional maps (CLIP); patch scoring needs them.
         encoder: the underlying torch module (eval mode, no gradients), for
             introspection and tests; not part of the stable surface.
+        compute: where each batch's forward pass runs (`indexing.compute`); inline
+            unless the `BackbonePool` that loaded it says otherwise.
     """
+
+    compute: Compute = INLINE
 
     def __init__(
         self,
@@ -149,7 +153,7 @@ class Backbone:
 
         for start in range(0, len(images), batch_size):
             batch = images[start : start + batch_size]
-            out[start : start + len(batch)] = run_on_torch_thread(forward, batch)
+            out[start : start + len(batch)] = self.compute.run(forward, batch)
         return out
 
     def feature_maps(self, images: Sequence[Image.Image], batch_size: int = 32) -> FeatureMaps:
@@ -188,7 +192,7 @@ class Backbone:
             out16[start : start + len(x)].copy_(map16)
 
         for start in range(0, len(images), batch_size):
-            run_on_torch_thread(forward, images[start : start + batch_size], start)
+            self.compute.run(forward, images[start : start + batch_size], start)
         return FeatureMaps(out8, out16)
 
     def _input(self, images: Sequence[Image.Image]) -> torch.Tensor:
