@@ -242,10 +242,23 @@ class NominalService:
 
     # ----------------------------------------------------------------- versions
 
+    def versions_of(self, name: str) -> list[CollectionVersion]:
+        """The setting's versions, oldest first: what a rollback can return to."""
+        self.get_setting(name)
+        return self.versions.list(name)
+
+    def active_version(self, name: str) -> CollectionVersion | None:
+        """The version verdicts are answered from, or None before the first images."""
+        return self.versions.active(check_setting_name(name))
+
     def rollback(self, name: str) -> CollectionVersion:
         """Make the newest ready version older than the active one active again (`Versions.rollback`)."""
         self.get_setting(name)
         return self.versions.rollback(name)
+
+    def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
+        """Upsert points embedded elsewhere (a Celery worker's batch) into a version being built."""
+        self.versions.add_points(version, points)
 
     # ----------------------------------------------------------------- indexing
 

@@ -118,7 +118,7 @@ def index_batch(version: dict[str, Any], items: list[dict[str, Any]]) -> dict[st
     target = CollectionVersion.from_dict(version)
     batch = embed_items(service.embedder, target, [SourceItem.from_dict(i) for i in items])
     if batch.points:
-        service.versions.add_points(target, batch.points)
+        service.add_points(target, batch.points)
     return {"ids": [p.id for p in batch.points], "skipped": [{"source": s.source, "reason": s.reason} for s in batch.skipped]}
 
 

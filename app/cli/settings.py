@@ -49,7 +49,7 @@ def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out
     out = Output(json_mode=json_out)
     with service_for(state(ctx).config) as service:
         status = service.status(setting)
-        versions = service.versions.list(setting)
+        versions = service.versions_of(setting)
     public = SettingPublic.of(status)
     out.data({**public.model_dump(mode="json"), "versions": [
         {"version": v.version, "state": v.state, "images": v.count, "backbone": v.backbone, "created_at": v.created_at,

@@ -78,3 +78,24 @@ def test_no_module_import_cycle() -> None:
         if node not in state:
             visit(node)
     assert not cycles, cycles
+
+
+def test_the_edges_call_the_service_not_its_collaborators() -> None:
+    """`app/` and `workers/` go through `NominalService`'s methods: never `service.versions.x`,
+    `service.patches.x` or `service.embedder.x`, which are the core's own seams (a re-index
+    builds through `Versions`; the service delegates to them)."""
+    collaborators = {"versions", "patches", "embedder", "references"}
+    reached = []
+    for package in ("app", "workers"):
+        for path in (REPO / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                # service.<collaborator>.<member> (or runtime.service.<collaborator>.<member>)
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Attribute)
+                    and node.value.attr in collaborators
+                    and isinstance(node.value.value, (ast.Name, ast.Attribute))
+                    and (getattr(node.value.value, "id", None) or getattr(node.value.value, "attr", None)) == "service"
+                ):
+                    reached.append(f"{path.relative_to(REPO)}:{node.lineno} service.{node.value.attr}.{node.attr}")
+    assert reached == []

@@ -53,12 +53,12 @@ def get_setting(setting: str, runtime: RuntimeDep) -> SettingPublic:
 @router.get("/v1/settings/{setting}/versions", dependencies=[ReadAccess])
 def list_versions(setting: str, runtime: RuntimeDep) -> VersionsPublic:
     """The setting's collection versions: what a rollback can return to."""
-    runtime.service.get_setting(setting)
-    active = runtime.service.versions.active(setting)
+    versions = runtime.service.versions_of(setting)
+    active = runtime.service.active_version(setting)
     return VersionsPublic(versions=[
         VersionPublic(version=v.version, state=v.state, images=v.count, backbone=v.backbone, created_at=v.created_at,
                       active=active is not None and v.version == active.version)
-        for v in runtime.service.versions.list(setting)
+        for v in versions
     ])
 
 
