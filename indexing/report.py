@@ -57,6 +57,7 @@ def write_report(
     extra: dict[str, Any] | None = None,
     images: Sequence[ImageInput] | None = None,
     in_sample: bool = False,
+    trained: dict[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write the report files into `out_dir` (created if missing).
 
@@ -73,6 +74,9 @@ def write_report(
             are shown as thumbnails (in `thumbnails/`) beside their names.
         in_sample: the threshold was chosen on these same images; the report says so,
             since every figure at the threshold is then optimistic.
+        trained: a trained scorer's results on the same images (`--labelled-fail`):
+            {"metrics": same names as `metrics`, "gate": ..., "scorer": ...}; written
+            under "trained" in metrics.json and compared in report.md.
 
     Returns:
         Path of each file by key: ``metrics``, ``pr_curve``, ``roc_curve``,
@@ -102,6 +106,8 @@ def write_report(
         "extra": extra or {},
         "images": _image_rows(truth, values, names, threshold),
     }
+    if trained is not None:
+        document["trained"] = trained
     _write_atomic(paths["metrics"], lambda fh: fh.write(_to_json_text(document).encode("utf-8")))
     _save_figure(_pr_figure(truth, values, metrics, marker), paths["pr_curve"])
     _save_figure(_roc_figure(truth, values, metrics, marker), paths["roc_curve"])
@@ -109,6 +115,8 @@ def write_report(
     _save_figure(_confusion_figure(metrics), paths["confusion_matrix"])
     thumbnails = _thumbnailer(out / "thumbnails", images) if images is not None else None
     markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {}, thumbnails, in_sample)
+    if trained is not None:
+        markdown += _trained_section(metrics, trained)
     _write_atomic(paths["report"], lambda fh: fh.write(markdown.encode("utf-8")))
     return paths
 
@@ -453,3 +461,20 @@ def calibration_pr_png(calibration: Calibration) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100)
     return buffer.getvalue()
+
+
+def _trained_section(metrics: Metrics, trained: dict[str, Any]) -> str:
+    """Unsupervised vs trained on the same test images, and whether the gate lets the trained one answer."""
+    mine = metrics.to_dict()
+    other = trained["metrics"]
+    lines = ["", "## Trained scorer (labelled FAIL images)", "", f"Scorer: {trained['scorer']}.", "",
+             "| metric | unsupervised | trained |", "| --- | --- | --- |"]
+    for key in ("roc_auc", "average_precision", "f1_max", "fpr_at_95_tpr"):
+        lines.append(f"| {key} | {_figure(mine.get(key))} | {_figure(other.get(key))} |")
+    gate = trained["gate"]
+    lines += ["", f"Gate: {'ON' if gate['active'] else 'OFF'}: {gate['reason']}.", ""]
+    return "\n".join(lines) + "\n"
+
+
+def _figure(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"

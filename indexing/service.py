@@ -68,6 +68,7 @@ class EvaluationResult:
     files: dict[str, Path]
     pixel_roc_auc: float | None = None
     pixel_pro: float | None = None
+    trained: dict[str, Any] | None = None  # `labelled_fail`: the trained scorer's metrics and gate
 
 
 @dataclass(frozen=True)
@@ -745,9 +746,16 @@ class NominalService:
         setting: str,
         out_dir: str | Path,
         policy: str | None = None,
+        labelled_fail: bool = False,
         progress: Progress = no_progress,
     ) -> EvaluationResult:
         """The industry-standard evaluation: fit on PASS only, score the labelled test set, report.
+
+        With `labelled_fail`, the fixed protocol of `indexing.metric_learning`: FAIL test
+        images j with j % 10 in {3, 4} leave the test set and train a metric projection
+        (with CutPaste defects on the training images); the report gives the unsupervised
+        scorer's metrics as usual and the trained one's under "trained", on the same
+        remaining test images, with the cross-validated gate that decides between them.
 
         The setting (backbone, k) must exist; its nominal set becomes the
         dataset's training images. The threshold is calibrated on the test set
@@ -758,6 +766,12 @@ class NominalService:
         images count as all-zero masks), the pixel ROC-AUC in metrics.json's extra.
         """
         started = time.perf_counter()
+        labelled: list = []
+        if labelled_fail:
+            from indexing.metric_learning import labelled_fail_split
+
+            labelled, remaining = labelled_fail_split(dataset.test)
+            dataset = replace(dataset, test=remaining)
         self.index(setting, dataset.train, progress=progress)
         test_images = [t.image for t in dataset.test]
         # Patch settings write a heat map per test image, so their full distance grids are needed.
@@ -799,6 +813,12 @@ class NominalService:
             extra["pixel_roc_auc"] = pixel_auc
             extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
+        trained = None
+        if labelled_fail:
+            trained = self._trained_evaluation(
+                setting, version, dataset, labelled, is_fail, policy, k=configured.k, progress=progress,
+            )
+            extra["labelled_fail"] = len(labelled)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
 
         paths = write_report(
@@ -816,13 +836,68 @@ class NominalService:
             calibration=result,
             metrics=metrics,
             extra=extra,
+            trained=trained,
         )
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
         return EvaluationResult(
             metrics=metrics, calibration=result, scores=scores, is_fail=is_fail, files=paths, pixel_roc_auc=pixel_auc,
-            pixel_pro=pixel_pro,
+            pixel_pro=pixel_pro, trained=trained,
         )
+
+    def _trained_evaluation(
+        self,
+        setting: str,
+        version: CollectionVersion,
+        dataset: Dataset,
+        labelled: Sequence[Any],
+        is_fail: np.ndarray,
+        policy: str | None,
+        *,
+        k: int,
+        progress: Progress,
+    ) -> dict[str, Any]:
+        """The trained scorer of the `labelled_fail` protocol on the remaining test images, and its gate."""
+        from indexing.metric_learning import MetricHead, cut_paste, gate, knn_distances
+
+        if not labelled:
+            raise InvalidCalibration("--labelled-fail: the test set has no FAIL image to label")
+        started = time.perf_counter()
+        nominal = np.stack([p.vector for p in self.store.scroll(version.collection, with_vectors=True)])
+        backbone = self.embedder.backbone_for(version)
+
+        def embed(images: Sequence[ImageInput], stage: str) -> np.ndarray:
+            found = []
+            progress(stage, 0, len(images))
+            for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
+                found.append(backbone.embed(decoded, batch_size=self.batch_size))
+                progress(stage, sum(len(f) for f in found), len(images))
+            return np.concatenate(found) if found else np.empty((0, nominal.shape[1]), np.float32)
+
+        fails = embed([t.image for t in labelled], "embedding labelled FAIL images")
+        test = embed([t.image for t in dataset.test], "embedding test images")
+        pieces = [decode(image, max_pixels=self.max_pixels) for image in dataset.train[:300]]
+        synthetic = np.concatenate(
+            [backbone.embed(cut_paste(pieces[i : i + 32], seed=i), batch_size=self.batch_size)
+             for i in range(0, len(pieces), 32)]
+        )
+        progress("training the metric projection", 0, 1)
+        decision = gate(nominal, fails, synthetic, k=k)
+        head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]))
+        scores = knn_distances(head.project(nominal), head.project(test), k)
+        result = calibrate(scores[~is_fail], scores[is_fail], policy, backbone=version.backbone_identity,
+                           collection=version.collection, scoring="global")
+        progress("training the metric projection", 1, 1)
+        return {
+            "scorer": f"metric projection ({head.weight.shape[1]}->{head.weight.shape[0]}, triplet loss with an "
+                      f"outlier class) + kNN (k={k})",
+            "metrics": compute_metrics(is_fail, scores, threshold=result.threshold).to_dict(),
+            "gate": decision.to_dict(),
+            "n_labelled_fail": len(labelled),
+            "n_synthetic": int(len(synthetic)),
+            "scores": [float(s) for s in scores],
+            "seconds": round(time.perf_counter() - started, 2),
+        }
 
     # ----------------------------------------------------------------- internals
 

@@ -47,6 +47,7 @@ def evaluate(
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
     tiling: Annotated[Tiling, typer.Option(help="patch only: cut large or elongated images into tiles at the backbone's native scale (auto: when far from square or far above the backbone input).")] = Tiling.auto,
     policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
+    labelled_fail: Annotated[bool, typer.Option("--labelled-fail", help="Fixed protocol for learning from defects: FAIL test images j (0-based, dataset order) with j % 10 in {3, 4} train a metric projection and leave the test set; both scorers are reported on the rest (\"trained\" in metrics.json).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a backbone on a labelled dataset the industry-standard way.
@@ -65,6 +66,8 @@ def evaluate(
       nominal evaluate elpv --layout elpv --subset poly --k 3 --out report-poly/
 
       nominal evaluate tests/fixtures/hazelnut_toy --scoring patch --out report-patch/
+
+      nominal evaluate elpv --layout elpv --subset poly --labelled-fail --out report-trained/
     """
     out = Output(json_mode=json_out)
     config = state(ctx).config
@@ -76,12 +79,14 @@ def evaluate(
             service = build_service(config, store, backbone_pool(config))
             service.put_setting("evaluation", backbone=backbone or config.backbone, k=k, scoring=scoring.value, tiling=tiling.value)
             with out.progress() as bars:
-                result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy, progress=bars)
+                result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy,
+                                          labelled_fail=labelled_fail, progress=bars)
         finally:
             store.close()
     m = result.metrics
     out.data({"metrics": m, "calibration": result.calibration, "files": result.files, "pixel_roc_auc": result.pixel_roc_auc,
-              "pixel_pro": result.pixel_pro})
+              "pixel_pro": result.pixel_pro, "trained": result.trained and {
+                  key: value for key, value in result.trained.items() if key != "scores"}})
     for warning in result.calibration.warnings:
         out.warn(warning)
     out.table(
@@ -95,6 +100,11 @@ def evaluate(
         pixel = "n/a (no masks)" if result.pixel_roc_auc is None else f"{result.pixel_roc_auc:.3f}"
         pro = "n/a (no masks)" if result.pixel_pro is None else f"{result.pixel_pro:.3f}"
         out.line(f"pixel ROC-AUC: {pixel}; PRO (to 30% FPR): {pro}; heat maps: {Path(out_dir) / 'heatmaps'}")
+    if result.trained is not None:
+        t, gate = result.trained["metrics"], result.trained["gate"]
+        out.line(f"trained ({result.trained['n_labelled_fail']} labelled FAIL images): ROC-AUC {t['roc_auc']:.3f}, "
+                 f"AP {t['average_precision']:.3f} (unsupervised {m.average_precision:.3f}); "
+                 f"gate {'ON' if gate['active'] else 'OFF'}: {gate['reason']}")
     out.line(f"report: {Path(out_dir) / 'report.md'}")
 
 

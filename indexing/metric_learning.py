@@ -1,0 +1,210 @@
+"""Learning from labelled defects: a metric projection of the embeddings, trained with an outlier class, and its gate.
+
+After weeks on a line a setting holds labelled FAIL images. One-class kNN ignores
+them; this module learns a linear projection of the frozen backbone embeddings in
+which a defect lies farther from its nearest nominal image than a nominal image
+does from its own nearest neighbour (a triplet loss with an "outlier" class made
+of the labelled defects and synthetic ones: CutPaste pastes on PASS images). The
+kNN then scores in the projected space. After metric learning with an outlier class
+(triplet/quadruplet losses on nominal groups plus an outlier class).
+
+A trained scorer is used only where it measurably helps: `gate` compares it with the
+unsupervised kNN by cross-validation on the labelled images alone (out-of-fold
+scores of the labelled FAIL images and of the PASS images, each PASS image scored
+against the other folds' PASS images), and accepts it only when its average
+precision beats the unsupervised one by `margin`.
+
+`labelled_fail_split` is the fixed protocol that makes figures comparable:
+FAIL test images j (0-based, in the dataset's order) with j % 10 in {3, 4} become
+labelled training defects and leave the test set.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexing.datasets import TestImage
+
+# j % 10 in LABELLED_RESIDUES: a FAIL test image the protocol hands to training.
+LABELLED_RESIDUES = (3, 4)
+# A trained scorer goes live only when its cross-validated AP beats the unsupervised one by this much.
+DEFAULT_MARGIN = 0.01
+
+
+def labelled_fail_split(test: Sequence[TestImage]) -> tuple[list[TestImage], list[TestImage]]:
+    """(labelled FAIL images for training, the test set without them), in the dataset's order.
+
+    FAIL image j counts FAIL images only, from 0, in the order `test` lists them.
+    """
+    labelled, remaining, j = [], [], 0
+    for item in test:
+        if item.is_fail:
+            (labelled if j % 10 in LABELLED_RESIDUES else remaining).append(item)
+            j += 1
+        else:
+            remaining.append(item)
+    return labelled, remaining
+
+
+def cut_paste(images: Sequence[Image.Image], *, seed: int = 0) -> list[Image.Image]:
+    """One synthetic defect per image: a rotated rectangle of the image pasted elsewhere on it (CutPaste)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for original in images:
+        image = original.convert("RGB").copy()
+        width, height = image.size
+        pw = int(rng.integers(max(2, width // 10), max(3, width // 4)))
+        ph = int(rng.integers(max(2, height // 10), max(3, height // 4)))
+        x, y = int(rng.integers(0, width - pw)), int(rng.integers(0, height - ph))
+        piece = image.crop((x, y, x + pw, y + ph)).rotate(float(rng.integers(0, 360)))
+        image.paste(piece, (int(rng.integers(0, width - pw)), int(rng.integers(0, height - ph))))
+        out.append(image)
+    return out
+
+
+def knn_distances(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
+    """Mean cosine distance of each (unit) query to its k nearest rows of `bank`; `exclude_self`: queries are bank rows."""
+    similarity = queries @ bank.T
+    if exclude_self:
+        np.fill_diagonal(similarity, -np.inf)
+    k = min(k, bank.shape[0] - (1 if exclude_self else 0))
+    nearest = -np.sort(-similarity, axis=1)[:, :k]
+    return (1.0 - nearest).mean(axis=1)
+
+
+@dataclass
+class MetricHead:
+    """A linear projection of unit embeddings (dim -> out_dim), rows re-normalised after it."""
+
+    weight: np.ndarray  # (out_dim, dim) float32
+
+    @classmethod
+    def fit(
+        cls,
+        nominal: np.ndarray,
+        outliers: np.ndarray,
+        *,
+        out_dim: int = 128,
+        steps: int = 300,
+        batch: int = 256,
+        margin: float = 0.5,
+        seed: int = 0,
+    ) -> MetricHead:
+        """Train on nominal embeddings (PASS) and outlier embeddings (labelled and synthetic defects).
+
+        Each step: a batch of PASS anchors, their nearest other PASS image in the projected space
+        as positive, and a batch of outliers whose similarity to their nearest PASS image must
+        stay `margin` below the anchors' (a hinge on the triplet of distances).
+        """
+        import torch
+
+        generator = torch.Generator().manual_seed(seed)
+        torch_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        layer = torch.nn.Linear(nominal.shape[1], out_dim, bias=False)
+        torch.random.set_rng_state(torch_state)
+        optimiser = torch.optim.Adam(layer.parameters(), lr=1e-3, weight_decay=1e-4)
+        good = torch.from_numpy(np.ascontiguousarray(nominal, dtype=np.float32))
+        bad = torch.from_numpy(np.ascontiguousarray(outliers, dtype=np.float32))
+        reference = good if len(good) <= 4096 else good[torch.randperm(len(good), generator=generator)[:4096]]
+        normalise = torch.nn.functional.normalize
+        for _ in range(steps):
+            anchors = reference[torch.randint(len(reference), (batch,), generator=generator)]
+            projected = normalise(layer(reference), dim=1)
+            positive = (normalise(layer(anchors), dim=1) @ projected.T).topk(2, dim=1).values[:, 1]
+            negatives = normalise(layer(bad[torch.randint(len(bad), (batch,), generator=generator)]), dim=1)
+            negative = (negatives @ projected.T).max(dim=1).values
+            loss = torch.relu(negative - positive + margin).mean()
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        return cls(weight=layer.weight.detach().numpy().astype(np.float32))
+
+    def project(self, vectors: np.ndarray) -> np.ndarray:
+        out = np.asarray(vectors, dtype=np.float32) @ self.weight.T
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.save(buffer, self.weight, allow_pickle=False)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> MetricHead:
+        return cls(weight=np.load(io.BytesIO(data), allow_pickle=False))
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The cross-validated comparison that decides whether a trained scorer answers."""
+
+    unsupervised_ap: float
+    trained_ap: float
+    margin: float
+    folds: int
+    n_pass: int
+    n_fail: int
+
+    @property
+    def active(self) -> bool:
+        return self.trained_ap >= self.unsupervised_ap + self.margin
+
+    @property
+    def reason(self) -> str:
+        verb = "beats" if self.active else "does not beat"
+        return (
+            f"cross-validated AP on {self.n_fail} labelled FAIL and {self.n_pass} PASS images ({self.folds} folds): "
+            f"trained {self.trained_ap:.3f} {verb} unsupervised {self.unsupervised_ap:.3f} by the margin {self.margin}"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "unsupervised_ap": self.unsupervised_ap, "trained_ap": self.trained_ap, "margin": self.margin,
+            "folds": self.folds, "n_pass": self.n_pass, "n_fail": self.n_fail, "active": self.active,
+            "reason": self.reason,
+        }
+
+
+def gate(
+    nominal: np.ndarray,
+    fails: np.ndarray,
+    synthetic: np.ndarray,
+    *,
+    k: int = 1,
+    folds: int = 5,
+    margin: float = DEFAULT_MARGIN,
+    seed: int = 0,
+) -> Gate:
+    """Out-of-fold AP of the trained and the unsupervised kNN, on the labelled images only.
+
+    PASS and labelled FAIL images are each split into `folds`; for each fold a head is
+    trained on the other folds (and on all synthetic defects, which are never scored),
+    and the fold's PASS and FAIL images are scored against the other folds' PASS images.
+    """
+    from sklearn.metrics import average_precision_score
+
+    if len(fails) < folds:
+        raise ValueError(f"{len(fails)} labelled FAIL images: the gate needs at least {folds}, one per fold")
+    rng = np.random.default_rng(seed)
+    pass_fold = rng.permutation(len(nominal)) % folds
+    fail_fold = rng.permutation(len(fails)) % folds
+    truth, raw, trained = [], [], []
+    for fold in range(folds):
+        bank = nominal[pass_fold != fold]
+        queries = np.concatenate([nominal[pass_fold == fold], fails[fail_fold == fold]])
+        truth += [0] * int((pass_fold == fold).sum()) + [1] * int((fail_fold == fold).sum())
+        raw.append(knn_distances(bank, queries, k))
+        head = MetricHead.fit(bank, np.concatenate([fails[fail_fold != fold], synthetic]), seed=seed + fold)
+        trained.append(knn_distances(head.project(bank), head.project(queries), k))
+    labels = np.asarray(truth)
+    return Gate(
+        unsupervised_ap=float(average_precision_score(labels, np.concatenate(raw))),
+        trained_ap=float(average_precision_score(labels, np.concatenate(trained))),
+        margin=margin, folds=folds, n_pass=len(nominal), n_fail=len(fails),
+    )
