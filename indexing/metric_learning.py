@@ -12,7 +12,8 @@ A trained scorer is used only where it measurably helps: `gate` compares it with
 unsupervised kNN by cross-validation on the labelled images alone (out-of-fold
 scores of the labelled FAIL images and of the PASS images, each PASS image scored
 against the other folds' PASS images), and accepts it only when its average
-precision beats the unsupervised one by `margin`.
+precision beats the unsupervised one by `margin` and the gain stays above zero at
+the 5th percentile of a paired bootstrap (a few lucky images are not a gain).
 
 `labelled_fail_split` is the fixed protocol that makes figures comparable:
 FAIL test images j (0-based, in the dataset's order) with j % 10 in {3, 4} become
@@ -35,6 +36,8 @@ from indexing.datasets import TestImage
 LABELLED_RESIDUES = (3, 4)
 # A trained scorer goes live only when its cross-validated AP beats the unsupervised one by this much.
 DEFAULT_MARGIN = 0.01
+# Paired bootstrap resamples of the out-of-fold scores behind the gate's lower bound.
+BOOTSTRAP = 300
 
 
 def labelled_fail_split(test: Sequence[TestImage]) -> tuple[list[TestImage], list[TestImage]]:
@@ -104,6 +107,20 @@ class MetricHead:
         """
         import torch
 
+        threads = torch.get_num_threads()
+        # Small matrices: one thread is several times faster than two here, and far faster on a loaded machine.
+        torch.set_num_threads(1)
+        try:
+            return cls._fit(nominal, outliers, out_dim=out_dim, steps=steps, batch=batch, margin=margin, seed=seed)
+        finally:
+            torch.set_num_threads(threads)
+
+    @classmethod
+    def _fit(
+        cls, nominal: np.ndarray, outliers: np.ndarray, *, out_dim: int, steps: int, batch: int, margin: float, seed: int
+    ) -> MetricHead:
+        import torch
+
         generator = torch.Generator().manual_seed(seed)
         torch_state = torch.random.get_rng_state()
         torch.manual_seed(seed)
@@ -146,6 +163,8 @@ class Gate:
 
     unsupervised_ap: float
     trained_ap: float
+    # 5th percentile of (trained AP - unsupervised AP) over paired bootstrap resamples of the labelled images.
+    gain_low: float
     margin: float
     folds: int
     n_pass: int
@@ -153,19 +172,22 @@ class Gate:
 
     @property
     def active(self) -> bool:
-        return self.trained_ap >= self.unsupervised_ap + self.margin
+        """The gain reaches the margin, and is above zero in 95% of resamples (not noise of a few images)."""
+        return self.trained_ap >= self.unsupervised_ap + self.margin and self.gain_low > 0.0
 
     @property
     def reason(self) -> str:
-        verb = "beats" if self.active else "does not beat"
+        verdict = "beats" if self.active else "does not measurably beat"
         return (
             f"cross-validated AP on {self.n_fail} labelled FAIL and {self.n_pass} PASS images ({self.folds} folds): "
-            f"trained {self.trained_ap:.3f} {verb} unsupervised {self.unsupervised_ap:.3f} by the margin {self.margin}"
+            f"trained {self.trained_ap:.3f} {verdict} unsupervised {self.unsupervised_ap:.3f} "
+            f"(margin {self.margin}; gain at the 5th bootstrap percentile {self.gain_low:+.3f})"
         )
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "unsupervised_ap": self.unsupervised_ap, "trained_ap": self.trained_ap, "margin": self.margin,
+            "unsupervised_ap": self.unsupervised_ap, "trained_ap": self.trained_ap, "gain_low": self.gain_low,
+            "margin": self.margin,
             "folds": self.folds, "n_pass": self.n_pass, "n_fail": self.n_fail, "active": self.active,
             "reason": self.reason,
         }
@@ -179,6 +201,7 @@ def gate(
     k: int = 1,
     folds: int = 5,
     margin: float = DEFAULT_MARGIN,
+    steps: int = 300,
     seed: int = 0,
 ) -> Gate:
     """Out-of-fold AP of the trained and the unsupervised kNN, on the labelled images only.
@@ -189,8 +212,9 @@ def gate(
     """
     from sklearn.metrics import average_precision_score
 
-    if len(fails) < folds:
-        raise ValueError(f"{len(fails)} labelled FAIL images: the gate needs at least {folds}, one per fold")
+    if len(fails) < 2:
+        raise ValueError(f"{len(fails)} labelled FAIL image(s): the gate needs at least 2 to cross-validate")
+    folds = min(folds, len(fails))  # every fold holds at least one labelled FAIL image
     rng = np.random.default_rng(seed)
     pass_fold = rng.permutation(len(nominal)) % folds
     fail_fold = rng.permutation(len(fails)) % folds
@@ -200,11 +224,17 @@ def gate(
         queries = np.concatenate([nominal[pass_fold == fold], fails[fail_fold == fold]])
         truth += [0] * int((pass_fold == fold).sum()) + [1] * int((fail_fold == fold).sum())
         raw.append(knn_distances(bank, queries, k))
-        head = MetricHead.fit(bank, np.concatenate([fails[fail_fold != fold], synthetic]), seed=seed + fold)
+        head = MetricHead.fit(bank, np.concatenate([fails[fail_fold != fold], synthetic]), steps=steps, seed=seed + fold)
         trained.append(knn_distances(head.project(bank), head.project(queries), k))
-    labels = np.asarray(truth)
+    labels, before, after = np.asarray(truth), np.concatenate(raw), np.concatenate(trained)
+    gains = []
+    for _ in range(BOOTSTRAP):
+        pick = rng.integers(0, len(labels), len(labels))
+        if 0 < labels[pick].sum() < len(pick):
+            gains.append(average_precision_score(labels[pick], after[pick]) - average_precision_score(labels[pick], before[pick]))
     return Gate(
-        unsupervised_ap=float(average_precision_score(labels, np.concatenate(raw))),
-        trained_ap=float(average_precision_score(labels, np.concatenate(trained))),
+        unsupervised_ap=float(average_precision_score(labels, before)),
+        trained_ap=float(average_precision_score(labels, after)),
+        gain_low=float(np.percentile(gains, 5)),
         margin=margin, folds=folds, n_pass=len(nominal), n_fail=len(fails),
     )
