@@ -7,7 +7,7 @@ disk. Methods:
 
 - `numpy`: exact inner product over a float32 matrix (`X @ q`, argpartition): the reference.
 - `edge`: the embedded store the service uses (qdrant-edge, `exact=True`), through `EdgeStore`.
-- `hnsw`: faiss `IndexHNSWFlat` (M=32, efConstruction=40), efSearch 64 and 128. Its
+- `hnsw`: faiss `IndexHNSWFlat` (M=32, efConstruction=40), efSearch 64, 128 and 256. Its
   distances are exact for what it returns; only recall is approximate.
 - `ivfsq`: faiss IVF with 8-bit scalar quantization (nlist = sqrt(N), trained on 39 x nlist rows), nprobe 16 and
   64, 50 candidates rescored exactly from the float32 rows: the scores returned are
@@ -141,7 +141,7 @@ def run_method(method: str, folder: Path) -> list[dict]:
         started = time.perf_counter()
         faiss.read_index(str(folder / "hnsw.index"))
         reopen = time.perf_counter() - started
-        for ef in (64, 128):
+        for ef in (64, 128, 256):
             index.hnsw.efSearch = ef
             found, ms = timed(lambda q: index.search(q[None, :], K)[1][0], queries)
             out.append({**base, "variant": f"efSearch={ef}", "recall": recall(found, truth), "build_s": build,
