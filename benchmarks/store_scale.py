@@ -232,7 +232,7 @@ def main() -> None:
             if args.json:  # after each method, so a long run keeps what it has measured
                 Path(args.json).write_text(json.dumps({"n": args.n, "dim": DIM, "results": results}, indent=2))
         print()
-        print(f"| method | variant | recall@10 | query p50 | p99 | insert | build | reopen | peak RSS | disk |")
+        print("| method | variant | recall@10 | query p50 | p99 | insert | build | reopen | peak RSS | disk |")
         print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
         for row in results:
             insert = f"{row['insert_per_s']:,.0f}/s" if row["insert_per_s"] else "-"
