@@ -14,6 +14,7 @@ from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from indexing.backbones import DEFAULT_BACKBONE
+from indexing.bank_cache import default_budget
 from indexing.images import DEFAULT_MAX_PIXELS
 
 
@@ -133,6 +134,13 @@ class Config(BaseSettings):
     drift_minutes: float | None = Field(
         None, validation_alias=AliasChoices("NOMINAL_DRIFT_MINUTES"), gt=0,
         description="Drift window in minutes instead (the verdicts of the last T minutes, at most NOMINAL_DRIFT_WINDOW).",
+    )
+    max_bank_bytes: int = Field(
+        default_factory=default_budget, validation_alias=AliasChoices("NOMINAL_MAX_BANK_BYTES"), gt=0,
+        description=(
+            "Bytes of loaded patch banks a process holds, all settings together; least recently used banks are "
+            "evicted and reloaded on demand. Default: a quarter of physical memory."
+        ),
     )
     keep_versions: int = Field(
         2, validation_alias=AliasChoices("NOMINAL_KEEP_VERSIONS"), ge=0, description="Older versions kept for rollback."

@@ -15,6 +15,7 @@ from functools import partial
 
 from deployment.config import Config
 from indexing.backbones import load_backbone
+from indexing.bank_cache import BankCache
 from indexing.history import History
 from indexing.image_store import ImageStore
 from indexing.locks import LocalLocks, RedisLocks, SettingLocks
@@ -69,6 +70,7 @@ def build_service(
         default_backbone=config.backbone,
         max_pixels=config.max_pixels,
         batch_size=config.batch_size,
+        bank_cache=BankCache(max_bytes=config.max_bank_bytes),
         locks=setting_locks(config, store),
         images=ImageStore(config.image_root),
     )

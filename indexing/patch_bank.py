@@ -6,9 +6,9 @@ payload names its source image and grid position. Point ids are uuid5 of the ima
 id and the patch index, so storing the same image's patch twice overwrites it.
 
 In memory a bank is a `PatchBank`: the vectors, their owners, and a fitted search
-backend. `BankCache` loads a bank from the store once per collection and keeps it;
-a setting whose alias moves to another collection gets the new bank on its next
-request (the cache key is the collection name, one entry per setting).
+backend. `indexing.bank_cache.BankCache` holds the loaded banks of every setting
+under one memory budget, and reloads an evicted one on its next request; a setting
+whose alias moves to another collection gets the new bank on its next request.
 
 The store keeps cosine collections, which normalise vectors on insert, so each
 point also records its vector's norm and the bank is rebuilt at the original
@@ -20,12 +20,11 @@ from __future__ import annotations
 import itertools
 import threading
 import uuid
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from indexing.patch_search import NearestNeighbours, UpperBounds, default_bounds, default_nn
+from indexing.patch_search import NearestNeighbours, UpperBounds
 from indexing.store.base import Point, Vectors
 
 # uuid5 namespace of patch point ids (a fixed random UUID: ids must never change).
@@ -160,47 +159,3 @@ def load_bank(
     points = store.scroll(collection, with_vectors=True, batch_size=LOAD_BATCH)
     bank.extend(iter(lambda: list(itertools.islice(points, LOAD_BATCH)), []))
     return bank
-
-
-class BankCache:
-    """One loaded bank per setting, keyed by the collection it was loaded from.
-
-    Args:
-        nn_factory: builds a fresh search backend for each bank loaded.
-        bounds_factory: builds each bank's `UpperBounds`, or None for none.
-    """
-
-    def __init__(
-        self,
-        nn_factory: Callable[[], NearestNeighbours] = default_nn,
-        bounds_factory: Callable[[], UpperBounds | None] = default_bounds,
-    ) -> None:
-        self._nn_factory = nn_factory
-        self._bounds_factory = bounds_factory
-        self._banks: dict[str, tuple[str, PatchBank]] = {}
-        self._lock = threading.Lock()
-
-    def get(self, store: Vectors, setting: str, collection: str, dim: int) -> PatchBank:
-        """The bank of `collection`, loaded on first use; a setting's older collection is dropped."""
-        with self._lock:
-            cached = self._banks.get(setting)
-            if cached is not None and cached[0] == collection:
-                return cached[1]
-            bank = load_bank(store, collection, dim, self._nn_factory(), self._bounds_factory())
-            self._banks[setting] = (collection, bank)
-            return bank
-
-    def peek(self, setting: str, collection: str) -> PatchBank | None:
-        """The cached bank of `collection`, or None when it is not loaded."""
-        with self._lock:
-            cached = self._banks.get(setting)
-            return cached[1] if cached is not None and cached[0] == collection else None
-
-    def forget(self, setting: str) -> None:
-        with self._lock:
-            self._banks.pop(setting, None)
-
-    def loaded(self) -> dict[str, Any]:
-        """setting -> collection currently cached (for tests and status)."""
-        with self._lock:
-            return {setting: entry[0] for setting, entry in self._banks.items()}

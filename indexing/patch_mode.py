@@ -31,7 +31,8 @@ from indexing.datasets import TestImage
 from indexing.errors import EmptyCollection
 from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_pro, pixel_roc_auc
 from indexing.images import ImageInput, decode
-from indexing.patch_bank import BankCache, PatchBank, patch_point_id, patch_points
+from indexing.bank_cache import BankCache
+from indexing.patch_bank import PatchBank, patch_point_id, patch_points
 from indexing.patch_search import PatchScorer
 from indexing.patches import PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
@@ -187,7 +188,9 @@ class PatchIndex:
         bank = self.bank(setting, collection, config.dim)
         layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
         if any(found is not None for found in layouts):
-            return self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
+            stored = self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
+            self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
+            return stored
         patches = self._patchify(config.maker(), backbone, list(decoded), batch_size)
         per_image = patches.vectors.shape[1]
         flat = patches.vectors.reshape(-1, config.dim)
@@ -200,6 +203,7 @@ class PatchIndex:
             if points:
                 self.store.upsert(collection, points)
                 bank.add(points)
+        self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
         return len(points)
 
     def _extend_tiled(

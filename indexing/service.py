@@ -37,7 +37,7 @@ from indexing.errors import (
 from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
-from indexing.patch_bank import BankCache
+from indexing.bank_cache import BankCache
 from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.scoring import DEFAULT_K, knn_score, without_self

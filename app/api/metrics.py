@@ -12,12 +12,13 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi import Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 if TYPE_CHECKING:
     from app.config import Config
+    from indexing.bank_cache import CacheStats
     from indexing.drift import DriftReport
     from indexing.history import History
     from indexing.service import NominalService
@@ -50,6 +51,9 @@ class Metrics:
         # Set once the service exists: () -> drift reports of every setting, computed at each scrape.
         self.drift_source: Callable[[], list[DriftReport]] | None = None
         self.registry.register(_DriftCollector(self))
+        # Set once the service exists: () -> the patch bank cache's counters (`indexing.bank_cache.CacheStats`).
+        self.bank_source: Callable[[], CacheStats] | None = None
+        self.registry.register(_BankCollector(self))
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts and times every HTTP request, as plain ASGI (Starlette's BaseHTTPMiddleware costs latency)."""
@@ -110,6 +114,34 @@ class _DriftCollector:
                 value = getattr(report, attribute)
                 family.add_metric([report.setting], state_number(value) if attribute == "state" else finite_or_nan(value))
             yield family
+
+
+class _BankCollector:
+    """The patch bank cache of this process (`NOMINAL_MAX_BANK_BYTES`), read at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        if self.metrics.bank_source is None:
+            return
+        stats = self.metrics.bank_source()
+        gauges = (
+            ("nominal_patch_bank_bytes", "Estimated bytes of the patch banks held in memory now.", stats.bytes),
+            ("nominal_patch_bank_budget_bytes", "NOMINAL_MAX_BANK_BYTES: the budget of all banks held.", stats.budget),
+            ("nominal_patch_banks_loaded", "Patch banks held in memory now.", stats.banks),
+            ("nominal_patch_bank_oversize", "1 while a bank larger than the whole budget is held (served anyway).",
+             stats.oversize_held),
+        )
+        for name, text, value in gauges:
+            yield GaugeMetricFamily(name, text, value=value)
+        counters = (
+            ("nominal_patch_bank_evictions", "Patch banks evicted to stay within the budget.", stats.evictions),
+            ("nominal_patch_bank_loads", "Patch banks loaded from the store (first loads and reloads).", stats.loads),
+            ("nominal_patch_bank_oversize_loads", "Patch banks loaded that alone exceeded the budget.", stats.oversize),
+        )
+        for name, text, value in counters:
+            yield CounterMetricFamily(name, text, value=value)
 
 
 def drift_reports(config: "Config", service: "NominalService", history: "History") -> list["DriftReport"]:
