@@ -37,7 +37,7 @@ from indexing.errors import (
 from indexing.image_store import ImageRef, ImageStore
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
-from indexing.bank_cache import BankCache
+from indexing.bank_cache import BankCache, CacheStats
 from indexing.compare import compare_scorers
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.scoring import DEFAULT_K, knn_score, without_self
@@ -256,6 +256,10 @@ class NominalService:
         """Make the newest ready version older than the active one active again (`Versions.rollback`)."""
         self.get_setting(name)
         return self.versions.rollback(name)
+
+    def bank_stats(self) -> CacheStats:
+        """The patch banks held in memory now, their bytes against the budget, evictions and loads (`/metrics`)."""
+        return self.patches.cache.stats()
 
     def add_points(self, version: CollectionVersion, points: Sequence[Point]) -> None:
         """Upsert points embedded elsewhere (a Celery worker's batch) into a version being built."""

@@ -60,7 +60,7 @@ def create_app(config: Config | None = None) -> FastAPI:
                 service.backbones.get(name)  # load once now, not on the first request
             runner = build_runner(config, service)
             metrics.drift_source = partial(drift_reports, config, service, history)
-            metrics.bank_source = service.patches.cache.stats
+            metrics.bank_source = service.bank_stats
             app.state.runtime = ApiRuntime(
                 config=config, store=store, service=service, images=ImageStore(config.image_root),
                 runner=runner, metrics=metrics, key_roles=key_roles, history=history,
