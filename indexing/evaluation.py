@@ -171,3 +171,43 @@ def _validated(is_fail: Labels, scores: Scores) -> tuple[np.ndarray, np.ndarray]
     if bad.any():
         raise ValueError(f"{int(bad.sum())} score(s) are NaN or infinite: every image must be scored before evaluating")
     return truth, values
+
+
+def wilson_interval(successes: int, trials: int, *, z: float = 1.959963984540054) -> tuple[float, float] | None:
+    """The Wilson score interval of a proportion (95% by default); None without trials."""
+    if trials <= 0:
+        return None
+    p = successes / trials
+    centre = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def error_statistics(is_fail: Labels, scores: Scores, confusion: dict[str, int] | None) -> dict[str, object]:
+    """The figures the metric-learning literature reports beside AP.
+
+    Type I error (a PASS image called FAIL) and type II error (a FAIL image called PASS)
+    at the threshold, each with its 95% Wilson interval; and the PASS and FAIL images'
+    scores, which are their distances to the nominal set: intra-class (PASS to PASS)
+    and inter-class (FAIL to PASS) distance statistics.
+    """
+    truth = np.asarray(is_fail, dtype=bool)
+    values = np.asarray(scores, dtype=np.float64)
+
+    def summary(group: np.ndarray) -> dict[str, float] | None:
+        if group.size == 0:
+            return None
+        q = np.quantile(group, [0.05, 0.5, 0.95])
+        return {"n": int(group.size), "mean": float(group.mean()), "std": float(group.std()),
+                "p05": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
+
+    out: dict[str, object] = {
+        "intra_class_distance": summary(values[~truth]),
+        "inter_class_distance": summary(values[truth]),
+    }
+    if confusion is not None:
+        fp, tn, fn, tp = confusion["fp"], confusion["tn"], confusion["fn"], confusion["tp"]
+        for name, errors, total in (("type_i_error", fp, fp + tn), ("type_ii_error", fn, fn + tp)):
+            interval = wilson_interval(errors, total)
+            out[name] = None if interval is None else {"rate": errors / total, "ci95": list(interval)}
+    return out

@@ -28,7 +28,7 @@ from sklearn.metrics import precision_recall_curve, roc_curve
 
 from indexing.calibration import Calibration, Labels, Scores, predict_fail
 from indexing.errors import BadImage
-from indexing.evaluation import Metrics
+from indexing.evaluation import Metrics, error_statistics
 from indexing.images import ImageInput, decode, to_rgb
 
 FILES = {
@@ -104,6 +104,7 @@ def write_report(
         "metrics": metrics.to_dict(),
         "calibration": calibration.to_dict() if calibration is not None else None,
         "extra": extra or {},
+        "statistics": error_statistics(truth, values, metrics.confusion),
         "images": _image_rows(truth, values, names, threshold),
     }
     if trained is not None:
@@ -115,6 +116,7 @@ def write_report(
     _save_figure(_confusion_figure(metrics), paths["confusion_matrix"])
     thumbnails = _thumbnailer(out / "thumbnails", images) if images is not None else None
     markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {}, thumbnails, in_sample)
+    markdown += _statistics_section(document["statistics"])
     if trained is not None:
         markdown += _trained_section(metrics, trained)
     _write_atomic(paths["report"], lambda fh: fh.write(markdown.encode("utf-8")))
@@ -478,3 +480,20 @@ def _trained_section(metrics: Metrics, trained: dict[str, Any]) -> str:
 
 def _figure(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}"
+
+
+def _statistics_section(statistics: dict[str, Any]) -> str:
+    """Type I and II error with 95% Wilson intervals, and the distances of each class to the nominal set."""
+    lines = ["", "## Errors and distances", ""]
+    for key, label in (("type_i_error", "Type I error (PASS called FAIL)"), ("type_ii_error", "Type II error (FAIL called PASS)")):
+        found = statistics.get(key)
+        if found:
+            low, high = found["ci95"]
+            lines.append(f"- {label}: {found['rate']:.3f} (95% Wilson interval {low:.3f}-{high:.3f})")
+    for key, label in (("intra_class_distance", "PASS to nominal (intra-class)"),
+                       ("inter_class_distance", "FAIL to nominal (inter-class)")):
+        found = statistics.get(key)
+        if found:
+            lines.append(f"- {label} distance: mean {found['mean']:.4f}, median {found['median']:.4f}, "
+                         f"5-95% {found['p05']:.4f}-{found['p95']:.4f} ({found['n']} images)")
+    return "\n".join(lines) + "\n"

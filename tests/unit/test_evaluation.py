@@ -179,3 +179,18 @@ def test_write_report_rejects_mismatched_names(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="names"):
         write_report(tmp_path, title="t", is_fail=[False, True], scores=[0.1, 0.9],
                      names=["a"], calibration=None, metrics=m)
+
+
+def test_error_rates_come_with_the_wilson_interval_scipy_gives() -> None:
+    from scipy.stats import binomtest
+
+    from indexing.evaluation import error_statistics, wilson_interval
+
+    for errors, total in ((5, 50), (0, 10), (10, 10), (37, 412)):
+        want = binomtest(errors, total).proportion_ci(method="wilson")
+        assert wilson_interval(errors, total) == pytest.approx((want.low, want.high), abs=1e-9)
+    assert wilson_interval(0, 0) is None
+    stats = error_statistics([False, False, True, True], [0.1, 0.3, 0.2, 0.9], {"tp": 1, "fp": 0, "tn": 2, "fn": 1})
+    assert stats["type_ii_error"]["rate"] == 0.5 and stats["type_i_error"]["rate"] == 0.0
+    assert stats["intra_class_distance"]["mean"] == pytest.approx(0.2)
+    assert stats["inter_class_distance"]["n"] == 2
