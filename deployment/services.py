@@ -75,7 +75,9 @@ def build_service(
         images=ImageStore(config.image_root),
     )
     if config.record_history:
-        service.on_verdicts.append((history or build_history(config)).hook)
+        history = history or build_history(config)
+        service.on_verdicts.append(history.hook)
+        service.on_delete.append(history.delete_setting)  # a deleted setting leaves no inspections behind
     return service
 
 

@@ -137,6 +137,8 @@ class NominalService:
         self.references = References(store)
         # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
         self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
+        # Called with the setting's name when it is deleted; `indexing.history` forgets its inspections.
+        self.on_delete: list[Callable[[str], None]] = []
         self.patch_config = patch_config or PatchConfig()
         self.embedder = Embedder(backbones, max_pixels=max_pixels, batch_size=batch_size)
         self.patches = PatchIndex(store, cache=bank_cache, compute=self.embedder.backbones.compute)
@@ -223,6 +225,11 @@ class NominalService:
                 if record.get("setting") == name:
                     self.store.delete_record(LABEL_KIND, _label_key(name, record["sha256"]))
             self.store.delete_record(SETTING_KIND, name)
+        for hook in self.on_delete:
+            try:
+                hook(name)
+            except Exception:  # noqa: BLE001 - the setting is gone; what is left of its history is said in the log
+                log.exception("setting %r is deleted, but a deletion hook failed", name)
 
     def status(self, name: str) -> SettingStatus:
         """The setting, its active version, and the calibration verdicts use, with why another does not apply."""

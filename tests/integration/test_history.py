@@ -105,3 +105,32 @@ def test_recording_can_be_turned_off(tmp_path: Path, hazelnut: Path) -> None:
         assert wait_job(client, job.json()["job_id"])["state"] == "succeeded"
         assert client.post("/v1/settings/hz/inspect", files=files_of(sorted((hazelnut / "test" / "good").glob("*.jpg"))[:1])).status_code == 200
         assert client.get("/v1/settings/hz/inspections").json()["inspections"] == []
+
+
+def test_deleting_a_setting_deletes_its_history_and_kept_images(tmp_path: Path, hazelnut: Path) -> None:
+    config = Config(NOMINAL_DATA=tmp_path / "data")
+    train = sorted((hazelnut / "train" / "good").glob("*.jpg"))[:4]
+    good = sorted((hazelnut / "test" / "good").glob("*.jpg"))
+    all_defects = sorted((hazelnut / "test" / "colour").glob("*.jpg"))
+    defects = all_defects[:2]
+    with TestClient(create_app(config)) as client:
+        for name in ("hz", "other"):
+            client.put(f"/v1/settings/{name}", json={"k": 1})
+            job = client.post(f"/v1/settings/{name}/images", files=files_of(train))
+            assert wait_job(client, job.json()["job_id"])["state"] == "succeeded"
+            # Calibrated, so that the defects are FAIL verdicts, whose images history keeps.
+            made = client.post(f"/v1/settings/{name}/calibrations",
+                               files=files_of(good, "pass") + files_of(all_defects[2:], "fail"))
+            assert made.status_code == 200 and made.json()["active"]
+            assert client.post(f"/v1/settings/{name}/inspect", files=files_of(defects)).status_code == 200
+        history = client.app.state.runtime.history
+        kept = [history.image_path(i) for i in history.recent("hz")]
+        assert any(path is not None and path.exists() for path in kept), "no image was kept to be deleted"
+        assert len(history.recent("hz")) == 2 and len(history.recent("other")) == 2
+
+        assert client.delete("/v1/settings/hz").status_code == 204
+        assert history.recent("hz") == []
+        assert not [path for path in kept if path is not None and path.exists()]
+        assert len(history.recent("other")) == 2  # another setting's history is left alone
+        client.put("/v1/settings/hz", json={"k": 1})  # the name used again starts with no history
+        assert client.get("/v1/settings/hz/inspections").json()["inspections"] == []
