@@ -472,15 +472,10 @@ def _trained_section(metrics: Metrics, trained: dict[str, Any]) -> str:
     lines = ["", "## Trained scorer (labelled FAIL images)", "", f"Scorer: {trained['scorer']}.", "",
              "| metric | unsupervised | trained |", "| --- | --- | --- |"]
     for key in ("roc_auc", "average_precision", "f1_max", "fpr_at_95_tpr"):
-        lines.append(f"| {key} | {_figure(mine.get(key))} | {_figure(other.get(key))} |")
+        lines.append(f"| {key} | {_number(mine.get(key))} | {_number(other.get(key))} |")
     gate = trained["gate"]
     lines += ["", f"Gate: {'ON' if gate['active'] else 'OFF'}: {gate['reason']}.", ""]
     return "\n".join(lines) + "\n"
-
-
-def _figure(value: Any) -> str:
-    return "-" if value is None else f"{value:.3f}"
-
 
 def _statistics_section(statistics: dict[str, Any]) -> str:
     """Type I and II error with 95% Wilson intervals, and the distances of each class to the nominal set."""

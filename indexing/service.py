@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexing.backbones import DEFAULT_BACKBONE
+from indexing.backbones import DEFAULT_BACKBONE, Backbone
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
@@ -53,7 +53,7 @@ from indexing.settings import (
 )
 from indexing.store.base import Neighbour, Point, VectorStore
 from indexing.verdicts import HeatMap, Verdict, decide
-from indexing.versions import IndexResult, Progress, Versions, no_progress  # noqa: F401 - IndexResult re-exported
+from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
 
 log = logging.getLogger("nominal.service")
 
@@ -640,11 +640,8 @@ class NominalService:
         images = list(pass_images) + list(fail_images)
         split = len(pass_images)
         backbone = self.embedder.backbone_for(version)
-        vectors = []
         progress("scoring candidates", 0, len(images))
-        for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
-            vectors.append(backbone.embed(decoded, batch_size=self.batch_size))
-        vectors_all = np.concatenate(vectors)
+        vectors_all = self._embedded(backbone, images)
         ks = sorted({1, 3, 5, setting.k})
         nearest = self._nearest(version, vectors_all, [image.id for image in images], max(ks))
         candidates: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -877,16 +874,8 @@ class NominalService:
         nominal = np.stack([p.vector for p in self.store.scroll(version.collection, with_vectors=True)])
         backbone = self.embedder.backbone_for(version)
 
-        def embed(images: Sequence[ImageInput], stage: str) -> np.ndarray:
-            found = []
-            progress(stage, 0, len(images))
-            for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
-                found.append(backbone.embed(decoded, batch_size=self.batch_size))
-                progress(stage, sum(len(f) for f in found), len(images))
-            return np.concatenate(found) if found else np.empty((0, nominal.shape[1]), np.float32)
-
-        fails = embed([t.image for t in labelled], "embedding labelled FAIL images")
-        test = embed([t.image for t in dataset.test], "embedding test images")
+        fails = self._embedded(backbone, [t.image for t in labelled], progress, "embedding labelled FAIL images")
+        test = self._embedded(backbone, [t.image for t in dataset.test], progress, "embedding test images")
         pieces = [decode(image, max_pixels=self.max_pixels) for image in dataset.train[:300]]
         synthetic = np.concatenate(
             [backbone.embed(cut_paste(pieces[i : i + 32], seed=i), batch_size=self.batch_size)
@@ -912,6 +901,19 @@ class NominalService:
 
     # ----------------------------------------------------------------- internals
 
+    def _embedded(
+        self, backbone: Backbone, images: Sequence[ImageInput], progress: Progress = no_progress, stage: str = ""
+    ) -> np.ndarray:
+        """Global vectors of many images, decoded batch by batch beside the forward passes; `stage` reports progress."""
+        found = []
+        if stage:
+            progress(stage, 0, len(images))
+        for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
+            found.append(backbone.embed(decoded, batch_size=self.batch_size))
+            if stage:
+                progress(stage, sum(len(f) for f in found), len(images))
+        return np.concatenate(found) if found else np.empty((0, backbone.dim), np.float32)
+
     def context(self, name: str) -> "CallContext":
         """What one verdict needs, resolved once: the setting, its active version, the calibration that applies.
 
@@ -931,7 +933,7 @@ class NominalService:
         collection = setting.active or self.store.resolve_alias(alias_name(name))  # a record from before `active`
         version = self.versions.ready(collection) if collection else None
         if version is None:
-            raise _no_images(name)
+            raise no_images(name)
         if setting.active_count is not None and setting.active == version.collection:
             version = replace(version, count=setting.active_count)  # the record keeps it current
         else:
@@ -1005,14 +1007,14 @@ class NominalService:
         """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored)."""
         hits = self.store.search(version.collection, vectors, k + 1)
         if hits and not any(hits):
-            raise _no_images(version.setting)  # an empty version (every image deleted): nothing to compare with
+            raise no_images(version.setting)  # an empty version (every image deleted): nothing to compare with
         return [without_self(found, own, k) for own, found in zip(ids, hits)]
 
     def _require_active(self, name: str) -> CollectionVersion:
         self.get_setting(name)
         version = self.versions.active(name)
         if version is None or self.store.count(version.collection) == 0:
-            raise _no_images(name)
+            raise no_images(name)
         return version
 
     def _lock(self, name: str):  # noqa: ANN202 - a context manager
@@ -1051,12 +1053,6 @@ class CallContext:
     version: CollectionVersion  # `count` from the setting record (kept with `active`)
     calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
     patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
-
-
-def _no_images(name: str) -> EmptyCollection:
-    return EmptyCollection(
-        f"setting {name!r} has no nominal images yet: index PASS images first"
-    )
 
 
 def _calibration_key(setting: str, calibration_id: str) -> str:

@@ -58,6 +58,11 @@ class IndexResult:
     count: int
 
 
+def no_images(name: str) -> EmptyCollection:
+    """The refusal of a setting that has no nominal images to compare with."""
+    return EmptyCollection(f"setting {name!r} has no nominal images yet: index PASS images first")
+
+
 class Versions:
     """The collection versions of every setting in one store.
 
@@ -311,7 +316,7 @@ class Versions:
         with self.lock(name):
             active = self.active(name)
             if active is None:
-                raise EmptyCollection(f"setting {name!r} has no nominal images yet: index PASS images first")
+                raise no_images(name)
             older = [v for v in self.list(name) if v.state == "ready" and v.version < active.version]
             if not older:
                 raise NoPreviousVersion(
