@@ -215,13 +215,25 @@ def f1_max_threshold(is_fail: Labels, scores: Scores) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
+# `Calibration.scoring` of a calibration made with a trained scorer: "trained:<its id>".
+TRAINED_PREFIX = "trained:"
+
+
+def scoring_mode(scoring: str) -> str:
+    """The setting's scoring mode a scorer belongs to: a trained scorer re-weights global embeddings."""
+    return "global" if scoring.startswith(TRAINED_PREFIX) else scoring
+
+
 @dataclass(frozen=True)
 class Calibration:
     """A threshold, how it was chosen, and how it did on the labelled data it came from.
 
-    `backbone` (the backbone's identity) and `scoring` ("global" or "patch") are
+    `backbone` (the backbone's identity) and `scoring` (the scorer: "global", "patch",
+    or "trained:<id>" for a trained scorer of a global setting, `indexing.training`) are
     recorded so that a calibration is never applied to other scores (`unfit_for`);
-    `collection` says which collection its scores were searched in.
+    `collection` says which collection its scores were searched in. The calibration in
+    use names the scorer verdicts use: activating one made with a trained scorer
+    switches that scorer on, activating a "global" one switches it off.
     """
 
     id: str
@@ -310,13 +322,19 @@ class Calibration:
 
         The one compatibility rule: a threshold is a distance on one backbone's vectors
         (its identity: name and weights file), and global and patch scores have different
-        scales. Both are recorded on the calibration when it is made.
+        scales. Both are recorded on the calibration when it is made. A trained scorer
+        projects a global setting's embeddings, so its calibration fits global mode.
         """
         if self.backbone != backbone:
             return f"calibration {self.id} was made on {self.backbone} vectors, not {backbone} vectors"
-        if self.scoring != scoring:
+        if scoring_mode(self.scoring) != scoring:
             return f"calibration {self.id} was made on {self.scoring} scores, not {scoring} scores"
         return None
+
+    @property
+    def trained_id(self) -> str | None:
+        """The trained scorer this calibration was made with (and that verdicts use with it), or None."""
+        return self.scoring[len(TRAINED_PREFIX):] if self.scoring.startswith(TRAINED_PREFIX) else None
 
     @property
     def degenerate(self) -> str | None:
@@ -352,7 +370,7 @@ def calibrate(
         policy: see `parse_policy`; None: the default of `policy_for`.
         backbone: backbone the scores came from, recorded.
         collection: collection the scores were searched in, recorded.
-        scoring: "global" or "patch": the kind of score, recorded (see `Calibration.unfit_for`).
+        scoring: the scorer ("global", "patch" or "trained:<id>"), recorded (see `Calibration.unfit_for`).
 
     Returns:
         The `Calibration`, with metrics at the chosen threshold. Precision, recall and

@@ -74,6 +74,10 @@ class InvalidCalibration(NominalError):
     """Calibration input that cannot give a threshold (bad policy, no PASS images...)."""
 
 
+class InvalidTraining(NominalError):
+    """A training that cannot run: too few labelled FAIL images, or a setting it does not apply to."""
+
+
 class StoreUnavailable(NominalError):
     """The vector store cannot be reached or opened (transient for a server; a lock for embedded)."""
 

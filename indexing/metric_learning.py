@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,10 @@ class Gate:
     folds: int
     n_pass: int
     n_fail: int
+    # The trained scorer's out-of-fold scores of the PASS and the labelled FAIL images (heads that never saw
+    # them, banks without them): what an honest threshold for the trained scorer is calibrated on.
+    oof_pass: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
+    oof_fail: np.ndarray = field(default_factory=lambda: np.empty(0), repr=False, compare=False)
 
     @property
     def active(self) -> bool:
@@ -237,4 +241,5 @@ def gate(
         trained_ap=float(average_precision_score(labels, after)),
         gain_low=float(np.percentile(gains, 5)),
         margin=margin, folds=folds, n_pass=len(nominal), n_fail=len(fails),
+        oof_pass=after[labels == 0], oof_fail=after[labels == 1],
     )

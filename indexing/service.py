@@ -31,6 +31,7 @@ from indexing.errors import (
     BadImage,
     EmptyCollection,
     InvalidCalibration,
+    InvalidTraining,
     UnknownCalibration,
     UnknownSetting,
 )
@@ -52,6 +53,7 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
+from indexing.training import GATE_NOMINAL, MIN_FAIL, SYNTHETIC, TrainedScorer, TrainedScorers, nominal_pixels
 from indexing.verdicts import HeatMap, Verdict, decide
 from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
 
@@ -87,6 +89,11 @@ class SettingStatus:
     calibration_note: str | None = None
     candidate: Calibration | None = None
 
+    @property
+    def scorer(self) -> str:
+        """The scorer verdicts use: the calibration's ("trained:<id>" for a trained one), else the setting's mode."""
+        return self.calibration.scoring if self.calibration else self.setting.scoring
+
 
 @dataclass(frozen=True)
 class Calibrated:
@@ -99,6 +106,27 @@ class Calibrated:
     active: bool
     held_back: str | None
     replaced: Calibration | None
+
+
+@dataclass(frozen=True)
+class Trained:
+    """A training's outcome: the scorer it recorded, and the calibration that put it in use (None: it stays off)."""
+
+    scorer: TrainedScorer
+    calibrated: Calibrated | None
+    reason: str  # why it answers verdicts now, or why not
+
+    @property
+    def active(self) -> bool:
+        return self.calibrated is not None and self.calibrated.active
+
+    def to_dict(self) -> dict[str, Any]:
+        c = self.calibrated
+        return {
+            "trained": self.scorer.summary(), "active": self.active, "reason": self.reason,
+            "calibration_id": c.calibration.id if c else None, "threshold": c.calibration.threshold if c else None,
+            "held_back": c.held_back if c else None,
+        }
 
 
 class NominalService:
@@ -135,6 +163,8 @@ class NominalService:
         self.images = images
         self._nominal_reference: dict[tuple, np.ndarray] = {}
         self.references = References(store)
+        # Scorers trained on the setting's labelled defects (`indexing.training`); a calibration names the one it uses.
+        self.trained = TrainedScorers(store)
         # Called with (setting, version, images, verdicts) after every inspection; `indexing.history` records them.
         self.on_verdicts: list[Callable[[MachineSetting, CollectionVersion, Sequence[ImageInput], list[Verdict]], None]] = []
         # Called with the setting's name when it is deleted; `indexing.history` forgets its inspections.
@@ -218,6 +248,7 @@ class NominalService:
         with self._lock(name):
             self.versions.delete_all(name)
             self.references.delete_setting(name)
+            self.trained.delete_all(name)
             for record in self.store.list_records(CALIBRATION_KIND):
                 if record.get("setting") == name:
                     self.store.delete_record(CALIBRATION_KIND, _calibration_key(name, record["id"]))
@@ -357,7 +388,8 @@ class NominalService:
         """The k nearest nominal images of each input (itself excluded if stored)."""
         context = self.context(name)
         k = k or context.setting.k
-        return self._nearest(context.version, self._embed_for(context.version, images), [image.id for image in images], k)
+        return self._nearest(context.version, self._embed_for(context.version, images), [image.id for image in images], k,
+                             trained=context.trained)
 
     def inspect(
         self, name: str, images: Sequence[ImageInput], *, k: int | None = None, heatmap: bool = False
@@ -413,7 +445,7 @@ class NominalService:
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         # `count` is current: read with the version's record, or kept in the setting record (`context`).
-        key = (version.collection, version.count, setting.scoring, setting.k)
+        key = (version.collection, version.count, setting.scoring, setting.k, setting.calibration_id)
         reference = self._nominal_reference.get(key)
         if reference is None:
             reference = np.sort(self.nominal_scores(setting.name))
@@ -422,7 +454,8 @@ class NominalService:
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
         version, calibration = context.version, context.calibration
-        nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
+        nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k,
+                                trained=context.trained)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
         for image, near in zip(images, nearest):
@@ -438,6 +471,7 @@ class NominalService:
                     calibration_id=calibration_id,
                     neighbours=near,
                     elapsed_ms=elapsed_ms,
+                    scorer=context.scorer,
                 )
             )
         return verdicts
@@ -479,18 +513,24 @@ class NominalService:
                     neighbours=found.neighbours,
                     elapsed_ms=elapsed_ms,
                     heatmap=heat,
+                    scorer="patch",
                 )
             )
         return verdicts
 
     def scores(self, name: str, images: Sequence[ImageInput], *, progress: Progress = no_progress) -> np.ndarray:
-        """Scores of many images, in batches (leave-one-out for stored images): kNN or largest patch distance."""
-        return np.asarray([score for score, _ in self._scored(name, images, progress=progress)], dtype=np.float64)
+        """Scores of many images by the scorer verdicts use, in batches (leave-one-out for stored images)."""
+        scored = self._scored(name, images, trained=self._trained_in_use(name), progress=progress)
+        return np.asarray([score for score, _ in scored], dtype=np.float64)
 
     def _scored(
-        self, name: str, images: Sequence[ImageInput], *, grids: bool = False, progress: Progress = no_progress
+        self, name: str, images: Sequence[ImageInput], *, grids: bool = False, trained: TrainedScorer | None = None,
+        progress: Progress = no_progress,
     ) -> list[tuple[float, PatchResult | None]]:
-        """(score, patch result or None in global mode) per image, in input order; `grids` keeps patch-distance grids."""
+        """(score, patch result or None in global mode) per image, in input order; `grids` keeps patch-distance grids.
+
+        Global mode scores with kNN, in the `trained` scorer's projection when one is given.
+        """
         setting = self.get_setting(name)
         version = self._require_active(name)
         if setting.scoring == "patch":
@@ -506,17 +546,19 @@ class NominalService:
         progress("scoring", 0, len(images))
         for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
             vectors = backbone.embed(decoded, batch_size=self.batch_size)
-            for near in self._nearest(version, vectors, [image.id for image in kept], setting.k):
+            for near in self._nearest(version, vectors, [image.id for image in kept], setting.k, trained=trained):
                 out.append(knn_score([n.distance for n in near], setting.k))
             progress("scoring", len(out), len(images))
         return [(score, None) for score in out]
 
     def nominal_scores(self, name: str, *, progress: Progress = no_progress) -> np.ndarray:
-        """Leave-one-out scores of the stored nominal images against the rest, without re-embedding.
+        """Leave-one-out scores of the stored nominal images against the rest, without re-embedding,
+        by the scorer verdicts use.
 
         In patch mode only each image's stored (coreset) patches can be scored, which
         approximates its score (see `PatchIndex.nominal_scores`); give PASS images to
-        `calibrate` for an exact calibration.
+        `calibrate` for an exact calibration. With a trained scorer in use, the out-of-fold
+        scores its training kept (`TrainedScorer.reference`).
         """
         setting = self.get_setting(name)
         version = self._require_active(name)
@@ -526,6 +568,11 @@ class NominalService:
             scores = self.patches.nominal_scores(name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")))
             progress("scoring nominal set", 1, 1)
             return scores
+        trained = self._trained_in_use(name)
+        if trained is not None and trained.reference:
+            # The head was trained on these very images: their own scores would be too low. Its training kept
+            # their out-of-fold scores instead (`TrainedScorer.reference`).
+            return np.asarray(trained.reference, dtype=np.float64)
         total = self.store.count(version.collection)
         out: list[float] = []
         progress("scoring nominal set", 0, total)
@@ -533,7 +580,7 @@ class NominalService:
 
         def flush() -> None:
             vectors = np.stack([p.vector for p in batch]).astype(np.float32)
-            for near in self._nearest(version, vectors, [p.id for p in batch], setting.k):
+            for near in self._nearest(version, vectors, [p.id for p in batch], setting.k, trained=trained):
                 out.append(knn_score([n.distance for n in near], setting.k))
             batch.clear()
             progress("scoring nominal set", len(out), total)
@@ -604,9 +651,11 @@ class NominalService:
             raise InvalidCalibration(
                 f"setting {name!r} needs at least two nominal images, or PASS images given, to calibrate"
             )
+        trained = self._trained_in_use(name)  # a threshold is made for the scorer verdicts use
         result = calibrate(
             pass_scores, fail_scores, policy, backbone=version.backbone_identity,
-            collection=self._scored_collection(name, version), scoring=self.get_setting(name).scoring,
+            collection=self._scored_collection(name, version),
+            scoring=trained.scoring if trained else self.get_setting(name).scoring,
         )
         if comparison is not None:
             result = replace(result, comparison=comparison)
@@ -649,6 +698,12 @@ class NominalService:
             scores = np.asarray([knn_score([n.distance for n in near[:k]], k) for near in nearest])
             candidates[f"global k={k}"] = (scores[:split], scores[split:])
         current = f"global k={setting.k}"
+        trained = self._trained_in_use(name)
+        if trained is not None:
+            near = self._nearest(version, vectors_all, [image.id for image in images], setting.k, trained=trained)
+            scores = np.asarray([knn_score([n.distance for n in found], setting.k) for found in near])
+            candidates["trained"] = (scores[:split], scores[split:])
+            current = "trained"
         if self.versions.patch_record(version) is not None:
             found: list[PatchResult] = []
             for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
@@ -660,6 +715,114 @@ class NominalService:
                 current = "patch"
         progress("scoring candidates", len(images), len(images))
         return candidates, current
+
+    # ----------------------------------------------------------------- training
+
+    def check_trainable(self, name: str, *, fail_given: int, use_feedback: bool = True) -> None:
+        """Refuse, before any work, a training that cannot run: a patch setting, no images, too few FAIL images.
+
+        Raises:
+            UnknownSetting, EmptyCollection: as everywhere.
+            InvalidTraining: `field` "scoring" (a patch setting) or "fail" (fewer than `MIN_FAIL` FAIL images).
+        """
+        setting = self.get_setting(name)
+        if setting.scoring != "global":
+            raise InvalidTraining(
+                f"setting {name!r} scores patches; a trained scorer re-weights global embeddings, so it trains only "
+                "settings with scoring global", field="scoring")
+        self._require_active(name)
+        fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
+        if fails < MIN_FAIL:
+            raise InvalidTraining(
+                f"training needs at least {MIN_FAIL} labelled FAIL images (given and marked FAIL by operators), "
+                f"found {fails}: the gate cross-validates over them", field="fail")
+
+    def train(
+        self,
+        name: str,
+        *,
+        fail_images: Sequence[ImageInput] = (),
+        pass_images: Sequence[ImageInput] = (),
+        use_feedback: bool = True,
+        policy: str | None = None,
+        margin: float | None = None,
+        steps: int = 300,
+        progress: Progress = no_progress,
+    ) -> "Trained":
+        """Train a scorer on the setting's labelled defects and put it in use where it measurably helps.
+
+        A metric projection of the backbone's embeddings (`indexing.metric_learning`) is trained
+        on the active version's nominal embeddings, the labelled FAIL images (given, and those
+        operators marked FAIL when `use_feedback`) and CutPaste defects made from PASS images
+        (`pass_images`, else the nominal images this process can read back). The gate compares
+        it with the unsupervised kNN by cross-validation on the labelled images alone. The
+        trained scorer is always recorded; when the gate passes, a threshold is calibrated on its
+        scores (the nominal images leave-one-out and the FAIL images; `policy`, else the policy
+        of the calibration in use) and goes live by the rule of `calibrate`, so that verdicts
+        say `scorer` "trained:<id>". Otherwise the unsupervised scorer keeps answering and the
+        result says why.
+        """
+        from indexing.metric_learning import DEFAULT_MARGIN, MetricHead, cut_paste, gate
+
+        started = time.perf_counter()
+        self.check_trainable(name, fail_given=len(fail_images), use_feedback=use_feedback)
+        if policy is not None:
+            parse_policy(policy)
+        setting = self.get_setting(name)
+        version = self._require_active(name)
+        fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
+        if len(fail_images) < MIN_FAIL:  # labels whose files this process cannot read
+            raise InvalidTraining(f"only {len(fail_images)} labelled FAIL images could be read; at least {MIN_FAIL} "
+                                  "are needed", field="fail")
+        backbone = self.embedder.backbone_for(version)
+        points = list(self.store.scroll(version.collection, with_vectors=True))
+        nominal = np.stack([p.vector for p in points]).astype(np.float32)
+        fails = self._embedded(backbone, fail_images, progress, "embedding labelled FAIL images")
+        sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
+        synthetic = np.empty((0, nominal.shape[1]), np.float32)
+        if sources:
+            progress("making synthetic defects", 0, len(sources))
+            pieces = []
+            for decoded, _, _ in self.versions.decoded_batches(sources, skip_bad=True):
+                pieces.append(backbone.embed(cut_paste(decoded, seed=len(pieces)), batch_size=self.batch_size))
+                progress("making synthetic defects", sum(len(p) for p in pieces), len(sources))
+            synthetic = np.concatenate(pieces) if pieces else synthetic
+        rng = np.random.default_rng(0)
+        sample = nominal if len(nominal) <= GATE_NOMINAL else nominal[rng.choice(len(nominal), GATE_NOMINAL, replace=False)]
+        progress("cross-validating the trained scorer", 0, 2)
+        decision = gate(sample, fails, synthetic, k=setting.k, margin=DEFAULT_MARGIN if margin is None else margin,
+                        steps=steps)
+        progress("training the scorer", 1, 2)
+        head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]), steps=steps)
+        progress("training the scorer", 2, 2)
+        scorer = TrainedScorer.new(
+            setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
+            n_nominal=len(nominal), n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
+            trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
+            reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
+        )
+        self.trained.save(scorer)
+        if not decision.active:
+            return Trained(scorer=scorer, calibrated=None,
+                           reason=f"it stays off, the unsupervised scorer answers: {decision.reason}")
+        # The threshold comes from the gate's out-of-fold scores: images scored by heads that never saw them.
+        pass_scores, fail_scores = decision.oof_pass, decision.oof_fail
+        current = self.usable_calibration(name)
+        result = calibrate(pass_scores, fail_scores, policy or (current.policy if current else None),
+                           backbone=version.backbone_identity, collection=version.collection, scoring=scorer.scoring)
+        held_back = result.degenerate
+        self.references.save(name, result.id, pass_scores)
+        self.save_calibration(name, result, activate=held_back is None)
+        calibrated = Calibrated(calibration=result, active=held_back is None, held_back=held_back,
+                                replaced=current if held_back is None else None)
+        reason = (f"it answers verdicts now (calibration {result.id}): {decision.reason}" if held_back is None
+                  else f"it passed the gate but its calibration {result.id} is held back ({held_back}): {decision.reason}")
+        return Trained(scorer=scorer, calibrated=calibrated, reason=reason)
+
+    def trained_scorers(self, name: str) -> list[TrainedScorer]:
+        """The setting's trained scorers, newest first (the one in use is named by `status(name).scorer`)."""
+        self.get_setting(name)
+        return self.trained.list(name)
 
     def _feedback_fail_images(self, name: str) -> list[ImageInput]:
         """The images operators marked FAIL (missed defects) that this process can read."""
@@ -943,10 +1106,27 @@ class NominalService:
             found = self._calibration_once(name, setting.calibration_id)
             if found is not None and not self._stale_reason(setting, version, found):
                 calibration = found
+        trained = self._trained_of(name, calibration)
+        if calibration is not None and calibration.trained_id and trained is None:
+            calibration = None  # its scorer's record is gone: its threshold judges nothing this process can score
         patch = None
         if setting.scoring == "patch":
             patch = self.versions.require_patch(version, cached=True)
-        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch)
+        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch, trained=trained)
+
+    def _trained_of(self, name: str, calibration: Calibration | None) -> TrainedScorer | None:
+        """The trained scorer a calibration was made with (read once per process), or None."""
+        if calibration is None or calibration.trained_id is None:
+            return None
+        found = self.trained.get(name, calibration.trained_id)
+        if found is None:
+            log.warning("calibration %s of %r names trained scorer %s, which is not recorded", calibration.id, name,
+                        calibration.trained_id)
+        return found
+
+    def _trained_in_use(self, name: str) -> TrainedScorer | None:
+        """The trained scorer verdicts use now (the usable calibration's), or None: the unsupervised scorer."""
+        return self._trained_of(name, self.usable_calibration(name))
 
     def _calibration_once(self, name: str, calibration_id: str) -> Calibration | None:
         key = (name, calibration_id)
@@ -1002,10 +1182,17 @@ class NominalService:
         )
 
     def _nearest(
-        self, version: CollectionVersion, vectors: np.ndarray, ids: Sequence[str], k: int
+        self, version: CollectionVersion, vectors: np.ndarray, ids: Sequence[str], k: int,
+        *, trained: TrainedScorer | None = None,
     ) -> list[list[Neighbour]]:
-        """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored)."""
-        hits = self.store.search(version.collection, vectors, k + 1)
+        """The k nearest nominal images of each vector, its own image left out (leave-one-out when it is stored).
+
+        With a `trained` scorer, nearest in its projection of the version's embeddings (`indexing.training`).
+        """
+        if trained is not None:
+            hits = self.trained.bank(version, trained).search(vectors, k + 1)
+        else:
+            hits = self.store.search(version.collection, vectors, k + 1)
         if hits and not any(hits):
             raise no_images(version.setting)  # an empty version (every image deleted): nothing to compare with
         return [without_self(found, own, k) for own, found in zip(ids, hits)]
@@ -1053,6 +1240,12 @@ class CallContext:
     version: CollectionVersion  # `count` from the setting record (kept with `active`)
     calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
     patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
+    trained: TrainedScorer | None = None  # the trained scorer the calibration was made with
+
+    @property
+    def scorer(self) -> str:
+        """Which scorer answers: "global", "patch" or "trained:<id>" (as `Calibration.scoring` names it)."""
+        return self.trained.scoring if self.trained else self.setting.scoring
 
 
 def _calibration_key(setting: str, calibration_id: str) -> str:

@@ -51,6 +51,7 @@ class Verdict:
     scores below it (0.5: as unusual as a typical good part; 1.0: above all of them).
     `p_value` is the conformal p-value of the score among the reference scores of the
     calibration in use (the nominal leave-one-out scores without one): see `indexing.conformal`.
+    `scorer` is the calibration's scorer (`Calibration.scoring`), or the setting's mode without one.
     """
 
     source: str
@@ -64,6 +65,8 @@ class Verdict:
     heatmap: HeatMap | None = None
     nominal_percentile: float | None = None
     p_value: float | None = None
+    # Which scorer answered: "global", "patch", or "trained:<id>" (a scorer trained on labelled defects).
+    scorer: str = "global"
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:
