@@ -75,7 +75,11 @@ class InvalidCalibration(NominalError):
 
 
 class InvalidTraining(NominalError):
-    """A training that cannot run: too few labelled FAIL images, or a setting it does not apply to."""
+    """A training that cannot run: too few labelled FAIL images (`field` "fail")."""
+
+
+class TrainingNotApplicable(InvalidTraining):
+    """A training asked of a setting it does not apply to (patch scoring)."""
 
 
 class StoreUnavailable(NominalError):

@@ -1,11 +1,13 @@
-"""What an index job does, whoever runs it: load referenced images, embed, add to the active version.
+"""What an index job and a training job do, whoever runs them: load the referenced images, then index
+them into the active version (`index_refs`) or train a scorer on them (`train_refs`, `NominalService.train`).
 
-The same function is the body of the in-process job and of the Celery task, so
+Each function is the body of the in-process job and of the Celery task, so
 the embedded default and a deployment with workers behave alike.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,3 +51,29 @@ def index_refs(
     if result.indexed == 0:
         raise BadImage(setting, f"none of the {len(refs)} images is usable; nothing was indexed")
     return {"indexed": result.indexed, "skipped": len(errors), "count": result.count, "collection": result.collection}
+
+
+def train_refs(
+    service: NominalService,
+    images: ImageStore,
+    progress: JobProgress,
+    *,
+    setting: str,
+    fail: Sequence[ImageRef],
+    passed: Sequence[ImageRef] = (),
+    use_feedback: bool = True,
+) -> dict[str, Any]:
+    """The training job: load the referenced images and train (`NominalService.train`); the job's result."""
+    started = time.perf_counter()
+    progress.start(len(fail) + len(passed))
+    loaded_fail, loaded_pass, errors = [], [], []
+    for refs, loaded in ((fail, loaded_fail), (passed, loaded_pass)):
+        for ref in refs:
+            try:
+                loaded.append(images.load(ref))
+            except BadImage as error:
+                errors.append({"source": error.source, "reason": error.reason})
+    progress.report_errors(errors)
+    result = service.train(setting, fail_images=loaded_fail, pass_images=loaded_pass, use_feedback=use_feedback,
+                           progress=progress)
+    return {**result.to_dict(), "seconds": round(time.perf_counter() - started, 2)}

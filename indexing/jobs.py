@@ -220,6 +220,12 @@ class JobRunner(Protocol):
         """Embed and add PASS images to the setting's active version; bad images are skipped and listed."""
         ...
 
+    def submit_train(
+        self, setting: str, fail: list[ImageRef], passed: list[ImageRef], *, use_feedback: bool = True
+    ) -> Job:
+        """Train a scorer on labelled FAIL images (and PASS images for synthetic defects); see `NominalService.train`."""
+        ...
+
     def submit_reindex(
         self, setting: str, source: str, *, backbone: str | None = None, roots: Sequence[str] | None = None,
         detach: bool = False,

@@ -43,6 +43,8 @@ FILES = {
 TOP_N = 10
 PASS_COLOUR = "tab:blue"
 FAIL_COLOUR = "tab:red"
+# The t-SNE map of the embeddings is drawn from this many images.
+MAP_MIN_IMAGES = 5
 
 
 def write_report(
@@ -58,6 +60,7 @@ def write_report(
     images: Sequence[ImageInput] | None = None,
     in_sample: bool = False,
     trained: dict[str, Any] | None = None,
+    embeddings: np.ndarray | None = None,
 ) -> dict[str, Path]:
     """Write the report files into `out_dir` (created if missing).
 
@@ -77,10 +80,12 @@ def write_report(
         trained: a trained scorer's results on the same images (`--labelled-fail`):
             {"metrics": same names as `metrics`, "gate": ..., "scorer": ...}; written
             under "trained" in metrics.json and compared in report.md.
+        embeddings: the images' global embeddings, one row per name: drawn as a 2-D t-SNE
+            map coloured by label (``embedding_map``, from 5 images).
 
     Returns:
         Path of each file by key: ``metrics``, ``pr_curve``, ``roc_curve``,
-        ``score_histogram``, ``confusion_matrix``, ``report``.
+        ``score_histogram``, ``confusion_matrix``, ``report``, and ``embedding_map``.
 
     Raises:
         ValueError: labels, scores and names differ in length.
@@ -117,6 +122,14 @@ def write_report(
     thumbnails = _thumbnailer(out / "thumbnails", images) if images is not None else None
     markdown = _markdown(title, truth, values, names, calibration, metrics, extra or {}, thumbnails, in_sample)
     markdown += _statistics_section(document["statistics"])
+    if embeddings is not None and len(embeddings) >= MAP_MIN_IMAGES:
+        if len(embeddings) != truth.size:
+            raise ValueError(f"{len(embeddings)} embeddings for {truth.size} images: give one per image")
+        paths["embedding_map"] = out / "embedding_map.png"
+        _save_figure(_embedding_map_figure(np.asarray(embeddings, dtype=np.float32), truth), paths["embedding_map"])
+        markdown += ("\n## Test embeddings in 2-D\n\nt-SNE of the images' global embeddings (cosine), coloured by "
+                     "label: FAIL images far from every PASS cluster are the ones a kNN finds easily.\n\n"
+                     "![t-SNE map of the test embeddings](embedding_map.png)\n")
     if trained is not None:
         markdown += _trained_section(metrics, trained)
     _write_atomic(paths["report"], lambda fh: fh.write(markdown.encode("utf-8")))
@@ -141,6 +154,26 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
         raise
+
+
+def _embedding_map_figure(embeddings: np.ndarray, truth: np.ndarray) -> Figure:
+    """A t-SNE map (scikit-learn, cosine, PCA start, fixed seed) of the embeddings, PASS and FAIL in two colours."""
+    from sklearn.manifold import TSNE
+
+    perplexity = float(min(30.0, max(2.0, (len(embeddings) - 1) / 3.0)))
+    points = TSNE(n_components=2, perplexity=perplexity, metric="cosine", init="pca", random_state=0).fit_transform(
+        embeddings)
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
+    for label, colour, mask in (("PASS", PASS_COLOUR, ~truth), ("FAIL", FAIL_COLOUR, truth)):
+        if mask.any():
+            axes.scatter(points[mask, 0], points[mask, 1], s=9, alpha=0.7, color=colour, label=f"{label} ({mask.sum()})")
+    axes.set_title("Test embeddings, t-SNE")
+    axes.set_xticks([])
+    axes.set_yticks([])
+    axes.legend(loc="best")
+    figure.tight_layout()
+    return figure
 
 
 def _save_figure(figure: Figure, path: Path) -> None:

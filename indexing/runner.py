@@ -17,7 +17,7 @@ from typing import Any
 
 from indexing.errors import NominalError, NotConfigured
 from indexing.image_store import ImageRef, ImageStore
-from indexing.ingest import index_refs
+from indexing.ingest import index_refs, train_refs
 from indexing.jobs import Job, JobBoard, JobCancelled, JobProgress, StoreJobBoard, new_job, request_cancel
 from indexing.reindex import DEFAULT_KEEP_VERSIONS, reindex
 from indexing.service import NominalService
@@ -29,6 +29,8 @@ JobBody = Callable[[JobProgress], dict[str, Any]]
 
 def cancelled_message(job: Job) -> str:
     """What a cancel left behind, in the job's own terms."""
+    if job.kind == "train":
+        return "cancelled by request: nothing was recorded and the scorer in use is unchanged"
     if job.kind == "index":
         return (f"cancelled by request: {job.done} of {job.total} images were stored before it stopped "
                 "and stay in the nominal set")
@@ -120,6 +122,13 @@ class InProcessRunner:
         job = new_job("index", setting, total=len(images))
         return self._submit(job, lambda progress: index_refs(
             self.service, self.images, progress, setting=setting, refs=images))
+
+    def submit_train(
+        self, setting: str, fail: list[ImageRef], passed: list[ImageRef], *, use_feedback: bool = True
+    ) -> Job:
+        job = new_job("train", setting, total=len(fail) + len(passed))
+        return self._submit(job, lambda progress: train_refs(
+            self.service, self.images, progress, setting=setting, fail=fail, passed=passed, use_feedback=use_feedback))
 
     can_detach = False  # the job runs on this process's thread: it ends with the process
 

@@ -32,6 +32,7 @@ from indexing.errors import (
     EmptyCollection,
     InvalidCalibration,
     InvalidTraining,
+    TrainingNotApplicable,
     UnknownCalibration,
     UnknownSetting,
 )
@@ -525,11 +526,12 @@ class NominalService:
 
     def _scored(
         self, name: str, images: Sequence[ImageInput], *, grids: bool = False, trained: TrainedScorer | None = None,
-        progress: Progress = no_progress,
+        vectors: list[np.ndarray] | None = None, progress: Progress = no_progress,
     ) -> list[tuple[float, PatchResult | None]]:
         """(score, patch result or None in global mode) per image, in input order; `grids` keeps patch-distance grids.
 
-        Global mode scores with kNN, in the `trained` scorer's projection when one is given.
+        Global mode scores with kNN, in the `trained` scorer's projection when one is given, and
+        appends each batch's embeddings to `vectors` when given.
         """
         setting = self.get_setting(name)
         version = self._require_active(name)
@@ -545,8 +547,10 @@ class NominalService:
         out: list[float] = []
         progress("scoring", 0, len(images))
         for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
-            vectors = backbone.embed(decoded, batch_size=self.batch_size)
-            for near in self._nearest(version, vectors, [image.id for image in kept], setting.k, trained=trained):
+            embedded = backbone.embed(decoded, batch_size=self.batch_size)
+            if vectors is not None:
+                vectors.append(embedded)
+            for near in self._nearest(version, embedded, [image.id for image in kept], setting.k, trained=trained):
                 out.append(knn_score([n.distance for n in near], setting.k))
             progress("scoring", len(out), len(images))
         return [(score, None) for score in out]
@@ -723,13 +727,14 @@ class NominalService:
 
         Raises:
             UnknownSetting, EmptyCollection: as everywhere.
-            InvalidTraining: `field` "scoring" (a patch setting) or "fail" (fewer than `MIN_FAIL` FAIL images).
+            TrainingNotApplicable: a patch setting (`field` "setting").
+            InvalidTraining: fewer than `MIN_FAIL` FAIL images (`field` "fail").
         """
         setting = self.get_setting(name)
         if setting.scoring != "global":
-            raise InvalidTraining(
+            raise TrainingNotApplicable(
                 f"setting {name!r} scores patches; a trained scorer re-weights global embeddings, so it trains only "
-                "settings with scoring global", field="scoring")
+                "settings with scoring global", field="setting")
         self._require_active(name)
         fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
         if fails < MIN_FAIL:
@@ -947,10 +952,14 @@ class NominalService:
         test_images = [t.image for t in dataset.test]
         # Patch settings write a heat map per test image, so their full distance grids are needed.
         patch_mode = self.get_setting(setting).scoring == "patch"
-        scored = self._scored(setting, test_images, grids=patch_mode, progress=progress)
+        embedded: list[np.ndarray] = []
+        scored = self._scored(setting, test_images, grids=patch_mode, vectors=embedded, progress=progress)
         scores = np.asarray([score for score, _ in scored], dtype=np.float64)
         is_fail = np.array([t.is_fail for t in dataset.test], dtype=bool)
         version = self._require_active(setting)
+        # The test images' global embeddings: the report's 2-D map, and the trained scorer's test queries.
+        test_vectors = (np.concatenate(embedded) if embedded else
+                        self._embedded(self.embedder.backbone_for(version), test_images, progress, "embedding test images"))
         result = calibrate(
             scores[~is_fail], scores[is_fail], policy,
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
@@ -987,7 +996,7 @@ class NominalService:
         trained = None
         if labelled_fail:
             trained = self._trained_evaluation(
-                setting, version, dataset, labelled, is_fail, policy, k=configured.k, progress=progress,
+                setting, version, dataset, labelled, test_vectors, is_fail, policy, k=configured.k, progress=progress,
             )
             extra["labelled_fail"] = len(labelled)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
@@ -1008,6 +1017,7 @@ class NominalService:
             metrics=metrics,
             extra=extra,
             trained=trained,
+            embeddings=test_vectors,
         )
         if heat_files:
             paths = {**paths, "heatmaps": Path(out_dir) / "heatmaps"}
@@ -1022,6 +1032,7 @@ class NominalService:
         version: CollectionVersion,
         dataset: Dataset,
         labelled: Sequence[Any],
+        test: np.ndarray,
         is_fail: np.ndarray,
         policy: str | None,
         *,
@@ -1038,7 +1049,6 @@ class NominalService:
         backbone = self.embedder.backbone_for(version)
 
         fails = self._embedded(backbone, [t.image for t in labelled], progress, "embedding labelled FAIL images")
-        test = self._embedded(backbone, [t.image for t in dataset.test], progress, "embedding test images")
         pieces = [decode(image, max_pixels=self.max_pixels) for image in dataset.train[:300]]
         synthetic = np.concatenate(
             [backbone.embed(cut_paste(pieces[i : i + 32], seed=i), batch_size=self.batch_size)

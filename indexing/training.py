@@ -9,7 +9,6 @@ helps). This module is what a line runs:
 - `TrainedScorers`: those records, read once per process, and each one's projected
   nominal bank (the active version's embeddings through the projection), which the
   kNN searches instead of the store.
-- `train_refs`: the body of a training job, whoever runs it.
 
 Which scorer answers is the calibration's business, not a switch of its own: a
 training that passes the gate calibrates a threshold on the trained scores
@@ -25,11 +24,10 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -40,10 +38,6 @@ from indexing.images import ImageInput
 from indexing.metric_learning import MetricHead
 from indexing.settings import CollectionVersion, utc_now
 from indexing.store.base import Neighbour, Point, VectorStore
-
-if TYPE_CHECKING:
-    from indexing.jobs import JobProgress
-    from indexing.service import NominalService
 
 TRAINED_KIND = "trained_scorer"
 # Labelled FAIL images a training needs at the least: the gate cross-validates over them.
@@ -216,33 +210,7 @@ def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: in
             continue
 
 
-def train_refs(
-    service: NominalService,
-    images: ImageStore,
-    progress: JobProgress,
-    *,
-    setting: str,
-    fail: Sequence[ImageRef],
-    passed: Sequence[ImageRef] = (),
-    use_feedback: bool = True,
-) -> dict[str, Any]:
-    """The training job: load the referenced images and train (`NominalService.train`); the job's result."""
-    started = time.perf_counter()
-    progress.start(len(fail) + len(passed))
-    loaded_fail, loaded_pass, errors = [], [], []
-    for refs, loaded in ((fail, loaded_fail), (passed, loaded_pass)):
-        for ref in refs:
-            try:
-                loaded.append(images.load(ref))
-            except BadImage as error:
-                errors.append({"source": error.source, "reason": error.reason})
-    progress.report_errors(errors)
-    result = service.train(setting, fail_images=loaded_fail, pass_images=loaded_pass, use_feedback=use_feedback,
-                           progress=progress)
-    return {**result.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
-
-
 __all__ = [
     "GATE_NOMINAL", "MIN_FAIL", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
-    "TrainedScorers", "nominal_pixels", "train_refs",
+    "TrainedScorers", "nominal_pixels",
 ]

@@ -34,7 +34,7 @@ from celery.result import AsyncResult
 
 from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
-from indexing.ingest import index_refs
+from indexing.ingest import index_refs, train_refs
 from indexing.jobs import Job, JobBoard, new_job, request_cancel
 from indexing.reindex import DEFAULT_KEEP_VERSIONS, SourceItem, batch_from_dict, reindex
 from indexing.runner import JobQueue
@@ -157,6 +157,19 @@ class CeleryRunner:
                 self.service, self.images, progress, setting=setting, refs=images))
         self.board.put(job)
         self.app.send_task("nominal.index", args=[job.to_dict(), setting, [r.to_dict() for r in images]])
+        return job
+
+    def submit_train(
+        self, setting: str, fail: list[ImageRef], passed: list[ImageRef], *, use_feedback: bool = True
+    ) -> Job:
+        job = new_job("train", setting, total=len(fail) + len(passed))
+        if not self.workers_write:  # the embedded store is this process's: it trains here
+            return self._jobs.submit(job, lambda progress: train_refs(
+                self.service, self.images, progress, setting=setting, fail=fail, passed=passed,
+                use_feedback=use_feedback))
+        self.board.put(job)
+        self.app.send_task("nominal.train", args=[
+            job.to_dict(), setting, [r.to_dict() for r in fail], [r.to_dict() for r in passed], use_feedback])
         return job
 
     def cancel(self, job_id: str) -> Job | None:

@@ -31,7 +31,7 @@ from deployment.config import Config
 from deployment.services import backbone_pool, build_service, open_configured_store
 from indexing.errors import NotConfigured, StoreUnavailable
 from indexing.image_store import ImageRef, ImageStore
-from indexing.ingest import index_refs
+from indexing.ingest import index_refs, train_refs
 from indexing.jobs import Job
 from indexing.reindex import SourceItem, batch_to_dict, embed_items, reindex
 from indexing.runner import run_job
@@ -150,6 +150,20 @@ def index_job(job: dict[str, Any], setting: str, refs: list[dict[str, Any]]) -> 
     images = ImageStore(state.config.image_root)
     body = lambda progress: index_refs(  # noqa: E731
         service, images, progress, setting=setting, refs=[ImageRef.from_dict(r) for r in refs]
+    )
+    return run_job(state.board, Job.from_dict(job), body).to_dict()
+
+
+@app.task(name="nominal.train", base=_JobTask)
+def train_job(
+    job: dict[str, Any], setting: str, fail: list[dict[str, Any]], passed: list[dict[str, Any]], use_feedback: bool = True
+) -> dict[str, Any]:
+    state = worker_state()
+    service = _server_service()
+    images = ImageStore(state.config.image_root)
+    body = lambda progress: train_refs(  # noqa: E731
+        service, images, progress, setting=setting, fail=[ImageRef.from_dict(r) for r in fail],
+        passed=[ImageRef.from_dict(r) for r in passed], use_feedback=use_feedback,
     )
     return run_job(state.board, Job.from_dict(job), body).to_dict()
 

@@ -55,12 +55,14 @@ class CalibrationSummary(BaseModel):
     n_pass: int
     n_fail: int
     created_at: str
+    scoring: str = Field(description="The scorer it was made with, and that verdicts use with it: global, patch, or trained:<id>.")
     active: bool = Field(description="Whether verdicts use this calibration now.")
 
     @classmethod
     def of(cls, c: Calibration, *, active: bool) -> "CalibrationSummary":
         return cls(id=c.id, policy=c.policy, threshold=c.threshold, average_precision=c.average_precision,
-                   roc_auc=c.roc_auc, n_pass=c.n_pass, n_fail=c.n_fail, created_at=c.created_at, active=active)
+                   roc_auc=c.roc_auc, n_pass=c.n_pass, n_fail=c.n_fail, created_at=c.created_at, scoring=c.scoring,
+                   active=active)
 
 
 class CalibrationsPublic(BaseModel):
@@ -72,6 +74,7 @@ class SettingPublic(BaseModel):
     backbone: str
     k: int
     scoring: str
+    scorer: str = Field(description="The scorer verdicts use: the calibration's (trained:<id> after a training that passed its gate), else `scoring`.")
     tiling: str
     description: str
     images: int = Field(description="Nominal images in the active version.")
@@ -88,8 +91,8 @@ class SettingPublic(BaseModel):
     def of(cls, status: SettingStatus) -> "SettingPublic":
         s, c, candidate = status.setting, status.calibration, status.candidate
         return cls(
-            name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, tiling=s.tiling, description=s.description,
-            images=status.count,
+            name=s.name, backbone=s.backbone, k=s.k, scoring=s.scoring, scorer=status.scorer, tiling=s.tiling,
+            description=s.description, images=status.count,
             active_version=status.active.version if status.active else None,
             collection=status.active.collection if status.active else None,
             calibration=CalibrationSummary.of(c, active=True) if c else None,
@@ -156,6 +159,7 @@ class VerdictPublic(BaseModel):
         None, description=("Conformal p-value: (1 + reference scores at or above this score) / (n + 1), the reference "
                            "being the PASS scores of the calibration in use (without one: the nominal images' "
                            "leave-one-out scores). 0.002 reads 'about 1 good part in 500 scores this high'."))
+    scorer: str = Field(description="Which scorer answered: global, patch, or trained:<id> (learned from labelled defects).")
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
 
@@ -164,7 +168,7 @@ class VerdictPublic(BaseModel):
         return cls(
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
-            nominal_percentile=verdict.nominal_percentile, p_value=verdict.p_value,
+            nominal_percentile=verdict.nominal_percentile, p_value=verdict.p_value, scorer=verdict.scorer,
             neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
@@ -181,6 +185,39 @@ class NeighboursOfImage(BaseModel):
 
 class NeighboursPublic(BaseModel):
     results: list[NeighboursOfImage]
+
+
+class GatePublic(BaseModel):
+    unsupervised_ap: float = Field(description="Cross-validated AP of the unsupervised kNN on the labelled images.")
+    trained_ap: float = Field(description="Cross-validated AP of the trained scorer on the same images.")
+    gain_low: float = Field(description="5th percentile of the AP gain over paired bootstrap resamples.")
+    margin: float
+    folds: int
+    n_pass: int
+    n_fail: int
+    active: bool = Field(description="Whether the trained scorer measurably helps (AP gain >= margin and gain_low > 0).")
+    reason: str
+
+
+class TrainedPublic(BaseModel):
+    id: str
+    scoring: str = Field(description="Its name in a calibration's `scoring` and a verdict's `scorer`: trained:<id>.")
+    backbone: str
+    projection: str
+    gate: GatePublic
+    passed: bool = Field(description="Whether it passed its gate (and was calibrated).")
+    in_use: bool = Field(description="Whether verdicts use it now (the calibration in use was made with it).")
+    n_nominal: int
+    n_fail: int = Field(description="Labelled FAIL images it learned from.")
+    n_synthetic: int = Field(description="CutPaste defects made from PASS images.")
+    steps: int
+    trained_on: str = Field(description="The collection version it was trained on.")
+    created_at: str
+    seconds: float
+
+
+class TrainedListPublic(BaseModel):
+    trained: list[TrainedPublic] = Field(description="Newest first.")
 
 
 class JobAccepted(BaseModel):

@@ -18,7 +18,7 @@ from indexing.errors import BadImage, InvalidCalibration, NominalError
 from indexing.images import ImageInput, decode
 
 
-def _inputs(paths: list[Path]) -> list[ImageInput]:
+def image_inputs(paths: list[Path]) -> list[ImageInput]:
     return [ImageInput.from_path(path) for path in find_images(paths)]
 
 
@@ -38,7 +38,7 @@ def index(
     Example: nominal index line-3 photos/2026-11-23/pass/
     """
     out = Output(json_mode=json_out)
-    images = _inputs(paths)
+    images = image_inputs(paths)
     with service_for(state(ctx).config) as service, out.progress() as bars:
         try:
             result = service.index(setting, images, skip_bad=skip_bad, progress=bars)
@@ -95,8 +95,8 @@ def calibrate(
     out = Output(json_mode=json_out)
     if policy is not None:
         _checked(parse_policy, policy, "--policy")
-    pass_images = _inputs(pass_dir) if pass_dir else []
-    fail_images = _inputs(fail_dir) if fail_dir else []
+    pass_images = image_inputs(pass_dir) if pass_dir else []
+    fail_images = image_inputs(fail_dir) if fail_dir else []
     with service_for(state(ctx).config) as service, out.progress() as bars:
         try:
             result = service.calibrate(setting, pass_images=pass_images, fail_images=fail_images, policy=policy,
@@ -183,7 +183,7 @@ def inspect(
     """
     out = Output(json_mode=json_out)
     images, unreadable = [], []
-    for image in _inputs(paths):
+    for image in image_inputs(paths):
         try:
             decode(image, max_pixels=state(ctx).config.max_pixels)  # a bad file is set aside, the others judged
             images.append(image)

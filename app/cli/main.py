@@ -24,6 +24,7 @@ app = typer.Typer(
         "  nominal inspect line-3 new/part-0042.png     # PASS or FAIL, score, threshold, neighbours\n\n"
         "  nominal evaluate tests/fixtures/hazelnut_toy --layout mvtec --out report/\n\n"
         "  nominal reindex line-3 /data/line-3/pass/ --wait   # new version, checked, switched in one step\n\n"
+        "  nominal train line-3 --fail val/fail/           # learn from labelled defects, where it helps\n\n"
         "With REDIS_URL set, `nominal worker` processes embed the images of re-index jobs.\n\n"
         "Data lives in an embedded store in NOMINAL_DATA (./nominal-data) unless QDRANT_URL names a server."
     ),
@@ -67,6 +68,7 @@ app.command("history")(history.history)
 app.command("watch")(watch.watch)
 app.command("backbones")(settings.backbones)
 app.command("reindex")(jobs.reindex)
+app.command("train")(jobs.train)
 app.command("rollback")(jobs.rollback)
 app.command("jobs")(jobs.jobs)
 app.command("worker")(jobs.worker)

@@ -43,7 +43,15 @@ def test_an_evaluation_with_labelled_fail_reports_both_scorers_on_the_same_remai
     assert trained["metrics"]["n_fail"] == result.metrics.n_fail and len(trained["scores"]) == len(scored)
     assert trained["gate"]["n_fail"] == len(labelled) and isinstance(trained["gate"]["active"], bool)
     assert document["extra"]["labelled_fail"] == len(labelled)
-    assert "## Trained scorer" in (tmp_path / "report" / "report.md").read_text()
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "## Trained scorer" in markdown
+    # The literature's statistics: type I/II errors with Wilson intervals, distance statistics, a t-SNE map.
+    statistics = document["statistics"]
+    assert statistics["intra_class_distance"]["n"] == 6 and statistics["inter_class_distance"]["n"] == 17 - len(labelled)
+    low, high = statistics["type_ii_error"]["ci95"]
+    assert 0.0 <= low <= statistics["type_ii_error"]["rate"] <= high <= 1.0
+    assert result.files["embedding_map"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "![t-SNE map of the test embeddings](embedding_map.png)" in markdown
 
 
 @pytest.fixture(scope="module")

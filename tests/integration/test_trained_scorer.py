@@ -1,0 +1,162 @@
+"""A scorer trained on labelled defects, in production: the job, the gate, which scorer answers, and a trained
+setting across a restart, a re-index and a rollback. Real ELPV cells, the real pretrained backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from app.api.main import create_app
+from app.config import Config
+from indexing.datasets import load_dataset
+from indexing.image_store import ImageStore
+from indexing.images import ImageInput
+from indexing.runner import InProcessRunner
+from indexing.service import BackbonePool, NominalService
+from indexing.store.edge import EdgeStore
+from tests.waiting import wait_for_job
+
+pytestmark = pytest.mark.slow
+
+SETTING = "poly"
+
+
+@pytest.fixture(scope="module")
+def poly() -> dict[str, list[ImageInput]]:
+    """ELPV poly cells: nominal training cells for two versions, labelled defects, and held-out cells."""
+    dataset = load_dataset("elpv", "elpv", subset="poly")
+    fails = [t.image for t in dataset.test if t.is_fail]
+    passes = [t.image for t in dataset.test if not t.is_fail]
+    return {
+        "v1": dataset.train[:120], "v2": dataset.train[120:220], "labelled": fails[:30],
+        "held_out": fails[60:66] + passes[:6],
+    }
+
+
+def _folder(path: Path, images: list[ImageInput]) -> Path:
+    path.mkdir(parents=True)
+    for i, image in enumerate(images):
+        (path / f"{i:04d}.png").write_bytes(image.data)
+    return path
+
+
+def test_a_trained_scorer_answers_verdicts_and_keeps_them_across_a_restart_a_reindex_and_a_rollback(
+    tmp_path: Path, pool: BackbonePool, poly: dict[str, list[ImageInput]]
+) -> None:
+    store = EdgeStore(tmp_path / "store")
+    service = NominalService(store, backbones=pool)
+    service.put_setting(SETTING)
+    service.index(SETTING, poly["v1"])
+    unsupervised = service.calibrate(SETTING, policy="quantile:0.01").calibration
+    before = service.inspect(SETTING, poly["held_out"])
+    assert {v.scorer for v in before} == {"global"} and unsupervised.scoring == "global"
+
+    trained = service.train(SETTING, fail_images=poly["labelled"], pass_images=poly["v1"][:60], steps=100)
+    assert trained.active, trained.reason
+    scorer = trained.scorer
+    assert scorer.passed and scorer.n_fail == 30 and scorer.n_synthetic == 60
+    calibration = trained.calibrated.calibration
+    assert calibration.scoring == scorer.scoring == f"trained:{scorer.id}"
+    assert service.status(SETTING).scorer == scorer.scoring
+    answered = service.inspect(SETTING, poly["held_out"])
+    assert {v.scorer for v in answered} == {scorer.scoring}
+    assert {v.calibration_id for v in answered} == {calibration.id}
+    scores = [v.score for v in answered]
+    # The held-out defects score above the held-out good cells more often than not, in the trained space.
+    assert np.mean(scores[:6]) > np.mean(scores[6:])
+
+    # A restart: a new process reads the scorer and its calibration from the store.
+    store.close()
+    store = EdgeStore(tmp_path / "store")
+    service = NominalService(store, backbones=pool)
+    again = service.inspect(SETTING, poly["held_out"])
+    assert [v.scorer for v in again] == [scorer.scoring] * len(again)
+    assert np.allclose([v.score for v in again], scores, atol=1e-5)
+    assert [v.verdict for v in again] == [v.verdict for v in answered]
+
+    # A re-index to the same backbone keeps the scorer (it projects that backbone's embeddings) on the new nominal set;
+    # a rollback returns to the first version and to exactly the verdicts it gave.
+    runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
+    try:
+        source = _folder(tmp_path / "v2", poly["v2"])
+        assert wait_for_job(runner.board, runner.submit_reindex(SETTING, str(source))).state == "succeeded"
+        on_v2 = service.inspect(SETTING, poly["held_out"])
+        assert {v.scorer for v in on_v2} == {scorer.scoring}
+        assert not np.allclose([v.score for v in on_v2], scores, atol=1e-5)  # another nominal set answered
+        service.rollback(SETTING)
+        back = service.inspect(SETTING, poly["held_out"])
+        assert [v.scorer for v in back] == [scorer.scoring] * len(back)
+        assert np.allclose([v.score for v in back], scores, atol=1e-5)
+    finally:
+        runner.close()
+
+    # A new calibration is made for the scorer in use; switching the trained scorer off is activating one made
+    # with the unsupervised scorer.
+    assert service.calibrate(SETTING, policy="quantile:0.01", activate=False).calibration.scoring == scorer.scoring
+    service.activate_calibration(SETTING, unsupervised.id)
+    assert {v.scorer for v in service.inspect(SETTING, poly["held_out"][:2])} == {"global"}
+    store.close()
+
+
+def test_a_trained_scorer_that_does_not_help_is_recorded_but_stays_off(
+    service: NominalService, poly: dict[str, list[ImageInput]]
+) -> None:
+    # Nominal cells, a random 30 of them labelled FAIL: nothing separates those from the others.
+    cells = [poly["v1"][i] for i in np.random.default_rng(1).permutation(len(poly["v1"]))]
+    service.put_setting(SETTING)
+    service.index(SETTING, cells[30:])
+    service.calibrate(SETTING, policy="quantile:0.01")
+    before = service.status(SETTING).calibration
+    refused = service.train(SETTING, fail_images=cells[:30], pass_images=cells[30:60], steps=100)
+    assert not refused.active and refused.calibrated is None
+    assert "stays off" in refused.reason and "does not measurably beat" in refused.reason
+    assert [s.id for s in service.trained_scorers(SETTING)] == [refused.scorer.id]  # recorded, with its gate
+    assert service.status(SETTING).calibration == before
+    assert {v.scorer for v in service.inspect(SETTING, poly["held_out"][:2])} == {"global"}
+
+
+def test_training_over_http_is_a_job_and_says_which_scorer_answers(
+    tmp_path: Path, poly: dict[str, list[ImageInput]]
+) -> None:
+    config = Config(_env_file=None, NOMINAL_DATA=tmp_path / "data")
+    files = lambda field, images: [(field, (f"{i}.png", image.data)) for i, image in enumerate(images)]  # noqa: E731
+    with TestClient(create_app(config)) as client:
+        assert client.put(f"/v1/settings/{SETTING}", json={"k": 1}).status_code == 201
+        unindexed = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"][:2]))
+        assert unindexed.status_code == 409, unindexed.text
+        accepted = client.post(f"/v1/settings/{SETTING}/images", files=files("files", poly["v1"]))
+        assert accepted.status_code == 202
+        _wait(client, accepted.json()["job_id"])
+
+        one = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"][:1]))
+        assert one.status_code == 422 and one.json()["detail"][0]["loc"] == ["body", "fail"], one.text
+        assert client.put("/v1/settings/patchy", json={"scoring": "patch"}).status_code == 201
+        patchy = client.post("/v1/settings/patchy/train", files=files("fail", poly["labelled"][:2]))
+        assert patchy.status_code == 409 and patchy.json()["detail"][0]["loc"] == ["path", "setting"], patchy.text
+        assert client.post("/v1/settings/nowhere/train", files=files("fail", poly["labelled"][:2])).status_code == 404
+
+        job = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"]))
+        assert job.status_code == 202, job.text
+        done = _wait(client, job.json()["job_id"])
+        assert done["state"] == "succeeded", done["message"]
+        result = done["result"]
+        listed = client.get(f"/v1/settings/{SETTING}/trained").json()["trained"]
+        assert [t["id"] for t in listed] == [result["trained"]["id"]]
+        assert listed[0]["in_use"] == result["active"] == listed[0]["gate"]["active"]
+        scorer = client.get(f"/v1/settings/{SETTING}").json()["scorer"]
+        verdict = client.post(f"/v1/settings/{SETTING}/inspect", files=files("files", poly["held_out"][:1])).json()
+        assert verdict["results"][0]["scorer"] == scorer
+        assert scorer == (f"trained:{result['trained']['id']}" if result["active"] else "global")
+
+
+def _wait(client: TestClient, job_id: str) -> dict:
+    import time
+
+    deadline = time.monotonic() + 300
+    while (job := client.get(f"/v1/jobs/{job_id}").json())["state"] not in ("succeeded", "failed", "cancelled"):
+        assert time.monotonic() < deadline, job
+        time.sleep(0.1)
+    return job
