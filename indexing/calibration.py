@@ -215,13 +215,19 @@ def f1_max_threshold(is_fail: Labels, scores: Scores) -> tuple[float, float]:
     return float(f1[best]), float(thresholds[best])
 
 
-# `Calibration.scoring` of a calibration made with a trained scorer: "trained:<its id>".
+# `Calibration.scoring` of a calibration made with a trained scorer: "trained:<id>" (a metric projection of
+# a global setting's embeddings) or "hybrid:<id>" (a DenseHybrid head over a patch setting's patches).
 TRAINED_PREFIX = "trained:"
+HYBRID_PREFIX = "hybrid:"
 
 
 def scoring_mode(scoring: str) -> str:
-    """The setting's scoring mode a scorer belongs to: a trained scorer re-weights global embeddings."""
-    return "global" if scoring.startswith(TRAINED_PREFIX) else scoring
+    """The setting's scoring mode a scorer belongs to."""
+    if scoring.startswith(TRAINED_PREFIX):
+        return "global"
+    if scoring.startswith(HYBRID_PREFIX):
+        return "patch"
+    return scoring
 
 
 @dataclass(frozen=True)
@@ -229,7 +235,7 @@ class Calibration:
     """A threshold, how it was chosen, and how it did on the labelled data it came from.
 
     `backbone` (the backbone's identity) and `scoring` (the scorer: "global", "patch",
-    or "trained:<id>" for a trained scorer of a global setting, `indexing.training`) are
+    "trained:<id>" or "hybrid:<id>" for a scorer trained on labelled defects, `indexing.training`) are
     recorded so that a calibration is never applied to other scores (`unfit_for`);
     `collection` says which collection its scores were searched in. The calibration in
     use names the scorer verdicts use: activating one made with a trained scorer
@@ -334,7 +340,10 @@ class Calibration:
     @property
     def trained_id(self) -> str | None:
         """The trained scorer this calibration was made with (and that verdicts use with it), or None."""
-        return self.scoring[len(TRAINED_PREFIX):] if self.scoring.startswith(TRAINED_PREFIX) else None
+        for prefix in (TRAINED_PREFIX, HYBRID_PREFIX):
+            if self.scoring.startswith(prefix):
+                return self.scoring[len(prefix):]
+        return None
 
     @property
     def degenerate(self) -> str | None:

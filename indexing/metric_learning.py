@@ -57,8 +57,15 @@ def labelled_fail_split(test: Sequence[TestImage]) -> tuple[list[TestImage], lis
 
 def cut_paste(images: Sequence[Image.Image], *, seed: int = 0) -> list[Image.Image]:
     """One synthetic defect per image: a rotated rectangle of the image pasted elsewhere on it (CutPaste)."""
+    return cut_paste_boxes(images, seed=seed)[0]
+
+
+def cut_paste_boxes(
+    images: Sequence[Image.Image], *, seed: int = 0
+) -> tuple[list[Image.Image], list[tuple[int, int, int, int]]]:
+    """`cut_paste`, with where each piece was pasted: (x, y, width, height) in the image's pixels."""
     rng = np.random.default_rng(seed)
-    out = []
+    out, boxes = [], []
     for original in images:
         image = original.convert("RGB").copy()
         width, height = image.size
@@ -66,9 +73,11 @@ def cut_paste(images: Sequence[Image.Image], *, seed: int = 0) -> list[Image.Ima
         ph = int(rng.integers(max(2, height // 10), max(3, height // 4)))
         x, y = int(rng.integers(0, width - pw)), int(rng.integers(0, height - ph))
         piece = image.crop((x, y, x + pw, y + ph)).rotate(float(rng.integers(0, 360)))
-        image.paste(piece, (int(rng.integers(0, width - pw)), int(rng.integers(0, height - ph))))
+        at = (int(rng.integers(0, width - pw)), int(rng.integers(0, height - ph)))
+        image.paste(piece, at)
         out.append(image)
-    return out
+        boxes.append((at[0], at[1], pw, ph))
+    return out, boxes
 
 
 def knn_distances(bank: np.ndarray, queries: np.ndarray, k: int, *, exclude_self: bool = False) -> np.ndarray:
@@ -214,8 +223,6 @@ def gate(
     trained on the other folds (and on all synthetic defects, which are never scored),
     and the fold's PASS and FAIL images are scored against the other folds' PASS images.
     """
-    from sklearn.metrics import average_precision_score
-
     if len(fails) < 2:
         raise ValueError(f"{len(fails)} labelled FAIL image(s): the gate needs at least 2 to cross-validate")
     folds = min(folds, len(fails))  # every fold holds at least one labelled FAIL image
@@ -230,7 +237,14 @@ def gate(
         raw.append(knn_distances(bank, queries, k))
         head = MetricHead.fit(bank, np.concatenate([fails[fail_fold != fold], synthetic]), steps=steps, seed=seed + fold)
         trained.append(knn_distances(head.project(bank), head.project(queries), k))
-    labels, before, after = np.asarray(truth), np.concatenate(raw), np.concatenate(trained)
+    return _decided(np.asarray(truth), np.concatenate(raw), np.concatenate(trained), rng, margin=margin, folds=folds)
+
+
+def _decided(labels: np.ndarray, before: np.ndarray, after: np.ndarray, rng: np.random.Generator, *, margin: float,
+             folds: int) -> Gate:
+    """The gate of out-of-fold scores before (unsupervised) and after (trained), with its paired bootstrap bound."""
+    from sklearn.metrics import average_precision_score
+
     gains = []
     for _ in range(BOOTSTRAP):
         pick = rng.integers(0, len(labels), len(labels))
@@ -239,7 +253,138 @@ def gate(
     return Gate(
         unsupervised_ap=float(average_precision_score(labels, before)),
         trained_ap=float(average_precision_score(labels, after)),
-        gain_low=float(np.percentile(gains, 5)),
-        margin=margin, folds=folds, n_pass=len(nominal), n_fail=len(fails),
+        gain_low=float(np.percentile(gains, 5)) if gains else 0.0,
+        margin=margin, folds=folds, n_pass=int((labels == 0).sum()), n_fail=int((labels == 1).sum()),
         oof_pass=after[labels == 0], oof_fail=after[labels == 1],
     )
+
+
+# ------------------------------------------------------------------ dense hybrid (patch settings)
+
+# A labelled FAIL image has no mask: its patches farthest from the nominal bank, this share of them, are its defect.
+FAIL_PATCH_SHARE = 0.02
+# Patches the discriminative head is fitted on, at most, per class.
+HYBRID_MAX_PATCHES = 20000
+
+
+@dataclass
+class HybridHead:
+    """DenseHybrid for patch scoring: a patch's distance to the nominal bank (generative) plus a logistic
+    head's log-odds that it is a defect (discriminative), each standardised over nominal patches.
+
+    The distance catches what looks unusual; the head catches what looks like the known defects,
+    even where it lies close to some nominal patch.
+    """
+
+    coef: np.ndarray  # (dim,) float32
+    intercept: float
+    d_mean: float
+    d_std: float
+    l_mean: float
+    l_std: float
+
+    @classmethod
+    def fit(
+        cls, negatives: np.ndarray, negative_distances: np.ndarray, positives: np.ndarray, *, seed: int = 0
+    ) -> HybridHead:
+        """Fit on nominal patches (and their distances to the bank) and defect patches (labelled and synthetic)."""
+        from sklearn.linear_model import LogisticRegression
+
+        rng = np.random.default_rng(seed)
+        negatives, negative_distances = _capped(rng, negatives, negative_distances)
+        positives, _ = _capped(rng, positives, None)
+        features = np.concatenate([negatives, positives]).astype(np.float32)
+        labels = np.concatenate([np.zeros(len(negatives)), np.ones(len(positives))])
+        model = LogisticRegression(C=0.1, class_weight="balanced", max_iter=300).fit(features, labels)
+        coef, intercept = model.coef_[0].astype(np.float32), float(model.intercept_[0])
+        logits = negatives @ coef + intercept
+        return cls(coef=coef, intercept=intercept, d_mean=float(negative_distances.mean()),
+                   d_std=float(max(negative_distances.std(), 1e-6)), l_mean=float(logits.mean()),
+                   l_std=float(max(logits.std(), 1e-6)))
+
+    def combine(self, distances: np.ndarray, patches: np.ndarray) -> np.ndarray:
+        """The hybrid score of each patch."""
+        logits = np.asarray(patches, dtype=np.float32) @ self.coef + self.intercept
+        return ((np.asarray(distances) - self.d_mean) / self.d_std + (logits - self.l_mean) / self.l_std).astype(np.float32)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, coef=self.coef, stats=np.asarray(
+            [self.intercept, self.d_mean, self.d_std, self.l_mean, self.l_std], dtype=np.float64))
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HybridHead:
+        with np.load(io.BytesIO(data), allow_pickle=False) as found:
+            intercept, d_mean, d_std, l_mean, l_std = (float(x) for x in found["stats"])
+            return cls(coef=found["coef"], intercept=intercept, d_mean=d_mean, d_std=d_std, l_mean=l_mean, l_std=l_std)
+
+
+def _capped(rng: np.random.Generator, rows: np.ndarray, values: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    if len(rows) <= HYBRID_MAX_PATCHES:
+        return rows, values if values is not None else np.empty(0)
+    pick = rng.choice(len(rows), HYBRID_MAX_PATCHES, replace=False)
+    return rows[pick], values[pick] if values is not None else np.empty(0)
+
+
+@dataclass(frozen=True)
+class ScoredPatches:
+    """One image's patch vectors, their distances to the nominal bank, and its unsupervised image score."""
+
+    vectors: np.ndarray  # (P, dim)
+    distances: np.ndarray  # (P,)
+    score: float
+    # The image is in the nominal set: its distances are leave-one-out ones, which run higher than a new
+    # image's (the coreset was chosen with its patches), so it cannot stand for a new PASS part in a gate.
+    in_bank: bool = False
+
+    def worst(self) -> np.ndarray:
+        """Its patches farthest from the bank: a labelled FAIL image's presumed defect."""
+        k = max(1, int(round(FAIL_PATCH_SHARE * len(self.distances))))
+        return self.vectors[np.argpartition(-self.distances, k - 1)[:k]]
+
+
+def fit_hybrid(passed: Sequence[ScoredPatches], fails: Sequence[ScoredPatches], synthetic: np.ndarray,
+               *, seed: int = 0) -> HybridHead:
+    """A hybrid head from PASS images' patches, labelled FAIL images' worst patches, and synthetic defect patches."""
+    return HybridHead.fit(
+        np.concatenate([p.vectors for p in passed]), np.concatenate([p.distances for p in passed]),
+        np.concatenate([*(f.worst() for f in fails), synthetic]), seed=seed,
+    )
+
+
+def hybrid_gate(
+    passed: Sequence[ScoredPatches],
+    fails: Sequence[ScoredPatches],
+    synthetic: np.ndarray,
+    *,
+    folds: int = 5,
+    margin: float = DEFAULT_MARGIN,
+    seed: int = 0,
+) -> Gate:
+    """Out-of-fold AP of the hybrid and the unsupervised patch scores, on the labelled images only.
+
+    For each fold a head is fitted on the other folds' PASS patches and FAIL images' worst
+    patches (and all synthetic defect patches, which are never scored); the fold's images
+    are scored by their largest hybrid patch score. Distances come from the full bank,
+    each PASS image's own patches left out.
+    """
+    if len(fails) < 2:
+        raise ValueError(f"{len(fails)} labelled FAIL image(s): the gate needs at least 2 to cross-validate")
+    folds = min(folds, len(fails))
+    rng = np.random.default_rng(seed)
+    pass_fold = rng.permutation(len(passed)) % folds
+    fail_fold = rng.permutation(len(fails)) % folds
+    truth: list[int] = []
+    before: list[float] = []
+    after: list[float] = []
+    for fold in range(folds):
+        head = fit_hybrid([p for p, f in zip(passed, pass_fold) if f != fold],
+                          [x for x, f in zip(fails, fail_fold) if f != fold], synthetic, seed=seed + fold)
+        for items, assigned, label in ((passed, pass_fold, 0), (fails, fail_fold, 1)):
+            for item, f in zip(items, assigned):
+                if f == fold:
+                    truth.append(label)
+                    before.append(item.score)
+                    after.append(float(head.combine(item.distances, item.vectors).max()))
+    return _decided(np.asarray(truth), np.asarray(before), np.asarray(after), rng, margin=margin, folds=folds)

@@ -28,12 +28,13 @@ from PIL import Image
 from indexing.backbones import Backbone
 from indexing.compute import INLINE, Compute
 from indexing.datasets import TestImage
-from indexing.errors import EmptyCollection
+from indexing.errors import EmptyCollection, TrainingNotApplicable
 from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_pro, pixel_roc_auc
 from indexing.images import ImageInput, decode
+from indexing.metric_learning import ScoredPatches
 from indexing.bank_cache import BankCache
 from indexing.patch_bank import PatchBank, patch_point_id, patch_points
-from indexing.patch_search import PatchScorer
+from indexing.patch_search import HybridCombiner, HybridScorer, PatchScorer
 from indexing.patches import PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
 from indexing.store.base import Neighbour, Vectors
@@ -259,6 +260,7 @@ class PatchIndex:
         grids: bool = False,
         maps: bool = False,
         batch_size: int = 32,
+        hybrid: HybridCombiner | None = None,
     ) -> list[PatchResult]:
         """Score images against the bank; a nominal image is scored without its own patches (leave-one-out).
 
@@ -270,6 +272,7 @@ class PatchIndex:
             neighbours: how many nominal images to name for the worst patch.
             grids: also return each image's patch-distance grid (a full search).
             maps: also return each image's grid and smoothed heat map.
+            hybrid: a trained DenseHybrid head: patch scores are its hybrid scores (grids and maps too).
         """
         bank = self.bank(setting, collection, config.dim)
         if len(bank) == 0:
@@ -278,8 +281,33 @@ class PatchIndex:
             )
         # Everything from here is computation on a loaded bank: one hop to the compute thread for the call.
         return self.compute.run(
-            self._score_loaded, bank, config, backbone, images, decoded, neighbours, grids, maps, batch_size
+            self._score_loaded, bank, config, backbone, images, decoded, neighbours, grids, maps, batch_size, hybrid
         )
+
+    def scored_patches(
+        self, setting: str, collection: str, config: PatchConfig, backbone: Backbone, images: Sequence[ImageInput],
+        decoded: Sequence[Image.Image], *, batch_size: int = 32,
+    ) -> list[ScoredPatches]:
+        """Each image's patch vectors, their distances to the bank (its own patches left out) and its score:
+        what a DenseHybrid head is trained on. Images scored by tiles are refused."""
+        bank = self.bank(setting, collection, config.dim)
+        if any(layout_for(pixels, backbone.input_size, config.tiling) is not None for pixels in decoded):
+            raise TrainingNotApplicable(
+                f"setting {setting!r} scores some images by tiles; a hybrid scorer trains on untiled images only",
+                field="setting")
+
+        def run() -> list[ScoredPatches]:
+            patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
+            scorer = config.scorer(bank)
+            out = []
+            for image, vectors in zip(images, patches.vectors):
+                own = bank.rows_of(image.id)
+                found = scorer.run(vectors, exclude=own or None, grid=True)
+                assert found.distances is not None
+                out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=found.score, in_bank=bool(own)))
+            return out
+
+        return self.compute.run(run)
 
     def _score_loaded(
         self,
@@ -292,15 +320,16 @@ class PatchIndex:
         grids: bool,
         maps: bool,
         batch_size: int,
+        hybrid: HybridCombiner | None = None,
     ) -> list[PatchResult]:
         layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
         if any(found is not None for found in layouts):
             return [
-                self._score_tiled(bank, config, backbone, image, pixels, found, neighbours, grids, maps, batch_size)
+                self._score_tiled(bank, config, backbone, image, pixels, found, neighbours, grids, maps, batch_size, hybrid)
                 for image, pixels, found in zip(images, decoded, layouts)
             ]
         patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
-        scorer = config.scorer(bank)
+        scorer = _scorer(config, bank, hybrid)
         rows, cols = patches.grid
         results = []
         for image, vectors in zip(images, patches.vectors):
@@ -329,6 +358,7 @@ class PatchIndex:
         grids: bool,
         maps: bool,
         batch_size: int,
+        hybrid: HybridCombiner | None = None,
     ) -> PatchResult:
         """One image scored over all its tiles' patches: the score and the worst patch are over every tile."""
         tile_layout = found_layout or _one_tile(pixels, backbone.input_size)
@@ -341,7 +371,7 @@ class PatchIndex:
             grid_shape = patches.grid
         vectors = np.concatenate(parts)
         own = bank.rows_of(image.id)
-        found = config.scorer(bank).run(vectors, exclude=own or None, grid=grids or maps)
+        found = _scorer(config, bank, hybrid).run(vectors, exclude=own or None, grid=grids or maps)
         near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
         per_tile = grid_shape[0] * grid_shape[1]
         tile, cell = divmod(found.worst, per_tile)
@@ -483,6 +513,11 @@ def write_heatmaps(
     if not has_masks:
         return None, None, files
     return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
+
+
+def _scorer(config: PatchConfig, bank: PatchBank, hybrid: HybridCombiner | None) -> PatchScorer | HybridScorer:
+    scorer = config.scorer(bank)
+    return scorer if hybrid is None else HybridScorer(scorer, hybrid)
 
 
 def _one_tile(pixels: Image.Image, side: int) -> TileLayout:

@@ -556,3 +556,24 @@ class PatchScorer:
 
     def _bank_row(self, row: int) -> np.ndarray:
         return self.nn.reconstruct(row)
+
+
+class HybridScorer:
+    """A `PatchScorer` whose patch scores are DenseHybrid's (`metric_learning.HybridHead.combine`): every patch's
+    distance is searched (no pruning), combined with the head's log-odds, and the image score is the largest."""
+
+    def __init__(self, inner: PatchScorer, head: "HybridCombiner") -> None:
+        self.inner = inner
+        self.head = head
+
+    def run(self, patches: np.ndarray, *, exclude: Sequence[int] | None = None, grid: bool = True) -> PatchScore:
+        found = self.inner.run(patches, exclude=exclude, grid=True)
+        assert found.distances is not None
+        combined = self.head.combine(found.distances, patches)
+        worst = int(np.argmax(combined))
+        return PatchScore(score=float(combined[worst]), worst=worst, nearest_row=found.nearest_row,
+                          distances=combined if grid else None)
+
+
+class HybridCombiner(Protocol):
+    def combine(self, distances: np.ndarray, patches: np.ndarray) -> np.ndarray: ...

@@ -32,7 +32,6 @@ from indexing.errors import (
     EmptyCollection,
     InvalidCalibration,
     InvalidTraining,
-    TrainingNotApplicable,
     UnknownCalibration,
     UnknownSetting,
 )
@@ -41,6 +40,7 @@ from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.locks import LocalLocks, SettingLocks
 from indexing.bank_cache import BankCache, CacheStats
 from indexing.compare import compare_scorers
+from indexing.metric_learning import ScoredPatches
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
@@ -54,7 +54,7 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
-from indexing.training import GATE_NOMINAL, MIN_FAIL, SYNTHETIC, TrainedScorer, TrainedScorers, nominal_pixels
+from indexing.training import GATE_NOMINAL, MIN_FAIL, MIN_HELD_OUT_PASS, SYNTHETIC, TrainedScorer, TrainedScorers, nominal_pixels
 from indexing.verdicts import HeatMap, Verdict, decide
 from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
 
@@ -494,7 +494,7 @@ class NominalService:
         results = self.patches.score(
             context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
             self.embedder.backbone_for(context.version), images, decoded,
-            neighbours=k, maps=heatmap, batch_size=self.batch_size,
+            neighbours=k, maps=heatmap, batch_size=self.batch_size, hybrid=_hybrid(context.trained),
         )
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
@@ -514,7 +514,7 @@ class NominalService:
                     neighbours=found.neighbours,
                     elapsed_ms=elapsed_ms,
                     heatmap=heat,
-                    scorer="patch",
+                    scorer=context.scorer,
                 )
             )
         return verdicts
@@ -539,7 +539,8 @@ class NominalService:
             found: list[tuple[float, PatchResult | None]] = []
             progress("scoring", 0, len(images))
             for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
-                for result in self._patch_results(name, version, kept, decoded, neighbours=0, grids=grids):
+                for result in self._patch_results(name, version, kept, decoded, neighbours=0, grids=grids,
+                                                  trained=trained):
                     found.append((result.score, result))
                 progress("scoring", len(found), len(images))
             return found
@@ -566,17 +567,17 @@ class NominalService:
         """
         setting = self.get_setting(name)
         version = self._require_active(name)
+        trained = self._trained_in_use(name)
+        if trained is not None and trained.reference:
+            # The head was trained on these very images: their own scores would be too low. Its training kept
+            # their out-of-fold scores instead (`TrainedScorer.reference`).
+            return np.asarray(trained.reference, dtype=np.float64)
         if setting.scoring == "patch":
             patch = self.versions.require_patch(version)
             progress("scoring nominal set", 0, 1)
             scores = self.patches.nominal_scores(name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")))
             progress("scoring nominal set", 1, 1)
             return scores
-        trained = self._trained_in_use(name)
-        if trained is not None and trained.reference:
-            # The head was trained on these very images: their own scores would be too low. Its training kept
-            # their out-of-fold scores instead (`TrainedScorer.reference`).
-            return np.asarray(trained.reference, dtype=np.float64)
         total = self.store.count(version.collection)
         out: list[float] = []
         progress("scoring nominal set", 0, total)
@@ -703,11 +704,14 @@ class NominalService:
             candidates[f"global k={k}"] = (scores[:split], scores[split:])
         current = f"global k={setting.k}"
         trained = self._trained_in_use(name)
-        if trained is not None:
+        if trained is not None and trained.kind == "metric":
             near = self._nearest(version, vectors_all, [image.id for image in images], setting.k, trained=trained)
             scores = np.asarray([knn_score([n.distance for n in found], setting.k) for found in near])
             candidates["trained"] = (scores[:split], scores[split:])
             current = "trained"
+        if trained is not None and trained.kind == "hybrid":
+            scores = np.asarray([score for score, _ in self._scored(name, images, trained=trained)])
+            candidates["trained"] = (scores[:split], scores[split:])
         if self.versions.patch_record(version) is not None:
             found: list[PatchResult] = []
             for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
@@ -716,25 +720,19 @@ class NominalService:
                 scores = np.asarray([top_mean(f.grid.ravel(), k) if k > 1 else f.score for f in found])
                 candidates[label] = (scores[:split], scores[split:])
             if setting.scoring == "patch":
-                current = "patch"
+                current = "trained" if trained is not None else "patch"
         progress("scoring candidates", len(images), len(images))
         return candidates, current
 
     # ----------------------------------------------------------------- training
 
     def check_trainable(self, name: str, *, fail_given: int, use_feedback: bool = True) -> None:
-        """Refuse, before any work, a training that cannot run: a patch setting, no images, too few FAIL images.
+        """Refuse, before any work, a training that cannot run: no images, too few FAIL images.
 
         Raises:
             UnknownSetting, EmptyCollection: as everywhere.
-            TrainingNotApplicable: a patch setting (`field` "setting").
             InvalidTraining: fewer than `MIN_FAIL` FAIL images (`field` "fail").
         """
-        setting = self.get_setting(name)
-        if setting.scoring != "global":
-            raise TrainingNotApplicable(
-                f"setting {name!r} scores patches; a trained scorer re-weights global embeddings, so it trains only "
-                "settings with scoring global", field="setting")
         self._require_active(name)
         fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
         if fails < MIN_FAIL:
@@ -781,48 +779,106 @@ class NominalService:
                                   "are needed", field="fail")
         backbone = self.embedder.backbone_for(version)
         points = list(self.store.scroll(version.collection, with_vectors=True))
-        nominal = np.stack([p.vector for p in points]).astype(np.float32)
-        fails = self._embedded(backbone, fail_images, progress, "embedding labelled FAIL images")
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
-        synthetic = np.empty((0, nominal.shape[1]), np.float32)
-        if sources:
-            progress("making synthetic defects", 0, len(sources))
-            pieces = []
-            for decoded, _, _ in self.versions.decoded_batches(sources, skip_bad=True):
-                pieces.append(backbone.embed(cut_paste(decoded, seed=len(pieces)), batch_size=self.batch_size))
-                progress("making synthetic defects", sum(len(p) for p in pieces), len(sources))
-            synthetic = np.concatenate(pieces) if pieces else synthetic
-        rng = np.random.default_rng(0)
-        sample = nominal if len(nominal) <= GATE_NOMINAL else nominal[rng.choice(len(nominal), GATE_NOMINAL, replace=False)]
-        progress("cross-validating the trained scorer", 0, 2)
-        decision = gate(sample, fails, synthetic, k=setting.k, margin=DEFAULT_MARGIN if margin is None else margin,
-                        steps=steps)
-        progress("training the scorer", 1, 2)
-        head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]), steps=steps)
-        progress("training the scorer", 2, 2)
-        scorer = TrainedScorer.new(
-            setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
-            n_nominal=len(nominal), n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
-            trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
-            reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
-        )
+        margin = DEFAULT_MARGIN if margin is None else margin
+        if setting.scoring == "patch":
+            scorer, decision = self._train_hybrid(name, version, backbone, fail_images, sources, margin, progress, started)
+        else:
+            nominal = np.stack([p.vector for p in points]).astype(np.float32)
+            fails = self._embedded(backbone, fail_images, progress, "embedding labelled FAIL images")
+            synthetic = np.empty((0, nominal.shape[1]), np.float32)
+            if sources:
+                progress("making synthetic defects", 0, len(sources))
+                pieces = []
+                for decoded, _, _ in self.versions.decoded_batches(sources, skip_bad=True):
+                    pieces.append(backbone.embed(cut_paste(decoded, seed=len(pieces)), batch_size=self.batch_size))
+                    progress("making synthetic defects", sum(len(p) for p in pieces), len(sources))
+                synthetic = np.concatenate(pieces) if pieces else synthetic
+            rng = np.random.default_rng(0)
+            sample = nominal if len(nominal) <= GATE_NOMINAL else nominal[rng.choice(len(nominal), GATE_NOMINAL, replace=False)]
+            progress("cross-validating the trained scorer", 0, 2)
+            decision = gate(sample, fails, synthetic, k=setting.k, margin=margin, steps=steps)
+            progress("training the scorer", 1, 2)
+            head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]), steps=steps)
+            progress("training the scorer", 2, 2)
+            scorer = TrainedScorer.new(
+                setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
+                n_nominal=len(nominal), n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
+                trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
+                reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
+            )
         self.trained.save(scorer)
         if not decision.active:
             return Trained(scorer=scorer, calibrated=None,
                            reason=f"it stays off, the unsupervised scorer answers: {decision.reason}")
         # The threshold comes from the gate's out-of-fold scores: images scored by heads that never saw them.
-        pass_scores, fail_scores = decision.oof_pass, decision.oof_fail
         current = self.usable_calibration(name)
-        result = calibrate(pass_scores, fail_scores, policy or (current.policy if current else None),
-                           backbone=version.backbone_identity, collection=version.collection, scoring=scorer.scoring)
+        result = calibrate(decision.oof_pass, decision.oof_fail, policy or (current.policy if current else None),
+                           backbone=version.backbone_identity, collection=self._scored_collection(name, version),
+                           scoring=scorer.scoring)
         held_back = result.degenerate
-        self.references.save(name, result.id, pass_scores)
+        self.references.save(name, result.id, decision.oof_pass)
         self.save_calibration(name, result, activate=held_back is None)
         calibrated = Calibrated(calibration=result, active=held_back is None, held_back=held_back,
                                 replaced=current if held_back is None else None)
         reason = (f"it answers verdicts now (calibration {result.id}): {decision.reason}" if held_back is None
                   else f"it passed the gate but its calibration {result.id} is held back ({held_back}): {decision.reason}")
         return Trained(scorer=scorer, calibrated=calibrated, reason=reason)
+
+    def _train_hybrid(
+        self, name: str, version: CollectionVersion, backbone: Backbone, fail_images: Sequence[ImageInput],
+        sources: Sequence[ImageInput], margin: float, progress: Progress, started: float,
+    ) -> tuple[TrainedScorer, Any]:
+        """A DenseHybrid head for a patch setting, and its gate (`metric_learning.hybrid_gate`).
+
+        Its PASS images are the PASS images given that are not in the nominal set: a nominal
+        image's leave-one-out patch distances run higher than a new part's (the coreset was
+        chosen with its patches), and a gate on them favours any head that learns that
+        difference. Its synthetic defects are the patches under CutPaste pastes on PASS images.
+        """
+        from indexing.metric_learning import cut_paste_boxes, fit_hybrid, hybrid_gate
+
+        patch = self.versions.require_patch(version)
+        collection, config = patch["collection"], PatchConfig.from_dict(patch.get("patch_config"))
+
+        def scored(images: Sequence[ImageInput], stage: str) -> list[ScoredPatches]:
+            out: list[ScoredPatches] = []
+            progress(stage, 0, len(images))
+            for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=True):
+                out += self.patches.scored_patches(name, collection, config, backbone, kept, decoded,
+                                                   batch_size=self.batch_size)
+                progress(stage, len(out), len(images))
+            return out
+
+        passed = [item for item in scored(list(sources), "scoring PASS patches") if not item.in_bank]
+        if len(passed) < MIN_HELD_OUT_PASS:
+            raise InvalidTraining(
+                f"a patch setting's training needs at least {MIN_HELD_OUT_PASS} PASS images that are not in its nominal "
+                f"set (pass), found {len(passed)}: its gate compares scorers on parts scored as new ones are",
+                field="pass")
+        fails = scored(list(fail_images), "scoring labelled FAIL patches")
+        progress("making synthetic defects", 0, len(sources))
+        synthetic: list[np.ndarray] = []
+        for decoded, kept, _ in self.versions.decoded_batches(list(sources), skip_bad=True):
+            pasted, boxes = cut_paste_boxes(decoded, seed=len(synthetic))
+            found = self.patches.scored_patches(name, collection, config, backbone, kept, pasted,
+                                                batch_size=self.batch_size)
+            for item, pixels, box in zip(found, pasted, boxes):
+                synthetic.append(item.vectors[_cells_in(box, pixels.size, item.vectors.shape[0])])
+            progress("making synthetic defects", len(synthetic), len(sources))
+        positives = np.concatenate(synthetic) if synthetic else np.empty((0, config.dim), np.float32)
+        progress("cross-validating the trained scorer", 0, 2)
+        decision = hybrid_gate(passed, fails, positives, margin=margin)
+        progress("training the scorer", 1, 2)
+        head = fit_hybrid(passed, fails, positives)
+        progress("training the scorer", 2, 2)
+        scorer = TrainedScorer.new(
+            setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
+            n_nominal=len(passed), n_fail=len(fails), n_synthetic=len(synthetic), steps=0,
+            trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
+            reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
+        )
+        return scorer, decision
 
     def trained_scorers(self, name: str) -> list[TrainedScorer]:
         """The setting's trained scorers, newest first (the one in use is named by `status(name).scorer`)."""
@@ -943,11 +999,18 @@ class NominalService:
         """
         started = time.perf_counter()
         labelled: list = []
+        held_out: list[ImageInput] = []
         if labelled_fail:
             from indexing.metric_learning import labelled_fail_split
 
             labelled, remaining = labelled_fail_split(dataset.test)
             dataset = replace(dataset, test=remaining)
+            if self.get_setting(setting).scoring == "patch":
+                # A patch setting's gate needs PASS images from outside its nominal set (`_train_hybrid`):
+                # every 5th training image, at most SYNTHETIC of them, stays out of the bank.
+                held = set(range(0, len(dataset.train), 5)[:SYNTHETIC])
+                held_out = [image for i, image in enumerate(dataset.train) if i in held]
+                dataset = replace(dataset, train=[image for i, image in enumerate(dataset.train) if i not in held])
         self.index(setting, dataset.train, progress=progress)
         test_images = [t.image for t in dataset.test]
         # Patch settings write a heat map per test image, so their full distance grids are needed.
@@ -996,7 +1059,8 @@ class NominalService:
         trained = None
         if labelled_fail:
             trained = self._trained_evaluation(
-                setting, version, dataset, labelled, test_vectors, is_fail, policy, k=configured.k, progress=progress,
+                setting, version, held_out or dataset.train[:SYNTHETIC], labelled, test_vectors, is_fail, policy,
+                test_images=test_images, k=configured.k, progress=progress,
             )
             extra["labelled_fail"] = len(labelled)
         from indexing.report import write_report  # here: verdicts and workers never load matplotlib
@@ -1030,45 +1094,44 @@ class NominalService:
         self,
         setting: str,
         version: CollectionVersion,
-        dataset: Dataset,
+        pass_images: Sequence[ImageInput],
         labelled: Sequence[Any],
         test: np.ndarray,
         is_fail: np.ndarray,
         policy: str | None,
         *,
+        test_images: Sequence[ImageInput],
         k: int,
         progress: Progress,
     ) -> dict[str, Any]:
-        """The trained scorer of the `labelled_fail` protocol on the remaining test images, and its gate."""
-        from indexing.metric_learning import MetricHead, cut_paste, gate, knn_distances
-
+        """The `labelled_fail` protocol: train as a line would (`train`, CutPaste defects made from
+        `pass_images`), then score the remaining test images with the trained scorer, whatever its gate said."""
         if not labelled:
             raise InvalidCalibration("--labelled-fail: the test set has no FAIL image to label")
         started = time.perf_counter()
-        nominal = np.stack([p.vector for p in self.store.scroll(version.collection, with_vectors=True)])
-        backbone = self.embedder.backbone_for(version)
-
-        fails = self._embedded(backbone, [t.image for t in labelled], progress, "embedding labelled FAIL images")
-        pieces = [decode(image, max_pixels=self.max_pixels) for image in dataset.train[:300]]
-        synthetic = np.concatenate(
-            [backbone.embed(cut_paste(pieces[i : i + 32], seed=i), batch_size=self.batch_size)
-             for i in range(0, len(pieces), 32)]
-        )
-        progress("training the metric projection", 0, 1)
-        decision = gate(nominal, fails, synthetic, k=k)
-        head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]))
-        scores = knn_distances(head.project(nominal), head.project(test), k)
+        trained = self.train(setting, fail_images=[t.image for t in labelled], pass_images=pass_images,
+                             use_feedback=False, policy=policy, progress=progress)
+        scorer = trained.scorer
+        if scorer.kind == "metric":
+            nearest = self._nearest(version, test, [image.id for image in test_images], k, trained=scorer)
+            scores = np.asarray([knn_score([n.distance for n in near], k) for near in nearest])
+            described = (f"metric projection ({scorer.head.weight.shape[1]}->{scorer.head.weight.shape[0]}, triplet "
+                         f"loss with an outlier class) + kNN (k={k})")
+        else:
+            scores = np.asarray([score for score, _ in self._scored(setting, test_images, trained=scorer,
+                                                                    progress=progress)])
+            described = "dense hybrid: patch distance + logistic defect log-odds per patch, both standardised; max"
         result = calibrate(scores[~is_fail], scores[is_fail], policy, backbone=version.backbone_identity,
-                           collection=version.collection, scoring="global")
-        progress("training the metric projection", 1, 1)
+                           collection=version.collection, scoring=scorer.scoring)
         return {
-            "scorer": f"metric projection ({head.weight.shape[1]}->{head.weight.shape[0]}, triplet loss with an "
-                      f"outlier class) + kNN (k={k})",
+            "scorer": described,
+            "trained_id": scorer.id,
             "metrics": compute_metrics(is_fail, scores, threshold=result.threshold).to_dict(),
-            "gate": decision.to_dict(),
+            "gate": dict(scorer.gate),
             "n_labelled_fail": len(labelled),
-            "n_synthetic": int(len(synthetic)),
-            "scores": [float(s) for s in scores],
+            "n_synthetic": scorer.n_synthetic,
+            "n_held_out_pass": scorer.n_nominal if scorer.kind == "hybrid" else 0,
+            "scores": [float(x) for x in scores],
             "seconds": round(time.perf_counter() - started, 2),
         }
 
@@ -1183,12 +1246,13 @@ class NominalService:
         neighbours: int,
         grids: bool = False,
         maps: bool = False,
+        trained: TrainedScorer | None = None,
     ) -> list[PatchResult]:
         patch = self.versions.require_patch(version)
         return self.patches.score(
             name, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
             self.embedder.backbone_for(version), images, decoded,
-            neighbours=neighbours, grids=grids, maps=maps, batch_size=self.batch_size,
+            neighbours=neighbours, grids=grids, maps=maps, batch_size=self.batch_size, hybrid=_hybrid(trained),
         )
 
     def _nearest(
@@ -1256,6 +1320,23 @@ class CallContext:
     def scorer(self) -> str:
         """Which scorer answers: "global", "patch" or "trained:<id>" (as `Calibration.scoring` names it)."""
         return self.trained.scoring if self.trained else self.setting.scoring
+
+
+def _hybrid(trained: TrainedScorer | None) -> Any:
+    """The DenseHybrid head patch scoring combines distances with, when the scorer in use is one."""
+    return trained.head if trained is not None and trained.kind == "hybrid" else None
+
+
+def _cells_in(box: tuple[int, int, int, int], size: tuple[int, int], cells: int) -> np.ndarray:
+    """Indices of a square patch grid of `cells` cells whose centres fall inside `box` (x, y, w, h) of an
+    image of `size` (width, height), the image squashed to the square backbone input."""
+    side = int(round(np.sqrt(cells)))
+    centres = (np.arange(side) + 0.5) / side
+    xs, ys = centres * size[0], centres * size[1]
+    x, y, w, h = box
+    inside_rows = (ys >= y) & (ys < y + h)
+    inside_cols = (xs >= x) & (xs < x + w)
+    return np.flatnonzero(np.outer(inside_rows, inside_cols).ravel())
 
 
 def _calibration_key(setting: str, calibration_id: str) -> str:

@@ -31,17 +31,19 @@ from typing import Any
 
 import numpy as np
 
-from indexing.calibration import TRAINED_PREFIX
+from indexing.calibration import HYBRID_PREFIX, TRAINED_PREFIX
 from indexing.errors import BadImage
 from indexing.image_store import ImageRef, ImageStore
 from indexing.images import ImageInput
-from indexing.metric_learning import MetricHead
+from indexing.metric_learning import HybridHead, MetricHead
 from indexing.settings import CollectionVersion, utc_now
 from indexing.store.base import Neighbour, Point, VectorStore
 
 TRAINED_KIND = "trained_scorer"
 # Labelled FAIL images a training needs at the least: the gate cross-validates over them.
 MIN_FAIL = 2
+# A patch setting's (DenseHybrid) gate needs at least this many PASS images from outside its nominal set.
+MIN_HELD_OUT_PASS = 10
 # The gate cross-validates on at most this many nominal images (its fold searches are all-pairs).
 GATE_NOMINAL = 2000
 # PASS images CutPaste defects are made from, at most.
@@ -56,8 +58,8 @@ class TrainedScorer:
 
     id: str
     setting: str
-    backbone: str  # the identity of the backbone whose embeddings it projects
-    head: MetricHead
+    backbone: str  # the identity of the backbone whose embeddings (or patches) it scores
+    head: MetricHead | HybridHead
     gate: dict[str, Any]  # `metric_learning.Gate.to_dict()`
     n_nominal: int
     n_fail: int
@@ -71,9 +73,14 @@ class TrainedScorer:
     reference: tuple[float, ...] = ()
 
     @property
+    def kind(self) -> str:
+        """"metric" (a projection of global embeddings) or "hybrid" (DenseHybrid over patches)."""
+        return "hybrid" if isinstance(self.head, HybridHead) else "metric"
+
+    @property
     def scoring(self) -> str:
         """The scorer's name in a calibration's `scoring` and a verdict's `scorer`."""
-        return f"{TRAINED_PREFIX}{self.id}"
+        return f"{HYBRID_PREFIX if self.kind == 'hybrid' else TRAINED_PREFIX}{self.id}"
 
     @property
     def passed(self) -> bool:
@@ -82,8 +89,9 @@ class TrainedScorer:
     def summary(self) -> dict[str, Any]:
         """Everything but the weights: what the API, the CLI and a job's result show."""
         return {
-            "id": self.id, "scoring": self.scoring, "backbone": self.backbone,
-            "projection": f"{self.head.weight.shape[1]}->{self.head.weight.shape[0]}",
+            "id": self.id, "kind": self.kind, "scoring": self.scoring, "backbone": self.backbone,
+            "projection": (f"{self.head.weight.shape[1]}->{self.head.weight.shape[0]}" if isinstance(self.head, MetricHead)
+                           else f"{self.head.coef.shape[0]}->1 (patch log-odds)"),
             "gate": dict(self.gate), "passed": self.passed, "n_nominal": self.n_nominal, "n_fail": self.n_fail,
             "n_synthetic": self.n_synthetic, "steps": self.steps, "trained_on": self.trained_on,
             "created_at": self.created_at, "seconds": self.seconds,
@@ -97,7 +105,8 @@ class TrainedScorer:
     def from_record(cls, record: dict[str, Any]) -> TrainedScorer:
         return cls(
             id=str(record["id"]), setting=str(record["setting"]), backbone=str(record["backbone"]),
-            head=MetricHead.from_bytes(base64.b64decode(record["head"])), gate=dict(record["gate"]),
+            head=(HybridHead if record.get("kind") == "hybrid" else MetricHead).from_bytes(base64.b64decode(record["head"])),
+            gate=dict(record["gate"]),
             n_nominal=int(record["n_nominal"]), n_fail=int(record["n_fail"]),
             n_synthetic=int(record["n_synthetic"]), steps=int(record["steps"]), trained_on=str(record["trained_on"]),
             created_at=str(record["created_at"]), seconds=float(record["seconds"]),
@@ -181,6 +190,7 @@ class TrainedScorers:
 
     def bank(self, version: CollectionVersion, scorer: TrainedScorer) -> ProjectedBank:
         """The version's nominal embeddings through the scorer's projection, built once per version and size."""
+        assert isinstance(scorer.head, MetricHead), "a hybrid scorer searches the patch bank, not a projected one"
         key = (version.collection, version.count, scorer.id)
         with self._lock:
             held = self._banks.get(version.setting)
@@ -211,6 +221,6 @@ def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: in
 
 
 __all__ = [
-    "GATE_NOMINAL", "MIN_FAIL", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
+    "GATE_NOMINAL", "MIN_FAIL", "MIN_HELD_OUT_PASS", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
     "TrainedScorers", "nominal_pixels",
 ]

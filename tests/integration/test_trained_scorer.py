@@ -101,21 +101,23 @@ def test_a_trained_scorer_answers_verdicts_and_keeps_them_across_a_restart_a_rei
     store.close()
 
 
+@pytest.mark.parametrize("scoring", ["global", "patch"])
 def test_a_trained_scorer_that_does_not_help_is_recorded_but_stays_off(
-    service: NominalService, poly: dict[str, list[ImageInput]]
+    service: NominalService, poly: dict[str, list[ImageInput]], scoring: str
 ) -> None:
     # Nominal cells, a random 30 of them labelled FAIL: nothing separates those from the others.
     cells = [poly["v1"][i] for i in np.random.default_rng(1).permutation(len(poly["v1"]))]
-    service.put_setting(SETTING)
-    service.index(SETTING, cells[30:])
+    service.put_setting(SETTING, scoring=scoring)
+    service.index(SETTING, cells[60:])
     service.calibrate(SETTING, policy="quantile:0.01")
     before = service.status(SETTING).calibration
     refused = service.train(SETTING, fail_images=cells[:30], pass_images=cells[30:60], steps=100)
+    assert refused.scorer.kind == ("hybrid" if scoring == "patch" else "metric")
     assert not refused.active and refused.calibrated is None
     assert "stays off" in refused.reason and "does not measurably beat" in refused.reason
     assert [s.id for s in service.trained_scorers(SETTING)] == [refused.scorer.id]  # recorded, with its gate
     assert service.status(SETTING).calibration == before
-    assert {v.scorer for v in service.inspect(SETTING, poly["held_out"][:2])} == {"global"}
+    assert {v.scorer for v in service.inspect(SETTING, poly["held_out"][:2])} == {scoring}
 
 
 def test_training_over_http_is_a_job_and_says_which_scorer_answers(
@@ -133,9 +135,6 @@ def test_training_over_http_is_a_job_and_says_which_scorer_answers(
 
         one = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"][:1]))
         assert one.status_code == 422 and one.json()["detail"][0]["loc"] == ["body", "fail"], one.text
-        assert client.put("/v1/settings/patchy", json={"scoring": "patch"}).status_code == 201
-        patchy = client.post("/v1/settings/patchy/train", files=files("fail", poly["labelled"][:2]))
-        assert patchy.status_code == 409 and patchy.json()["detail"][0]["loc"] == ["path", "setting"], patchy.text
         assert client.post("/v1/settings/nowhere/train", files=files("fail", poly["labelled"][:2])).status_code == 404
 
         job = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"]))
@@ -160,3 +159,32 @@ def _wait(client: TestClient, job_id: str) -> dict:
         assert time.monotonic() < deadline, job
         time.sleep(0.1)
     return job
+
+
+def test_a_patch_setting_trains_a_dense_hybrid_scorer_that_its_verdicts_and_heat_maps_use(
+    tmp_path: Path, pool: BackbonePool, poly: dict[str, list[ImageInput]]
+) -> None:
+    store = EdgeStore(tmp_path / "store")
+    service = NominalService(store, backbones=pool)
+    service.put_setting(SETTING, scoring="patch")
+    service.index(SETTING, poly["v1"])
+    unsupervised = service.scores(SETTING, poly["held_out"])
+
+    trained = service.train(SETTING, fail_images=poly["labelled"], pass_images=poly["v2"][:60])
+    scorer = trained.scorer
+    assert scorer.kind == "hybrid" and scorer.scoring == f"hybrid:{scorer.id}" and scorer.n_synthetic == 60
+    assert trained.active, trained.reason
+    assert trained.calibrated.calibration.scoring == scorer.scoring
+    answered = service.inspect(SETTING, poly["held_out"], heatmap=True)
+    assert {v.scorer for v in answered} == {scorer.scoring}
+    hybrid = np.asarray([v.score for v in answered])
+    assert not np.allclose(hybrid, unsupervised)  # the head's log-odds changed the patch scores
+    for verdict in answered:  # the heat map is of the hybrid patch scores: its worst cell is the verdict's score
+        assert np.isclose(max(map(max, verdict.heatmap.grid)), verdict.score, atol=1e-4)
+
+    store.close()
+    store = EdgeStore(tmp_path / "store")
+    again = NominalService(store, backbones=pool).inspect(SETTING, poly["held_out"])
+    assert np.allclose([v.score for v in again], hybrid, atol=1e-4)
+    assert {v.scorer for v in again} == {scorer.scoring}
+    store.close()
