@@ -791,7 +791,9 @@ class NominalService:
                 progress("making synthetic defects", 0, len(sources))
                 pieces = []
                 for decoded, _, _ in self.versions.decoded_batches(sources, skip_bad=True):
-                    pieces.append(backbone.embed(cut_paste(decoded, seed=len(pieces)), batch_size=self.batch_size))
+                    # seeded by the images made so far: the same defects as the labelled-fail protocol always made
+                    made = sum(len(p) for p in pieces)
+                    pieces.append(backbone.embed(cut_paste(decoded, seed=made), batch_size=self.batch_size))
                     progress("making synthetic defects", sum(len(p) for p in pieces), len(sources))
                 synthetic = np.concatenate(pieces) if pieces else synthetic
             rng = np.random.default_rng(0)
