@@ -58,8 +58,8 @@ def candidate_count(k: int) -> int:
 
 
 def nlist_for(n: int) -> int:
-    """IVF lists for an index of `n` points: sqrt(n), at least 16."""
-    return max(16, int(math.sqrt(n)))
+    """IVF lists for an index of `n` points: sqrt(n), at least 16 (at most n, so k-means can train)."""
+    return max(1, min(n, max(16, int(math.sqrt(n)))))
 
 
 def training_rows(n: int) -> int:

@@ -153,3 +153,19 @@ def test_switch_off_stays_exact(crossed: tuple[Path, list[Point]]) -> None:
         assert store.search_mode("c") == EXACT
         assert stored[0].id not in {h.id for h in store.search("c", stored[0].vector[None, :], 3)[0]}
         assert store.search_mode("c") == APPROXIMATE
+
+
+def test_metrics_show_which_settings_search_approximately(tmp_path: Path, hazelnut: Path) -> None:
+    from tests.integration.test_api import files_of, jpgs, make_client, wait_job
+
+    train = jpgs(hazelnut / "train" / "good")
+    with make_client(tmp_path, NOMINAL_APPROXIMATE_ABOVE=4) as client:
+        for name, images in (("small", train[:3]), ("large", train[3:9])):
+            assert client.put(f"/v1/settings/{name}", json={}).status_code == 201
+            job = client.post(f"/v1/settings/{name}/images", files=files_of(images)).json()
+            assert wait_job(client, job["job_id"])["state"] == "succeeded"
+        probe = files_of([hazelnut / "test" / "colour" / "00.jpg"])
+        assert client.post("/v1/settings/large/inspect", files=probe).status_code == 200
+        text = client.get("/metrics").text
+    assert 'nominal_search_approximate{setting="large"} 1.0' in text
+    assert 'nominal_search_approximate{setting="small"} 0.0' in text
