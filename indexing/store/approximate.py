@@ -270,11 +270,23 @@ class Switch:
             self._count = value
         return value
 
-    def ensure(self, counted: Callable[[], int], batches: Callable[[], Iterable[tuple[list[str], np.ndarray]]]) -> ApproximateIndex | None:
-        """The approximate index, built now if the collection holds more than `above` points; None: search exactly."""
+    def ensure(
+        self,
+        counted: Callable[[], int],
+        batches: Callable[[], Iterable[tuple[list[str], np.ndarray]]],
+        *,
+        wait: bool = True,
+    ) -> ApproximateIndex | None:
+        """The approximate index, built now if the collection holds more than `above` points; None: search exactly.
+
+        With `wait=False` (a search), a build or write already under way on another thread
+        is not waited for: None, and that search is answered exactly.
+        """
         if self.index is not None or self.above is None or self.count(counted) <= self.above:
             return self.index
-        with self.lock:
+        if not self.lock.acquire(blocking=wait):
+            return None
+        try:
             if self.index is None:
                 count = counted()
                 if count > self.above:
@@ -285,6 +297,8 @@ class Switch:
                     self.index = index
                     log.info("%s: %d points > NOMINAL_APPROXIMATE_ABOVE %d, approximate index built in %.1f s",
                              self.folder.name, count, self.above, _now() - started)
+        finally:
+            self.lock.release()
         return self.index
 
     def wrote(self, ids: list[str], rows: np.ndarray) -> None:

@@ -227,7 +227,9 @@ class EdgeStore:
                 return []
             rows = matrix.tolist()
             switch = self._switches[collection]
-            index = switch.ensure(partial(_count, shard), partial(_vector_batches, shard))
+            # A build under way on another thread (`prepare_search`, or an earlier search) is not
+            # waited for: this search is answered exactly meanwhile.
+            index = switch.ensure(partial(_count, shard), partial(_vector_batches, shard), wait=False)
             count = switch.count(partial(_count, shard))
             if index is None or candidate_count(k) >= count:
                 return _query(shard, [_request(row, k) for row in rows])

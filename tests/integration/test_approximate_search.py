@@ -169,3 +169,33 @@ def test_metrics_show_which_settings_search_approximately(tmp_path: Path, hazeln
         text = client.get("/metrics").text
     assert 'nominal_search_approximate{setting="large"} 1.0' in text
     assert 'nominal_search_approximate{setting="small"} 0.0' in text
+
+
+def test_a_search_during_a_build_is_answered_exactly_without_waiting(tmp_path: Path) -> None:
+    import threading
+
+    stored = points(clustered(2400, seed=1), seed=2)
+    queries = clustered(5, seed=3)
+    with EdgeStore(tmp_path / "s", approximate_above=ABOVE) as store:
+        store.create_collection("c", DIM)
+        store.upsert("c", stored)
+        store.search_mode("c")  # opens the shard and its switch
+        held, release = threading.Event(), threading.Event()
+
+        def build_in_progress() -> None:  # holds the lock a build holds
+            with store._switches["c"].lock:  # noqa: SLF001
+                held.set()
+                release.wait(10)
+
+        worker = threading.Thread(target=build_in_progress)
+        worker.start()
+        held.wait(10)
+        try:
+            answers = [[h.id for h in row] for row in store.search("c", queries, K)]
+            assert store.search_mode("c") == EXACT
+        finally:
+            release.set()
+            worker.join()
+        assert answers == exact_answers(np.stack([p.vector for p in stored]), [p.id for p in stored], queries)
+        store.search("c", queries, K)
+        assert store.search_mode("c") == APPROXIMATE
