@@ -96,9 +96,10 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
 
 
-def rss() -> int:
-    """Resident bytes now (not the peak)."""
-    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+def heap() -> int:
+    """Anonymous resident bytes now (RssAnon: the heap, not the store's memory-mapped files, not the peak)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
 
 
 def filled_edge_store(path: Path, rows: np.ndarray) -> tuple[list[str], float | None]:
@@ -178,11 +179,11 @@ def run_method(method: str, folder: Path, approximate_above: int) -> list[dict]:
             exact_found, exact_ms = timed(search(store), queries)
             exact_hits = [store.search("global", q[None, :], K)[0] for q in queries[:20]]
         with EdgeStore(path, approximate_above=approximate_above) as store:
-            before = rss()
+            before = heap()
             started = time.perf_counter()
             mode = store.prepare_search("global")
             build = time.perf_counter() - started
-            index_rss = rss() - before
+            index_heap = heap() - before
             found, ms = timed(search(store), queries)
             switched_hits = [store.search("global", q[None, :], K)[0] for q in queries[:20]]
             same = sum(a == b for a, b in zip(exact_hits, switched_hits))
@@ -197,7 +198,7 @@ def run_method(method: str, folder: Path, approximate_above: int) -> list[dict]:
         out.append(exact_row)
         out.append({**base, "variant": f"switched: {mode} after build, {reopened} after reopen; "
                     f"{same}/20 answers identical to exact (ids and distances); index {index_disk / 2**20:.0f} MiB "
-                    f"on disk, {index_rss / 2**20:.0f} MiB RSS", "recall": recall(found, truth), "build_s": build,
+                    f"on disk, +{index_heap / 2**20:.0f} MiB heap", "recall": recall(found, truth), "build_s": build,
                     "insert_per_s": insert, "reopen_s": reopen, "disk_bytes": disk(path)})
     elif method == "hnsw":
         index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
