@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -124,31 +125,25 @@ class ApproximateIndex:
         hashes or random UUIDs, so the first rows are a fair sample.
         """
         wanted = training_rows(max(count, 1))
-        held: list[tuple[list[str], np.ndarray]] = []
-        index = None
-        built = None
+        held: list[tuple[list[str], np.ndarray]] = []  # rows read before the index is trained
+        built: ApproximateIndex | None = None
         with one_thread():
             for ids, rows in batches:
-                rows = _unit(rows)
-                if index is None:
-                    held.append((ids, rows))
-                    if sum(len(r) for _, r in held) < wanted:
-                        continue
-                    index = train_ivf_sq8(np.concatenate([r for _, r in held])[:wanted], count)
-                    built = cls(index, [])
+                held.append((ids, _unit(rows)))
+                if built is None and sum(len(r) for _, r in held) >= wanted:
+                    built = cls(train_ivf_sq8(np.concatenate([r for _, r in held])[:wanted], count), [])
+                if built is not None:
                     for held_ids, held_rows in held:
                         built._add(held_ids, held_rows)
                     held = []
-                else:
-                    built._add(ids, rows)  # type: ignore[union-attr]
-            if index is None:  # fewer rows than the count promised (deleted meanwhile): train on what there is
-                every = np.concatenate([r for _, r in held]) if held else np.zeros((0, 1), np.float32)
-                if len(every) == 0:
+            if built is None:  # fewer rows than the count promised (deleted meanwhile): train on what there is
+                if not held:
                     raise ValueError("cannot build an approximate index over an empty collection")
+                every = np.concatenate([r for _, r in held])
                 built = cls(train_ivf_sq8(every, len(every)), [])
                 for held_ids, held_rows in held:
                     built._add(held_ids, held_rows)
-        return built  # type: ignore[return-value]
+        return built
 
     def __len__(self) -> int:
         return len(self._labels)
@@ -290,13 +285,13 @@ class Switch:
             if self.index is None:
                 count = counted()
                 if count > self.above:
-                    started = _now()
+                    started = time.perf_counter()
                     index = ApproximateIndex.build(count, batches())
                     index.save(self.folder)
                     self._dirty = False
                     self.index = index
                     log.info("%s: %d points > NOMINAL_APPROXIMATE_ABOVE %d, approximate index built in %.1f s",
-                             self.folder.name, count, self.above, _now() - started)
+                             self.folder.name, count, self.above, time.perf_counter() - started)
         finally:
             self.lock.release()
         return self.index
@@ -327,12 +322,6 @@ class Switch:
             state = _read_state(self.folder) or {}
             write_atomic(self.folder / _STATE, json.dumps({**state, "clean": False}).encode())
             self._dirty = True
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
 
 
 def _read_state(folder: Path) -> dict[str, Any] | None:
