@@ -11,7 +11,13 @@ disk. Methods:
   distances are exact for what it returns; only recall is approximate.
 - `ivfsq`: faiss IVF with 8-bit scalar quantization (nlist = sqrt(N), trained on 39 x nlist rows), nprobe 16 and
   64, 50 candidates rescored exactly from the float32 rows: the scores returned are
-  the exact ones, only a neighbour missed by the candidates can differ.
+  the exact ones, only a neighbour missed by the candidates can differ. Built by
+  `indexing.store.approximate.train_ivf_sq8`, the construction the store uses.
+- `switch`: the embedded store with `approximate_above` (`--approximate-above`, default
+  NOMINAL_APPROXIMATE_ABOVE's 100,000) over the points `edge` wrote (written here if
+  `edge` did not run): exact queries first (switch off), then the same store switched:
+  the index build (scroll, train, add, save), switched queries, and a restart
+  (reopen the saved index; a crash after writes rebuilds instead, the build time).
 
 Not run: qdrant-edge's own HNSW (its `optimize()` took 18 minutes at 100k x 2048-d
 on these cores, /work/shared/NOTES.md) and its scalar quantization (it is built by
@@ -25,13 +31,13 @@ Uniform random vectors would be the worst case for any approximate index.
     python benchmarks/store_scale.py --n 1000000            # the issue's size: 4.9 GiB of float32 rows,
                                                             #  about 6 GiB peak for numpy/hnsw, 11 GiB disk for edge
     python benchmarks/store_scale.py --methods numpy,hnsw --json store_scale.json
+    python benchmarks/store_scale.py --n 200000 --methods edge,switch   # the automatic switch, exact vs switched
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import resource
 import shutil
 import subprocess
@@ -39,6 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -89,6 +96,29 @@ def recall(found: list[np.ndarray], truth: np.ndarray) -> float:
     return float(np.mean([len(set(f[:K].tolist()) & set(t.tolist())) / K for f, t in zip(found, truth)]))
 
 
+def heap() -> int:
+    """Anonymous resident bytes now (RssAnon: the heap, not the store's memory-mapped files, not the peak)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith("RssAnon:"))
+    return int(line.split()[1]) * 1024
+
+
+def filled_edge_store(path: Path, rows: np.ndarray) -> tuple[list[str], float | None]:
+    """The points' ids, and the insert rate if this call wrote them (None: `edge` had already)."""
+    from indexing.store import EdgeStore, Point
+
+    n = len(rows)
+    ids = [str(uuid.UUID(int=i)) for i in range(n)]
+    if path.exists():
+        return ids, None
+    with EdgeStore(path, approximate_above=0) as store:
+        store.create_collection("global", DIM)
+        started = time.perf_counter()
+        for start in range(0, n, 1000):
+            store.upsert("global", [Point(id=ids[i], vector=rows[i].tolist(), payload={"n": i})
+                                    for i in range(start, min(n, start + 1000))])
+        return ids, n / (time.perf_counter() - started)
+
+
 def saved_and_reopened(index, path: Path) -> float:  # noqa: ANN001 - a faiss index
     """Write a faiss index to `path`; the seconds reading it back takes (a restart's cost)."""
     import faiss
@@ -99,8 +129,10 @@ def saved_and_reopened(index, path: Path) -> float:  # noqa: ANN001 - a faiss in
     return time.perf_counter() - started
 
 
-def run_method(method: str, folder: Path) -> list[dict]:
+def run_method(method: str, folder: Path, approximate_above: int) -> list[dict]:
     import faiss
+
+    from indexing.store.approximate import train_ivf_sq8, training_rows
 
     faiss.omp_set_num_threads(1)
     rows = np.load(folder / "rows.npy")  # in memory: what a process serving the index holds
@@ -117,19 +149,12 @@ def run_method(method: str, folder: Path) -> list[dict]:
         out.append({**base, "variant": "exact", "recall": recall(found, truth), "build_s": 0.0, "insert_per_s": None,
                     "reopen_s": reopen, "disk_bytes": disk(folder / "rows.npy")})
     elif method == "edge":
-        from indexing.store import EdgeStore, Point
+        from indexing.store import EdgeStore
 
         path = folder / "edge"
-        ids = [str(uuid.UUID(int=i)) for i in range(n)]
-        with EdgeStore(path) as store:
-            store.create_collection("global", DIM)
-            started = time.perf_counter()
-            for start in range(0, n, 1000):
-                store.upsert("global", [Point(id=ids[i], vector=rows[i].tolist(), payload={"n": i})
-                                        for i in range(start, min(n, start + 1000))])
-            insert = n / (time.perf_counter() - started)
+        ids, insert = filled_edge_store(path, rows)
         started = time.perf_counter()
-        store = EdgeStore(path)
+        store = EdgeStore(path, approximate_above=0)
         store.count("global")
         reopen = time.perf_counter() - started
         number = {ident: i for i, ident in enumerate(ids)}
@@ -139,6 +164,42 @@ def run_method(method: str, folder: Path) -> list[dict]:
             store.close()
         out.append({**base, "variant": "exact", "recall": recall(found, truth), "build_s": 0.0, "insert_per_s": insert,
                     "reopen_s": reopen, "disk_bytes": disk(path)})
+    elif method == "switch":
+        from indexing.store import EdgeStore
+
+        path = folder / "edge"
+        ids, insert = filled_edge_store(path, rows)
+        number = {ident: i for i, ident in enumerate(ids)}
+        del rows  # the store serves from its own copy
+
+        def search(store: EdgeStore) -> Callable[[np.ndarray], list[int]]:
+            return lambda q: [number[h.id] for h in store.search("global", q[None, :], K)[0]]
+
+        with EdgeStore(path, approximate_above=0) as store:
+            exact_found, exact_ms = timed(search(store), queries)
+            exact_hits = [store.search("global", q[None, :], K)[0] for q in queries[:20]]
+        with EdgeStore(path, approximate_above=approximate_above) as store:
+            before = heap()
+            started = time.perf_counter()
+            mode = store.prepare_search("global")
+            build = time.perf_counter() - started
+            index_heap = heap() - before
+            found, ms = timed(search(store), queries)
+            switched_hits = [store.search("global", q[None, :], K)[0] for q in queries[:20]]
+            same = sum(a == b for a, b in zip(exact_hits, switched_hits))
+        started = time.perf_counter()
+        with EdgeStore(path, approximate_above=approximate_above) as store:
+            reopened = store.search_mode("global")
+            reopen = time.perf_counter() - started
+        index_disk = sum(disk(p) for p in (path / "collections" / "global").glob("approximate-*"))
+        exact_row = {**base, "variant": f"switch off ({approximate_above:,} threshold)", "recall": recall(exact_found, truth),
+                     "build_s": 0.0, "insert_per_s": insert, "reopen_s": 0.0, "disk_bytes": disk(path),
+                     "p50_ms": float(np.percentile(exact_ms, 50)), "p99_ms": float(np.percentile(exact_ms, 99))}
+        out.append(exact_row)
+        out.append({**base, "variant": f"switched: {mode} after build, {reopened} after reopen; "
+                    f"{same}/20 answers identical to exact (ids and distances); index {index_disk / 2**20:.0f} MiB "
+                    f"on disk, +{index_heap / 2**20:.0f} MiB heap", "recall": recall(found, truth), "build_s": build,
+                    "insert_per_s": insert, "reopen_s": reopen, "disk_bytes": disk(path)})
     elif method == "hnsw":
         index = faiss.IndexHNSWFlat(DIM, 32, faiss.METRIC_INNER_PRODUCT)
         index.hnsw.efConstruction = 40
@@ -156,14 +217,10 @@ def run_method(method: str, folder: Path) -> list[dict]:
                         "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99))})
         return [{**row, "peak_rss": peak_rss()} for row in out]
     elif method == "ivfsq":
-        nlist = max(16, int(math.sqrt(n)))
-        quantizer = faiss.IndexFlatIP(DIM)
-        index = faiss.IndexIVFScalarQuantizer(quantizer, DIM, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
         faiss.omp_set_num_threads(2)
         started = time.perf_counter()
-        sample = rows[np.random.default_rng(1).choice(n, min(n, 39 * nlist), replace=False)]
-        index.train(sample)
+        index = train_ivf_sq8(rows[np.random.default_rng(1).choice(n, training_rows(n), replace=False)], n)
+        nlist = index.nlist
         train = time.perf_counter() - started
         started = time.perf_counter()
         index.add(rows)
@@ -197,11 +254,16 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=200, help="timed queries (recall is over the same)")
     parser.add_argument("--methods", default="numpy,edge,hnsw,ivfsq")
     parser.add_argument("--json", help="also write the figures here (for benchmarks/scale_plan.py)")
-    parser.add_argument("--run", nargs=2, help=argparse.SUPPRESS)  # internal: method folder
+    parser.add_argument("--approximate-above", type=int, default=None,
+                        help="the switch method's threshold (default NOMINAL_APPROXIMATE_ABOVE's default, 100,000)")
+    parser.add_argument("--run", nargs=3, help=argparse.SUPPRESS)  # internal: method folder threshold
     args = parser.parse_args()
     if args.run:
-        print(json.dumps(run_method(args.run[0], Path(args.run[1]))))
+        print(json.dumps(run_method(args.run[0], Path(args.run[1]), int(args.run[2]))))
         return
+    from indexing.store.approximate import DEFAULT_APPROXIMATE_ABOVE
+
+    above = DEFAULT_APPROXIMATE_ABOVE if args.approximate_above is None else args.approximate_above
 
     folder = Path(tempfile.mkdtemp(prefix="nominal-store-scale-"))
     try:
@@ -227,7 +289,7 @@ def main() -> None:
         results: list[dict] = []
         for method in args.methods.split(","):
             started = time.perf_counter()
-            out = subprocess.run([sys.executable, __file__, "--run", method, str(folder)], capture_output=True, text=True)
+            out = subprocess.run([sys.executable, __file__, "--run", method, str(folder), str(above)], capture_output=True, text=True)
             if out.returncode != 0:
                 print(f"{method}: failed\n{out.stderr[-2000:]}")
                 continue

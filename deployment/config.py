@@ -16,6 +16,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from indexing.backbones import DEFAULT_BACKBONE
 from indexing.bank_cache import default_budget
 from indexing.images import DEFAULT_MAX_PIXELS
+from indexing.store.approximate import DEFAULT_APPROXIMATE_ABOVE
 
 
 class Config(BaseSettings):
@@ -140,6 +141,13 @@ class Config(BaseSettings):
         description=(
             "Bytes of loaded patch banks a process holds, all settings together; least recently used banks are "
             "evicted and reloaded on demand. Default: a quarter of physical memory."
+        ),
+    )
+    approximate_above: int = Field(
+        DEFAULT_APPROXIMATE_ABOVE, validation_alias=AliasChoices("NOMINAL_APPROXIMATE_ABOVE"), ge=0,
+        description=(
+            "Collections holding more points are searched through an approximate index (IVF-SQ8 embedded, HNSW + "
+            "int8 on a Qdrant server) whose candidates are rescored exactly; 0: always exact."
         ),
     )
     keep_versions: int = Field(

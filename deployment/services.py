@@ -31,8 +31,9 @@ def open_configured_store(config: Config) -> VectorStore:
         return open_store(
             qdrant_url=config.qdrant_url, qdrant_api_key=config.qdrant_api_key,
             shard_number=config.qdrant_shards, replication_factor=config.qdrant_replicas,
+            approximate_above=config.approximate_above,
         )
-    return open_store(data_dir=config.data)
+    return open_store(data_dir=config.data, approximate_above=config.approximate_above)
 
 
 def backbone_pool(config: Config, compute: Compute = INLINE) -> BackbonePool:

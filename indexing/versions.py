@@ -217,6 +217,9 @@ class Versions:
             indexed += len(embedded.points)
             skipped.extend(embedded.skipped)
             progress("embedding", indexed + len(skipped), len(images))
+        # An upload that takes the collection past NOMINAL_APPROXIMATE_ABOVE builds its approximate
+        # index here, not in the next verdict.
+        self.store.prepare_search(version.collection)
         return IndexResult(
             setting=version.setting,
             collection=version.collection,
@@ -286,6 +289,8 @@ class Versions:
                     f"expected {expected_count}: not activated"
                 )
             ready = CollectionVersion.from_dict({**version.to_dict(), "state": "ready", "count": count})
+            # A version above NOMINAL_APPROXIMATE_ABOVE is switched in with its approximate index built.
+            self.store.prepare_search(version.collection)
             patch = self.patch_record(version)
             self.store.put_record(VERSION_KIND, version.collection, ready.to_dict())
             if patch is not None:

@@ -22,7 +22,7 @@ from fastapi_offline import FastAPIOffline
 from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
-from app.api.metrics import Metrics, drift_reports
+from app.api.metrics import Metrics, drift_reports, search_modes
 from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings, training
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
@@ -61,6 +61,7 @@ def create_app(config: Config | None = None) -> FastAPI:
             runner = build_runner(config, service)
             metrics.drift_source = partial(drift_reports, config, service, history)
             metrics.bank_source = service.bank_stats
+            metrics.search_source = partial(search_modes, service)
             app.state.runtime = ApiRuntime(
                 config=config, store=store, service=service, images=ImageStore(config.image_root),
                 runner=runner, metrics=metrics, key_roles=key_roles, history=history,

@@ -54,6 +54,9 @@ class Metrics:
         # Set once the service exists: () -> the patch bank cache's counters (`indexing.bank_cache.CacheStats`).
         self.bank_source: Callable[[], CacheStats] | None = None
         self.registry.register(_BankCollector(self))
+        # Set once the service exists: () -> (setting, "exact" | "approximate") for each active version.
+        self.search_source: Callable[[], list[tuple[str, str]]] | None = None
+        self.registry.register(_SearchCollector(self))
 
     def middleware(self, app: ASGIApp) -> ASGIApp:
         """Counts and times every HTTP request, as plain ASGI (Starlette's BaseHTTPMiddleware costs latency)."""
@@ -142,6 +145,39 @@ class _BankCollector:
         )
         for name, text, value in counters:
             yield CounterMetricFamily(name, text, value=value)
+
+
+class _SearchCollector:
+    """Which index answers each setting's global search (NOMINAL_APPROXIMATE_ABOVE), read at each scrape."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Any:
+        if self.metrics.search_source is None:
+            return
+        family = GaugeMetricFamily(
+            "nominal_search_approximate",
+            "1 when a setting's active version is searched through the approximate index (candidates rescored "
+            "exactly, above NOMINAL_APPROXIMATE_ABOVE points), 0 when searched exactly.",
+            labels=["setting"],
+        )
+        for setting, mode in self.metrics.search_source():
+            family.add_metric([setting], 1.0 if mode == "approximate" else 0.0)
+        yield family
+
+
+def search_modes(service: "NominalService") -> list[tuple[str, str]]:
+    """(setting, search mode) of every setting with an active version; one deleted meanwhile is left out."""
+    found = []
+    for setting in service.list_settings():
+        try:
+            version = service.active_version(setting.name)
+            if version is not None:
+                found.append((setting.name, service.store.search_mode(version.collection)))
+        except ValueError:  # deleted between the listing and the lookup
+            continue
+    return found
 
 
 def drift_reports(config: "Config", service: "NominalService", history: "History") -> list["DriftReport"]:

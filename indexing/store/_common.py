@@ -7,9 +7,11 @@ that true.
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -102,3 +104,23 @@ def missing_collection(name: str) -> ValueError:
 def no_vector() -> np.ndarray:
     """What `Point.vector` holds when vectors were not asked for: an empty float32 array."""
     return np.empty(0, dtype=np.float32)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` so that readers and crashes see the old or the new content, never a mix."""
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    with open(temp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(temp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in `path` itself durable, not only the file contents."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -5,7 +5,9 @@
 `tests/integration/test_store_contract.py` runs every scenario against both.
 
 Only our own types cross this boundary. Distances are cosine distances
-(1 - cosine similarity, clamped to [0, 2]), smaller is closer. Searches are exact.
+(1 - cosine similarity, clamped to [0, 2]), smaller is closer. Distances are always
+exact; above `approximate_above` points (NOMINAL_APPROXIMATE_ABOVE) the candidates come
+from an approximate index, so a neighbour it misses can be missing (`search_mode`).
 
 Both implementations behave the same way (the contract test holds them to it):
 
@@ -75,11 +77,19 @@ class Vectors(Protocol):
         """
 
     def search(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """Exact top-k for each row of `vectors` (n, d), nearest first.
+        """Top-k for each row of `vectors` (n, d), nearest first, with exact distances.
 
         One list per row, each of min(k, count) neighbours: k larger than the
         collection returns every point, an empty collection returns empty lists.
+        Exact at or below the store's `approximate_above` points; above it the
+        candidates come from an approximate index and are rescored exactly.
         """
+
+    def search_mode(self, collection: str) -> str:
+        """How searches of `collection` are answered now: "exact" or "approximate" (candidates rescored exactly)."""
+
+    def prepare_search(self, collection: str) -> str:
+        """Make the collection ready to search (build its approximate index if it is above the threshold); the mode."""
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         """The points that exist among `ids`, in the order asked (missing and non-UUID ids skipped).

@@ -16,9 +16,14 @@ When not to use it: more than one process needs the store (an API and separate
 Celery workers, several API replicas). The directory is locked to one process; run a
 Qdrant server and set QDRANT_URL instead.
 
-Searches are exact (brute force, `SearchParams(exact=True)`). HNSW indexing is never
-triggered: building it took 18 minutes at 100k x 2048-d, while exact search answers
-in 50-70 ms there (benchmarks/store.py).
+Searches are exact (brute force, `SearchParams(exact=True)`) up to `approximate_above`
+points in a collection (`NOMINAL_APPROXIMATE_ABOVE`, default 100,000). Above it, the
+first search builds a faiss IVF-SQ8 index that proposes max(50, 5k) candidates, and the
+engine's exact search restricted to those ids scores them, so distances stay the exact
+ones (`indexing/store/approximate.py`). The index is kept in step with writes, saved
+beside the shard (`approximate.json` names the files) and reopened on the next start,
+or rebuilt when writes came after its last save (a crash). The engine's own HNSW is
+never triggered: building it took 18 minutes at 100k x 2048-d here.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +46,12 @@ import numpy as np
 import qdrant_edge as qe
 
 from indexing.errors import StoreUnavailable
+from indexing.store.approximate import DEFAULT_APPROXIMATE_ABOVE, Switch, candidate_count
 from indexing.store._common import (
     cosine_distance,
     check_k,
+    fsync_dir,
+    write_atomic,
     check_name,
     check_point_id,
     lookup_ids,
@@ -74,8 +83,14 @@ class EdgeStore:
     # One process owns the directory: nothing else writes to it.
     shared = False
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, approximate_above: int | None = DEFAULT_APPROXIMATE_ABOVE) -> None:
+        """Args:
+            path: the data directory (created if needed).
+            approximate_above: collections holding more points than this are searched through
+                an approximate candidate index with exact rescoring; 0 or None: always exact.
+        """
         self.path = Path(path).resolve()
+        self.approximate_above = approximate_above or None
         self._collections_dir = self.path / "collections"
         self._records_dir = self.path / "records"
         self._aliases_file = self.path / "aliases.json"
@@ -87,6 +102,7 @@ class EdgeStore:
         self._meta_lock = threading.Lock()  # serialises writes of aliases.json and records
         self._open_lock = threading.Lock()  # serialises lazy opening of shards
         self._shards: dict[str, qe.EdgeShard] = {}
+        self._switches: dict[str, Switch] = {}  # beside each open shard: its search mode
         self._closed = False
         try:
             _remove_leftovers(self._collections_dir, self._records_dir, self.path)
@@ -129,7 +145,7 @@ class EdgeStore:
             qe.EdgeShard.create(str(staging), config).close()
             _write_json_atomic(staging / "meta.json", {"dim": dim})
             os.rename(staging, self._collections_dir / name)
-            _fsync_dir(self._collections_dir)
+            fsync_dir(self._collections_dir)
             self._dims = {**self._dims, name: dim}
 
     def delete_collection(self, name: str) -> None:
@@ -147,11 +163,12 @@ class EdgeStore:
                 if name in self._aliases.values():
                     self._write_aliases({a: c for a, c in self._aliases.items() if c != name})
             shard = self._shards.pop(name, None)
+            self._switches.pop(name, None)
             if shard is not None:
                 shard.close()
             trash = self._collections_dir / f".deleting-{uuid.uuid4().hex}"
             os.rename(self._collections_dir / name, trash)
-            _fsync_dir(self._collections_dir)
+            fsync_dir(self._collections_dir)
             self._dims = {k: v for k, v in self._dims.items() if k != name}
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -176,22 +193,27 @@ class EdgeStore:
             ids = [check_point_id(p.id) for p in points]
             # Lists, not numpy rows: the binding converts Python lists far faster.
             rows = matrix.tolist()
-            shard.update(
-                qe.UpdateOperation.upsert_points(
-                    [qe.Point(i, row, dict(p.payload)) for i, row, p in zip(ids, rows, points)]
+            switch = self._switches[collection]
+            with switch.lock:  # an approximate index being built sees this write, or gets it from `wrote`
+                shard.update(
+                    qe.UpdateOperation.upsert_points(
+                        [qe.Point(i, row, dict(p.payload)) for i, row, p in zip(ids, rows, points)]
+                    )
                 )
-            )
-            # The WAL alone survives SIGKILL; the flush makes the write survive power loss
-            # too, and keeps the WAL short, so reopening does not replay it (0.8 s instead
-            # of about 7 s at 100k x 2048-d) for about a third of the upsert rate.
-            shard.flush()
+                # The WAL alone survives SIGKILL; the flush makes the write survive power loss
+                # too, and keeps the WAL short, so reopening does not replay it (0.8 s instead
+                # of about 7 s at 100k x 2048-d) for about a third of the upsert rate.
+                shard.flush()
+                switch.wrote(ids, matrix)
 
     def search(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
-        """Exact top-k for each row of `vectors` (n, d), nearest first.
+        """Top-k for each row of `vectors` (n, d), nearest first, with exact distances.
 
         Returns one list per query row; each holds min(k, count) neighbours, so an
         empty collection gives empty lists. `distance` is the cosine distance
-        (1 - cosine similarity, 0 for identical directions).
+        (1 - cosine similarity, 0 for identical directions). Above `approximate_above`
+        points the candidates come from the approximate index (`search_mode`), and are
+        scored exactly; a query whose candidates come up short is searched exactly.
 
         Raises:
             ValueError: missing collection, `vectors` not (n, dim), non-finite or zero
@@ -201,17 +223,38 @@ class EdgeStore:
         with self._rw.read():
             shard, dim = self._shard(collection)
             matrix = query_matrix(vectors, dim, collection)
-            requests = [
-                qe.QueryRequest(limit=k, query=qe.Query.Nearest(row), with_payload=True, params=_EXACT)
-                for row in matrix.tolist()
-            ]
-            if not requests:
+            if not len(matrix):
                 return []
-            if len(requests) == 1:
-                results = [shard.query(requests[0])]
-            else:
-                results = shard.query_batch(qe.QueryBatchRequest(requests))
-        return [[_neighbour(hit) for hit in hits] for hits in results]
+            rows = matrix.tolist()
+            switch = self._switches[collection]
+            # A build under way on another thread (`prepare_search`, or an earlier search) is not
+            # waited for: this search is answered exactly meanwhile.
+            index = switch.ensure(partial(_count, shard), partial(_vector_batches, shard), wait=False)
+            count = switch.count(partial(_count, shard))
+            if index is None or candidate_count(k) >= count:
+                return _query(shard, [_request(row, k) for row in rows])
+            proposed = index.candidates(matrix, candidate_count(k))
+            found = _query(shard, [_request(row, k, ids) for row, ids in zip(rows, proposed)])
+            # Rescoring drops ids deleted meanwhile; a query left with fewer than its
+            # min(k, count) neighbours is answered exactly, so the contract holds.
+            short = [i for i, hits in enumerate(found) if len(hits) < min(k, count)]
+            if short:
+                for i, hits in zip(short, _query(shard, [_request(rows[i], k) for i in short])):
+                    found[i] = hits
+            return found
+
+    def search_mode(self, collection: str) -> str:
+        """How searches of `collection` are answered now: "exact", or "approximate" (candidates rescored exactly)."""
+        with self._rw.read():
+            self._shard(collection)
+            return self._switches[collection].mode
+
+    def prepare_search(self, collection: str) -> str:
+        """Build the approximate index now if the collection is above the threshold (so no search waits); the mode."""
+        with self._rw.read():
+            shard, _ = self._shard(collection)
+            self._switches[collection].ensure(partial(_count, shard), partial(_vector_batches, shard))
+            return self._switches[collection].mode
 
     def retrieve(self, collection: str, ids: Sequence[str], *, with_vectors: bool = False) -> list[Point]:
         """The points that exist among `ids`, in the order asked (missing and non-UUID ids skipped).
@@ -254,8 +297,11 @@ class EdgeStore:
         with self._rw.read():
             shard, _ = self._shard(collection)
             if doomed:
-                shard.update(qe.UpdateOperation.delete_points(doomed))
-                shard.flush()
+                switch = self._switches[collection]
+                with switch.lock:
+                    shard.update(qe.UpdateOperation.delete_points(doomed))
+                    shard.flush()
+                    switch.deleted(doomed)
 
     def count(self, collection: str) -> int:
         with self._rw.read():
@@ -308,8 +354,8 @@ class EdgeStore:
             self._check_open()
             if not path.parent.exists():
                 path.parent.mkdir()
-                _fsync_dir(self._records_dir)
-            _write_atomic(path, data.encode())
+                fsync_dir(self._records_dir)
+            write_atomic(path, data.encode())
 
     def get_record(self, kind: str, key: str) -> dict[str, Any] | None:
         path = self._record_path(kind, key)
@@ -341,7 +387,7 @@ class EdgeStore:
                 path.unlink()
             except FileNotFoundError:
                 return
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
 
     def close(self) -> None:
         """Close every shard and release the directory lock; waits for searches in flight. Idempotent."""
@@ -350,7 +396,10 @@ class EdgeStore:
                 return
             self._closed = True
             shards, self._shards = self._shards, {}
+            switches, self._switches = self._switches, {}
             try:
+                for switch in switches.values():
+                    switch.close()  # saves an approximate index written to since its last save
                 for shard in shards.values():
                     shard.close()
             finally:
@@ -376,6 +425,7 @@ class EdgeStore:
                 if shard is None:
                     # Loading replays the WAL, which may take seconds on a large collection.
                     shard = qe.EdgeShard.load(str(self._collections_dir / name))
+                    self._switches[name] = Switch(self._collections_dir / name, self.approximate_above)
                     self._shards[name] = shard
         return shard, dim
 
@@ -441,6 +491,35 @@ class _ReadWriteLock:
                 self._cond.notify_all()
 
 
+def _request(row: list[float], k: int, ids: list[str] | None = None) -> qe.QueryRequest:
+    """An exact top-k query; with `ids`, restricted to those points (the rescoring of candidates)."""
+    restrict = None if ids is None else qe.Filter(must=[qe.HasIdCondition(set(ids))])
+    return qe.QueryRequest(limit=k, query=qe.Query.Nearest(row), with_payload=True, params=_EXACT, filter=restrict)
+
+
+def _query(shard: qe.EdgeShard, requests: list[qe.QueryRequest]) -> list[list[Neighbour]]:
+    if len(requests) == 1:
+        results = [shard.query(requests[0])]
+    else:
+        results = shard.query_batch(qe.QueryBatchRequest(requests))
+    return [[_neighbour(hit) for hit in hits] for hits in results]
+
+
+def _count(shard: qe.EdgeShard) -> int:
+    return shard.count(qe.CountRequest(exact=True))
+
+
+def _vector_batches(shard: qe.EdgeShard, size: int = 4096) -> Iterator[tuple[list[str], np.ndarray]]:
+    """Every point's id and float32 vector, `size` at a time, for building the approximate index."""
+    offset: Any = None
+    while True:
+        records, offset = shard.scroll(qe.ScrollRequest(offset=offset, limit=size, with_payload=False, with_vector=True))
+        if records:
+            yield [str(r.id) for r in records], np.asarray([r.vector for r in records], dtype=np.float32)
+        if offset is None:
+            return
+
+
 def _neighbour(hit: Any) -> Neighbour:
     return Neighbour(id=str(hit.id), distance=cosine_distance(hit.score), payload=hit.payload or {})
 
@@ -492,24 +571,4 @@ def _read_json(path: Path, default: Any) -> Any:
 
 
 def _write_json_atomic(path: Path, value: Any) -> None:
-    _write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that readers and crashes see the old or the new content, never a mix."""
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(temp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in `path` itself durable, not only the file contents."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(path, json.dumps(value, indent=1, sort_keys=True).encode())

@@ -4,9 +4,13 @@ Production runs this against the Qdrant server of docker-compose (QDRANT_URL); t
 contract tests run it against qdrant-client's local mode (`QdrantClient(":memory:")`),
 the same client class without a server.
 
-Collections are cosine, searched exactly (`SearchParams(exact=True)`): Nominal's
-verdicts depend on the true nearest neighbours, and HNSW would trade them for speed
-we do not need at these sizes. Aliases are Qdrant's own (`update_collection_aliases`,
+Collections are cosine, searched exactly (`SearchParams(exact=True)`) up to
+`approximate_above` points (`NOMINAL_APPROXIMATE_ABOVE`): Nominal's verdicts depend on
+the true nearest neighbours. Above it, searches use the server's HNSW graph over int8
+scalar-quantized codes (configured on every collection, `always_ram`) and rescore the
+candidates from the original vectors (`QuantizationSearchParams(rescore=True)`), so
+scores are exact and only a missed neighbour can differ; the server builds both on its
+own cores (`search_params`). Untested against a live server: none runs in CI. Aliases are Qdrant's own (`update_collection_aliases`,
 which local mode implements too). Records live in one collection, `nominal_records`,
 as payloads of points with a 1-d dummy vector.
 
@@ -17,6 +21,7 @@ naming the URL, so workers can retry them and the CLI can print one line.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -41,9 +46,20 @@ from indexing.store._common import (
     point_matrix,
     query_matrix,
 )
+from indexing.store.approximate import APPROXIMATE, DEFAULT_APPROXIMATE_ABOVE, EXACT
 from indexing.store.base import Neighbour, Point
 
 _EXACT = models.SearchParams(exact=True)
+# Above the threshold: the HNSW graph over int8 codes proposes, the original vectors rescore.
+_APPROXIMATE = models.SearchParams(
+    hnsw_ef=128, quantization=models.QuantizationSearchParams(rescore=True, oversampling=2.0)
+)
+_QUANTIZATION = models.ScalarQuantization(
+    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, always_ram=True)
+)
+# Other processes write too, so a collection's count (which picks the search params) is
+# re-read at most this often, besides after this process's own writes.
+_COUNT_TTL_S = 30.0
 # Fixed forever: record point ids are derived from it, so changing it orphans every stored record.
 _RECORDS_NAMESPACE = uuid.UUID("9b0f4a52-3c1e-5d57-8a8e-6f1c0e2b7d41")
 _UNAVAILABLE_HTTP = {401, 403, 502, 503, 504}
@@ -53,6 +69,11 @@ _UNAVAILABLE_GRPC = {
     grpc.StatusCode.UNAUTHENTICATED,
     grpc.StatusCode.PERMISSION_DENIED,
 }
+
+
+def search_params(count: int, above: int | None) -> models.SearchParams:
+    """Exact search at or below `above` points (0 or None: always); above it, HNSW + int8 codes with rescoring."""
+    return _APPROXIMATE if above and count > above else _EXACT
 
 
 class ServerStore:
@@ -67,15 +88,24 @@ class ServerStore:
     shared = True
 
     def __init__(
-        self, client: QdrantClient, *, shard_number: int | None = None, replication_factor: int | None = None
+        self,
+        client: QdrantClient,
+        *,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        approximate_above: int | None = DEFAULT_APPROXIMATE_ABOVE,
     ) -> None:
         """Args:
             client: a connected `QdrantClient` (server URL, or local mode in tests).
             shard_number, replication_factor: what new collections are created with on a
                 distributed Qdrant cluster (None: the server's defaults). Existing
                 collections keep theirs; a re-index creates new ones with the new values.
+            approximate_above: collections holding more points are searched through HNSW
+                and quantized codes with rescoring (`search_params`); 0 or None: always exact.
         """
         self._client = client
+        self.approximate_above = approximate_above or None
+        self._counts: dict[str, tuple[float, int]] = {}  # collection -> (monotonic time read, count)
         self._shard_number = shard_number
         self._replication_factor = replication_factor
         options = client.init_options
@@ -85,10 +115,19 @@ class ServerStore:
 
     @classmethod
     def connect(
-        cls, url: str, api_key: str | None = None, *, shard_number: int | None = None, replication_factor: int | None = None
+        cls,
+        url: str,
+        api_key: str | None = None,
+        *,
+        shard_number: int | None = None,
+        replication_factor: int | None = None,
+        approximate_above: int | None = DEFAULT_APPROXIMATE_ABOVE,
     ) -> ServerStore:
         """A store on the Qdrant server at `url`. Connects lazily: an unreachable server shows on first use."""
-        return cls(QdrantClient(url=url, api_key=api_key), shard_number=shard_number, replication_factor=replication_factor)
+        return cls(
+            QdrantClient(url=url, api_key=api_key), shard_number=shard_number,
+            replication_factor=replication_factor, approximate_above=approximate_above,
+        )
 
     def __enter__(self) -> ServerStore:
         return self
@@ -117,6 +156,7 @@ class ServerStore:
             self._client.create_collection(
                 name,
                 vectors_config=models.VectorParams(size=int(dim), distance=models.Distance.COSINE),
+                quantization_config=_QUANTIZATION,
                 shard_number=self._shard_number,
                 replication_factor=self._replication_factor,
             )
@@ -126,6 +166,7 @@ class ServerStore:
         """Delete a collection and the aliases pointing at it (Qdrant does both); a missing one is not an error."""
         check_name(name, "collection")
         self._dims.pop(name, None)
+        self._counts.pop(name, None)
         with self._calls():
             try:
                 self._client.delete_collection(name)
@@ -158,6 +199,7 @@ class ServerStore:
         )
         with self._calls(collection):
             self._client.upsert(collection, points=batch, wait=True)
+        self._counts.pop(collection, None)
 
     def search(self, collection: str, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
         """Exact top-k for each row of `vectors` (n, d), nearest first; min(k, count) hits per row.
@@ -168,8 +210,9 @@ class ServerStore:
         """
         k = check_k(k)
         matrix = query_matrix(vectors, self._dim(collection), collection)
+        params = search_params(self._count(collection), self.approximate_above) if self.approximate_above else _EXACT
         requests = [
-            models.QueryRequest(query=row, limit=k, params=_EXACT, with_payload=True) for row in matrix.tolist()
+            models.QueryRequest(query=row, limit=k, params=params, with_payload=True) for row in matrix.tolist()
         ]
         if not requests:
             return []
@@ -215,11 +258,29 @@ class ServerStore:
         if doomed:
             with self._calls(collection):
                 self._client.delete(collection, points_selector=models.PointIdsList(points=doomed), wait=True)
+            self._counts.pop(collection, None)
 
     def count(self, collection: str) -> int:
         check_name(collection, "collection")
         with self._calls(collection):
             return self._client.count(collection, exact=True).count
+
+    def search_mode(self, collection: str) -> str:
+        """"approximate" when searches use HNSW + quantized codes with rescoring (above the threshold), else "exact"."""
+        return APPROXIMATE if search_params(self._count(collection), self.approximate_above) is _APPROXIMATE else EXACT
+
+    def prepare_search(self, collection: str) -> str:
+        """The search mode; the server builds its HNSW graph and codes itself, in the background."""
+        return self.search_mode(collection)
+
+    def _count(self, collection: str) -> int:
+        """The collection's count, re-read after this process's writes or `_COUNT_TTL_S` (others write too)."""
+        cached = self._counts.get(collection)
+        if cached is not None and time.monotonic() - cached[0] < _COUNT_TTL_S:
+            return cached[1]
+        count = self.count(collection)
+        self._counts[collection] = (time.monotonic(), count)
+        return count
 
     # Aliases
 
