@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indexing.drift import RecentEmbeddings
 from indexing.images import ImageInput
 from indexing.settings import CollectionVersion, MachineSetting
 from indexing.verdicts import Verdict
@@ -114,6 +115,8 @@ class History:
         near: relative band around the threshold whose verdicts keep their image.
         keep_p: UNCALIBRATED verdicts with a p-value at or below this keep their image.
         keep_images: False keeps rows only.
+        embedding_window: global embeddings of the latest verdicts kept in memory per setting
+            (`embeddings`, for drift's mean-embedding shift; not stored in the file).
     """
 
     def __init__(
@@ -126,6 +129,7 @@ class History:
         keep_p: float = 0.01,
         keep_images: bool = True,
         prune_every: float = 60.0,
+        embedding_window: int = 1000,
     ) -> None:
         self.root = Path(root)
         self.keep_days = keep_days
@@ -134,6 +138,7 @@ class History:
         self.keep_p = keep_p
         self.keep_images = keep_images
         self.prune_every = prune_every
+        self.embeddings = RecentEmbeddings(embedding_window)
         self.dropped = 0
         self.recorded = 0
         self._local = threading.local()
@@ -166,8 +171,13 @@ class History:
 
     def hook(self, setting: MachineSetting, version: CollectionVersion, images: Sequence[ImageInput],
              verdicts: Sequence[Verdict]) -> None:
-        """`NominalService.on_verdicts` hook: record, never raise."""
-        self.record(setting.name, version.version, images, verdicts)
+        """`NominalService.on_verdicts` hook: record (and keep the embeddings in memory), never raise."""
+        at = time.time()
+        try:
+            self.embeddings.add(setting.name, version.version, verdicts, at)
+        except Exception as error:  # noqa: BLE001 - drift's memory must never fail a verdict
+            self._dropped(error, count=False)
+        self.record(setting.name, version.version, images, verdicts, at=at)
 
     def record(self, setting: str, version: int | None, images: Sequence[ImageInput], verdicts: Sequence[Verdict],
                *, at: float | None = None) -> int:
@@ -342,6 +352,7 @@ class History:
         return removed
 
     def delete_setting(self, setting: str) -> None:
+        self.embeddings.forget(setting)
         if not (self.root / "history.sqlite").exists():
             return
         with self._lock:

@@ -410,6 +410,12 @@ class NominalService:
         reference = self.references.get(name, calibration.id) if calibration else None
         return reference if reference is not None and reference.size else self._loo_reference(setting, version)
 
+    def nominal_vectors(self, name: str) -> tuple[CollectionVersion, np.ndarray]:
+        """The active version and its nominal images' global vectors (drift's nominal centroid)."""
+        version = self._require_active(name)
+        vectors = [point.vector for point in self.store.scroll(version.collection, with_vectors=True)]
+        return version, np.asarray(vectors, dtype=np.float32)
+
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         # `count` is current: read with the version's record, or kept in the setting record (`context`).
@@ -422,10 +428,11 @@ class NominalService:
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
         version, calibration = context.version, context.calibration
-        nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k)
+        vectors = self._embed_for(version, images)
+        nearest = self._nearest(version, vectors, [image.id for image in images], k)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
-        for image, near in zip(images, nearest):
+        for image, near, vector in zip(images, nearest, vectors):
             score = knn_score([n.distance for n in near], k)
             outcome, threshold, calibration_id = decide(score, calibration)
             verdicts.append(
@@ -438,6 +445,7 @@ class NominalService:
                     calibration_id=calibration_id,
                     neighbours=near,
                     elapsed_ms=elapsed_ms,
+                    embedding=vector,
                 )
             )
         return verdicts

@@ -9,6 +9,7 @@ from indexing.calibration import Calibration, apply_threshold
 from indexing.store.base import Neighbour
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from indexing.patch_mode import PatchResult
@@ -51,6 +52,8 @@ class Verdict:
     scores below it (0.5: as unusual as a typical good part; 1.0: above all of them).
     `p_value` is the conformal p-value of the score among the reference scores of the
     calibration in use (the nominal leave-one-out scores without one): see `indexing.conformal`.
+    `embedding` is the image's global vector (global scoring only), for the verdict hooks
+    (drift's mean-embedding shift); it is never part of an answer.
     """
 
     source: str
@@ -64,6 +67,7 @@ class Verdict:
     heatmap: HeatMap | None = None
     nominal_percentile: float | None = None
     p_value: float | None = None
+    embedding: "np.ndarray | None" = field(default=None, compare=False, repr=False)
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:
