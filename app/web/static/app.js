@@ -789,8 +789,9 @@ async function renderLine(setting) {
   stateLine.className = `drift drift-${drift.state}`;
   stateLine.textContent = drift.enough_data
     ? `Drift: ${drift.state} (last ${plural(drift.window, "verdict")}; KS p ${num(drift.ks_p_value)}`
-      + (drift.fail_rate === null ? ")" : `; FAIL rate ${Math.round(drift.fail_rate * 100)}%, `
-        + `${Math.round(drift.predicted_fail_rate * 100)}% expected)`)
+      + (drift.fail_rate === null ? "" : `; FAIL rate ${Math.round(drift.fail_rate * 100)}%, `
+        + `${Math.round(drift.predicted_fail_rate * 100)}% expected`)
+      + (drift.embedding_shift === null ? ")" : `; embedding shift ${num(drift.embedding_shift)})`)
     : `Drift: ${drift.state}, not judged yet (${drift.reasons.join("; ")})`;
   advice.textContent = drift.advice ? `What to do: ${drift.advice}` : "";
   advice.hidden = !drift.advice;
