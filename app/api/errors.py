@@ -15,9 +15,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexing.errors import (
+    AlreadyReviewed,
     BackboneMismatch,
     BadImage,
     EmptyCollection,
+    ImageNotKept,
     InvalidCalibration,
     InvalidName,
     NoImages,
@@ -27,6 +29,7 @@ from indexing.errors import (
     StoreUnavailable,
     UnknownBackbone,
     UnknownCalibration,
+    UnknownInspection,
     UnknownSetting,
     WeightsUnavailable,
 )
@@ -35,6 +38,9 @@ from indexing.errors import (
 _STATUS: tuple[tuple[type[NominalError], int], ...] = (
     (UnknownSetting, 404),
     (UnknownCalibration, 404),
+    (UnknownInspection, 404),
+    (AlreadyReviewed, 409),
+    (ImageNotKept, 410),
     (EmptyCollection, 409),
     (BackboneMismatch, 409),
     (NoPreviousVersion, 409),

@@ -280,6 +280,10 @@ class InspectionPublic(BaseModel):
     source: str
     latency_ms: float
     image_url: str | None = Field(description="The kept image (FAIL and near-threshold verdicts), or null.")
+    review: Literal["queued", "PASS", "FAIL", "skip"] | None = Field(
+        None, description="Review queue: null (not sampled), queued, or the operator's answer (PASS, FAIL, skip).")
+    review_reason: Literal["near", "fail"] | None = Field(
+        None, description="Why it was queued: near the threshold (either side), or a FAIL.")
 
     @classmethod
     def of(cls, setting: str, item: Inspection, *, image_kept: bool) -> "InspectionPublic":
@@ -288,6 +292,7 @@ class InspectionPublic(BaseModel):
             threshold=item.threshold, p_value=item.p_value, calibration_id=item.calibration_id, version=item.version,
             sha256=item.sha256, source=item.source, latency_ms=item.latency_ms,
             image_url=f"/v1/settings/{setting}/inspections/{item.id}/image" if image_kept else None,
+            review=item.review, review_reason=item.review_reason,  # type: ignore[arg-type]
         )
 
 
@@ -295,6 +300,24 @@ class InspectionsPublic(BaseModel):
     setting: str
     inspections: list[InspectionPublic] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null: no more.")
+
+
+class ReviewQueuePublic(BaseModel):
+    """The next verdicts waiting for an operator's label, oldest first."""
+
+    setting: str
+    queued: int = Field(description="Queued verdicts whose image is still kept, in all.")
+    per_hour: int = Field(description="NOMINAL_REVIEW_PER_HOUR: verdicts sampled per hour (half near the threshold, half FAIL).")
+    items: list[InspectionPublic] = Field(description="Oldest first; label each with POST .../review/{id}.")
+
+
+class ReviewedPublic(BaseModel):
+    """An answered review: the inspection, and what its label does (the feedback path)."""
+
+    inspection: InspectionPublic
+    label: Literal["PASS", "FAIL", "skip"]
+    job_id: str | None = Field(None, description="PASS: the job adding the image to the nominal set.")
+    message: str
 
 
 class DriftPublic(BaseModel):
