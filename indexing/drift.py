@@ -51,13 +51,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 from scipy import stats
 
 if TYPE_CHECKING:
-    from indexing.history import Inspection
     from indexing.service import NominalService
     from indexing.verdicts import Verdict
 
@@ -187,12 +186,12 @@ class RecentEmbeddings:
 
 
 class RecentVerdicts(Protocol):
-    """What drift reads: `indexing.history.History`."""
+    """What drift reads: `indexing.history.History` (which imports this module, so it is not named here)."""
 
     embeddings: RecentEmbeddings
 
-    def recent(self, setting: str, *, last: int | None = None, since: float | None = None) -> "list[Inspection]":
-        ...
+    def recent(self, setting: str, *, last: int | None = None, since: float | None = None) -> list[Any]:
+        """Recorded verdicts (`Inspection`: version, score, verdict, calibration_id), oldest first."""
 
 
 def psi(window: np.ndarray, reference: np.ndarray) -> float:
