@@ -310,6 +310,13 @@ class ReviewQueuePublic(BaseModel):
     per_hour: int = Field(description="NOMINAL_REVIEW_PER_HOUR: verdicts sampled per hour (half near the threshold, half FAIL).")
     items: list[InspectionPublic] = Field(description="Oldest first; label each with POST .../review/{id}.")
 
+    @classmethod
+    def of(cls, setting: str, history: Any, *, limit: int) -> "ReviewQueuePublic":
+        """The queue of `setting` in an `indexing.history.History`."""
+        items, queued = history.review_queue(setting, limit=limit)
+        return cls(setting=setting, queued=queued, per_hour=history.review_per_hour,
+                   items=[InspectionPublic.of(setting, item, image_kept=True) for item in items])
+
 
 class ReviewedPublic(BaseModel):
     """An answered review: the inspection, and what its label does (the feedback path)."""
@@ -318,6 +325,16 @@ class ReviewedPublic(BaseModel):
     label: Literal["PASS", "FAIL", "skip"]
     job_id: str | None = Field(None, description="PASS: the job adding the image to the nominal set.")
     message: str
+
+    @classmethod
+    def of(cls, setting: str, done: Any, *, image_kept: bool) -> "ReviewedPublic":
+        """From an `indexing.review.Reviewed`."""
+        feedback = done.feedback
+        return cls(
+            inspection=InspectionPublic.of(setting, done.inspection, image_kept=image_kept),
+            label=done.inspection.review, job_id=feedback.job.id if feedback and feedback.job else None,
+            message=feedback.message if feedback else "skipped: off the queue, nothing learnt",
+        )
 
 
 class DriftPublic(BaseModel):

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Form, Query
 
 from app.api.deps import AdminAccess, ReadAccess, RuntimeDep
 from app.api.routes.history import require_history
-from app.api.schemas import InspectionPublic, ReviewedPublic, ReviewQueuePublic
+from app.api.schemas import ReviewedPublic, ReviewQueuePublic
 from app.api.uploads import form_fields
 from indexing.review import review
 
@@ -24,10 +24,7 @@ def review_queue(
     """The next verdicts to label, oldest first: near-threshold verdicts (both sides) and FAIL verdicts,
     sampled at most NOMINAL_REVIEW_PER_HOUR per hour, whose image is still kept."""
     runtime.service.get_setting(setting)
-    history = require_history(runtime)
-    items, queued = history.review_queue(setting, limit=limit)
-    return ReviewQueuePublic(setting=setting, queued=queued, per_hour=history.review_per_hour,
-                             items=[InspectionPublic.of(setting, item, image_kept=True) for item in items])
+    return ReviewQueuePublic.of(setting, require_history(runtime), limit=limit)
 
 
 @router.post("/v1/settings/{setting}/review/{inspection_id}", dependencies=[AdminAccess, form_fields("label")])
@@ -41,9 +38,4 @@ def review_label(
     FAIL example for the next calibration); skip only takes it off the queue. Each inspection is answered once."""
     history = require_history(runtime)
     done = review(history, runtime.service, runtime.images, runtime.runner, setting, inspection_id, label)
-    feedback = done.feedback
-    return ReviewedPublic(
-        inspection=InspectionPublic.of(setting, done.inspection, image_kept=history.image_path(done.inspection) is not None),
-        label=label, job_id=feedback.job.id if feedback and feedback.job else None,
-        message=feedback.message if feedback else "skipped: off the queue, nothing learnt",
-    )
+    return ReviewedPublic.of(setting, done, image_kept=history.image_path(done.inspection) is not None)
