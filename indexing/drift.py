@@ -261,14 +261,18 @@ def assess(
         if fail_p < limits.fail_p_warn:
             raise_to("alarm" if fail_p < limits.fail_p_alarm else "warn",
                      f"FAIL rate {fail_rate:.1%} against {predicted:.1%} predicted for good parts (p={fail_p:.2g})")
-    if shift is not None and shift_window >= limits.min_window and shift >= limits.embedding_shift_warn:
+    scores_moved = bool(reasons)  # KS, PSI or FAIL rate
+    looks_moved = shift is not None and shift_window >= limits.min_window and shift >= limits.embedding_shift_warn
+    if looks_moved:
         raise_to("alarm" if shift >= limits.embedding_shift_alarm else "warn",
                  f"the recent images look different from the nominal ones (mean embedding {shift:.1f} standard "
                  "errors from the nominal centroid)")
     advice = None
     if state != "ok":
         direction = "higher" if base["mean_score"] > base["reference_mean_score"] else "lower"
-        advice = (f"scores run {direction} than when the setting was calibrated. Look at recent FAIL and near-threshold "
+        found = [f"scores run {direction} than when the setting was calibrated"] if scores_moved else []
+        found += ["the images look different from the nominal ones"] if looks_moved else []
+        advice = (f"{' and '.join(found)}. Look at recent FAIL and near-threshold "
                   "images (GET .../inspections?verdict=FAIL): if the parts are good and only the look changed (lighting, "
                   "camera, a new material), re-index the setting with current PASS images (nominal reindex) and "
                   "calibrate again; if the parts are good and the look is the same, calibrate again; if they are "

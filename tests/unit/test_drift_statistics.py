@@ -75,6 +75,7 @@ def test_a_shift_of_the_embeddings_raises_the_state_even_when_the_scores_look_al
                     shift_window=50)
     assert report.state == "alarm" and report.embedding_shift == 3.5
     assert any("look different" in r for r in report.reasons) and "re-index" in report.advice
+    assert report.advice.startswith("the images look different") and "scores run" not in report.advice
     assert assess("s", window, ["PASS"] * 50, reference, threshold=None, calibration_id=None, shift=2.5,
                   shift_window=50).state == "warn"
     # Too few vectors in this process (a restart): the shift is reported but does not count.
