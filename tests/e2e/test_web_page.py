@@ -370,18 +370,23 @@ def upload_via_api(base: str, setting: str, paths: list[Path], field: str = "fil
         return json.load(answer)
 
 
+def setting_with_images(base: str, setting: str, paths: list[Path]) -> None:
+    """A global k=1 setting holding `paths` as its nominal images, made through the API."""
+    request = urllib.request.Request(f"{base}/v1/settings/{setting}", data=b'{"k": 1}', method="PUT",
+                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+    job = upload_via_api(base, setting, paths)
+    for _ in range(1200):
+        if api(base, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+
+
 def test_the_page_shows_scores_over_time_the_threshold_and_the_drift_state(server: str, browser, hazelnut: Path) -> None:
     driver, wait = browser, WebDriverWait(browser, 60, poll_frequency=0.2)
     train = sorted((hazelnut / "train" / "good").glob("*.jpg"))
     good, colour = sorted((hazelnut / "test" / "good").glob("*.jpg")), sorted((hazelnut / "test" / "colour").glob("*.jpg"))
-    request = urllib.request.Request(f"{server}/v1/settings/hz", data=b'{"k": 1}', method="PUT",
-                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=30).close()
-    job = upload_via_api(server, "hz", train)
-    for _ in range(1200):
-        if api(server, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
+    setting_with_images(server, "hz", train)
     upload_via_api(server, "hz", [], field="pass", path="calibrations", data={"policy": "quantile:0.05"})
     # The line runs: good parts, then a run of defects (more FAILs than the calibration predicts).
     upload_via_api(server, "hz", good + colour[:12], path="inspect")
@@ -417,14 +422,7 @@ def test_an_operator_labels_the_review_queue_with_the_keyboard(server: str, brow
     driver, wait = browser, WebDriverWait(browser, 60, poll_frequency=0.2)
     train = sorted((hazelnut / "train" / "good").glob("*.jpg"))
     good, colour = sorted((hazelnut / "test" / "good").glob("*.jpg")), sorted((hazelnut / "test" / "colour").glob("*.jpg"))
-    request = urllib.request.Request(f"{server}/v1/settings/hz", data=b'{"k": 1}', method="PUT",
-                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=30).close()
-    job = upload_via_api(server, "hz", train)
-    for _ in range(1200):
-        if api(server, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
+    setting_with_images(server, "hz", train)
     calibration = upload_via_api(server, "hz", good, field="pass", path="calibrations")
     assert calibration["active"]
     upload_via_api(server, "hz", colour[:6], path="inspect")  # defects: FAIL verdicts, sampled for review
