@@ -49,7 +49,7 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -64,6 +64,8 @@ State = Literal["ok", "warn", "alarm"]
 _RANK = {"ok": 0, "warn": 1, "alarm": 2}
 PSI_MIN_WINDOW = 100
 PSI_FLOOR = 1e-4
+CENTROID_SAMPLE = 20_000  # nominal vectors a centroid is computed from at most (a random sample: ids are hashes)
+REFRESH_SHARE = 0.05  # a cached centroid serves until the version's image count moves by more than this share
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,21 @@ class Centroid:
     count: int
 
     @classmethod
-    def of(cls, vectors: np.ndarray) -> "Centroid | None":
-        """None for fewer than two vectors (no spread to measure a shift in)."""
-        if len(vectors) < 2:
+    def of(cls, batches: "Iterable[np.ndarray]") -> "Centroid | None":
+        """From vectors in batches (one batch in memory at a time); None for fewer than two (no spread)."""
+        total, squares, count = None, 0.0, 0
+        for batch in batches:
+            batch = np.asarray(batch, dtype=np.float64)
+            if not len(batch):
+                continue
+            total = batch.sum(axis=0) if total is None else total + batch.sum(axis=0)
+            squares += float((batch ** 2).sum())
+            count += len(batch)
+        if total is None or count < 2:
             return None
-        vectors = np.asarray(vectors, dtype=np.float64)
-        centre = vectors.mean(axis=0)
-        spread = float(((vectors - centre) ** 2).sum() / (len(vectors) - 1))
-        return cls(vector=centre, spread=spread, count=len(vectors))
+        centre = total / count
+        spread = max(0.0, (squares - count * float(centre @ centre)) / (count - 1))
+        return cls(vector=centre, spread=spread, count=count)
 
 
 def embedding_shift(window: np.ndarray, centroid: Centroid) -> float:
@@ -136,14 +145,15 @@ class RecentEmbeddings:
 
     One window of at most `capacity` vectors per setting, for its latest collection
     version only (older versions' vectors are dropped when a new one answers), plus the
-    nominal centroid of each version, computed once. Appending is a copy of one vector
+    nominal centroid of each version, computed once from at most `CENTROID_SAMPLE` of its
+    vectors, read in batches. Appending is a copy of one vector
     under a lock (about a microsecond: `benchmarks/history.py` prints it). Thread-safe.
     """
 
     def __init__(self, capacity: int = 1000) -> None:
         self.capacity = capacity
         self._windows: dict[str, tuple[int | None, deque[tuple[float, np.ndarray]]]] = {}
-        self._centroids: dict[tuple[str, int], Centroid | None] = {}
+        self._centroids: dict[str, tuple[int, Centroid | None]] = {}  # collection -> (its count then, centroid)
         self._lock = threading.Lock()
 
     def add(self, setting: str, version: int | None, verdicts: "Sequence[Verdict]", at: float) -> None:
@@ -168,16 +178,19 @@ class RecentEmbeddings:
             items = items[-last:] if last > 0 else []
         return np.stack([vector for _, vector in items]) if items else np.empty((0, 0), np.float32)
 
-    def centroid(self, collection: str, count: int, compute: Callable[[], np.ndarray]) -> Centroid | None:
-        """The nominal centroid of a version with `count` images; `compute` gives its vectors, called once."""
-        key = (collection, count)
+    def centroid(self, collection: str, count: int, compute: Callable[[], Iterable[np.ndarray]]) -> Centroid | None:
+        """The nominal centroid of a version holding `count` images; `compute` gives its vectors in batches.
+
+        Computed again only when the count has moved by more than `REFRESH_SHARE` since (a few
+        images added by feedback hardly move a centroid, and each recompute reads the vectors).
+        """
         with self._lock:
-            if key in self._centroids:
-                return self._centroids[key]
+            held = self._centroids.get(collection)
+        if held is not None and abs(count - held[0]) <= REFRESH_SHARE * max(held[0], 1):
+            return held[1]
         found = Centroid.of(compute())
         with self._lock:
-            self._centroids = {k: v for k, v in self._centroids.items() if k[0] != collection}
-            self._centroids[key] = found
+            self._centroids[collection] = (count, found)
         return found
 
     def forget(self, setting: str) -> None:
@@ -306,7 +319,7 @@ def compute_drift(
     shift, vectors = None, history.embeddings.window(setting, version, last=last, since=since)
     if len(vectors) and status.active is not None:
         centroid = history.embeddings.centroid(status.active.collection, status.count,
-                                               lambda: service.nominal_vectors(setting)[1])
+                                               lambda: service.nominal_vectors(setting, limit=CENTROID_SAMPLE))
         shift = embedding_shift(vectors, centroid) if centroid is not None else None
     return assess(
         setting, np.asarray([r.score for r in rows], dtype=np.float64),

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -410,11 +410,22 @@ class NominalService:
         reference = self.references.get(name, calibration.id) if calibration else None
         return reference if reference is not None and reference.size else self._loo_reference(setting, version)
 
-    def nominal_vectors(self, name: str) -> tuple[CollectionVersion, np.ndarray]:
-        """The active version and its nominal images' global vectors (drift's nominal centroid)."""
+    def nominal_vectors(self, name: str, *, limit: int | None = None) -> Iterator[np.ndarray]:
+        """The active version's nominal global vectors in batches, at most `limit` (drift's nominal centroid).
+
+        Points come in id order, and ids are content hashes, so the first `limit` are a random sample.
+        """
         version = self._require_active(name)
-        vectors = [point.vector for point in self.store.scroll(version.collection, with_vectors=True)]
-        return version, np.asarray(vectors, dtype=np.float32)
+        batch: list[np.ndarray] = []
+        for taken, point in enumerate(self.store.scroll(version.collection, with_vectors=True), start=1):
+            batch.append(point.vector)
+            if len(batch) == 1024 or taken == limit:
+                yield np.asarray(batch, dtype=np.float32)
+                batch = []
+            if taken == limit:
+                return
+        if batch:
+            yield np.asarray(batch, dtype=np.float32)
 
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from indexing.drift import PSI_MIN_WINDOW, assess, psi
 
@@ -59,13 +60,16 @@ def test_the_embedding_shift_is_about_one_standard_error_by_chance_and_grows_wit
     rng = np.random.default_rng(4)
     scales = np.linspace(0.2, 1.0, 64)  # unequal variances: the statistic needs no isotropy
     nominal = rng.normal(size=(50, 64)) * scales
-    centroid = Centroid.of(nominal)
+    centroid = Centroid.of([nominal])
+    in_batches = Centroid.of(np.array_split(nominal, 4))  # read batch by batch, as from the store
+    assert np.allclose(in_batches.vector, nominal.mean(axis=0)) and in_batches.count == 50
+    assert in_batches.spread == pytest.approx(((nominal - nominal.mean(axis=0)) ** 2).sum() / 49)
     chance = [embedding_shift(rng.normal(size=(20, 64)) * scales, centroid) for _ in range(300)]
     assert 0.8 < float(np.mean(np.square(chance))) < 1.25  # its expected square is 1
     assert max(chance) < 2.0  # the warn threshold
     moved = rng.normal(size=(20, 64)) * scales + scales  # every part one nominal spread brighter, say
     assert embedding_shift(moved, centroid) >= 3.0
-    assert Centroid.of(nominal[:1]) is None
+    assert Centroid.of([nominal[:1]]) is None and Centroid.of([]) is None
 
 
 def test_a_shift_of_the_embeddings_raises_the_state_even_when_the_scores_look_alike() -> None:
@@ -101,7 +105,14 @@ def test_recent_embeddings_keep_the_latest_vectors_of_the_latest_version() -> No
     memory.add("s", 2, [verdict(7)], at=300.0)  # a new version: the old one's vectors are not comparable
     assert memory.window("s", 1).shape == (0, 0) and memory.window("s", 2)[:, 0].tolist() == [7]
     calls = []
-    first = memory.centroid("c1", 2, lambda: calls.append(1) or np.eye(2))
-    assert memory.centroid("c1", 2, lambda: calls.append(1) or np.eye(2)) is first and calls == [1]
+
+    def vectors():
+        calls.append(1)
+        return [np.eye(2)]
+
+    first = memory.centroid("c1", 100, vectors)
+    assert memory.centroid("c1", 104, vectors) is first and calls == [1]  # a few images added: still good
+    memory.centroid("c1", 110, vectors)
+    assert calls == [1, 1]  # the set grew by more than 5%: read again
     memory.forget("s")
     assert memory.window("s", 2).shape == (0, 0)
