@@ -94,6 +94,10 @@ def test_queued_verdicts_are_labelled_once_and_feed_the_next_calibration(tmp_pat
     assert "--label" in capsys.readouterr().err
     assert main(["--data", str(data), "review", "hz", str(waiting[1])]) == 1
     assert "--label" in capsys.readouterr().err
+    assert len(waiting) >= 3
+    assert main(["--data", str(data), "review", "hz", str(waiting[2]), "--label", "PASS", "--json"]) == 0
+    passed = json.loads(capsys.readouterr().out)  # this process ran the index job, and waited for it
+    assert passed["job_id"] and passed["inspection"]["review"] == "PASS" and "nominal set" in passed["message"]
     # Retention deleted the images: nothing is left to show, and a label says why it cannot count.
     pruned = History(data / "history", max_bytes=0)
     pruned.prune()
