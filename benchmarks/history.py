@@ -3,7 +3,9 @@
 One embedded store holds the Hazelnut Toy training images (calibrated quantile:0.1);
 each round inspects one image (held-out good and defect images in turn, so FAIL
 verdicts keep their image file) with the history hook on, then the same image with it
-off, so machine noise hits both alike. Also prints the drift computation cost per call.
+off, so machine noise hits both alike (the hook records the row and keeps the embedding
+for the mean-embedding shift). Also prints the cost of each part alone, and the drift
+computation cost per call.
 
     python benchmarks/history.py               # 300 verdicts each
     python benchmarks/history.py --n 60        # a quick run
@@ -63,6 +65,10 @@ def main() -> None:
                 history.record("bench", 1, [probe], verdict)
             alone.append((verdict[0].verdict, history._keeps_image(verdict[0]),
                           (time.perf_counter() - started) * 1000.0 / 200))
+        started = time.perf_counter()
+        for _ in range(2000):
+            history.embeddings.add("bench", 1, verdict, time.time())
+        embedding_us = (time.perf_counter() - started) * 1e6 / 2000
         drift_ms = None
         try:
             from indexing.drift import compute_drift  # noqa: PLC0415 - present once drift is built
@@ -82,6 +88,7 @@ def main() -> None:
     print(f"ratio {ratio:.3f} (target <= {TARGET}): {'met' if ratio <= TARGET else 'NOT met'}")
     for outcome, kept, ms in alone:
         print(f"recording alone, {outcome} (image kept: {kept}): {ms:.3f} ms per verdict")
+    print(f"keeping the verdict's embedding for drift (mean-embedding shift): {embedding_us:.1f} us per verdict")
     if drift_ms is not None:
         print(f"drift computation over the last {recorded} verdicts: {drift_ms:.2f} ms per call")
 

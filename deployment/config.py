@@ -128,6 +128,10 @@ class Config(BaseSettings):
         0.1, validation_alias=AliasChoices("NOMINAL_NEAR_THRESHOLD"), ge=0,
         description="A verdict within this fraction of the threshold keeps its image (FAIL verdicts always do).",
     )
+    review_per_hour: int = Field(
+        60, validation_alias=AliasChoices("NOMINAL_REVIEW_PER_HOUR"), ge=0,
+        description="Verdicts sampled into a setting's review queue per hour: half near the threshold, half FAIL (0: off).",
+    )
     drift_window: int = Field(
         200, validation_alias=AliasChoices("NOMINAL_DRIFT_WINDOW"), gt=0,
         description="Drift compares the last this many verdicts of a setting with its calibration.",

@@ -57,7 +57,7 @@ def build_history(config: Config) -> History:
     """The inspection history (`indexing.history`): opened on first use, so building it costs nothing."""
     return History(
         config.history_root, keep_days=config.keep_inspections_days, max_bytes=config.max_inspection_bytes,
-        near=config.near_threshold,
+        near=config.near_threshold, embedding_window=config.drift_window, review_per_hour=config.review_per_hour,
     )
 
 

@@ -116,3 +116,29 @@ class UnknownCalibration(NominalError):
     def __init__(self, setting: str, calibration_id: str) -> None:
         self.calibration_id = calibration_id
         super().__init__(f"setting {setting!r} has no calibration {calibration_id!r}", field="calibration_id")
+
+
+class UnknownInspection(NominalError):
+    def __init__(self, setting: str, inspection_id: int) -> None:
+        self.inspection_id = inspection_id
+        super().__init__(f"setting {setting!r} has no recorded inspection {inspection_id} (see `nominal history`)",
+                         field="inspection_id")
+
+
+class AlreadyReviewed(NominalError):
+    """A review label for an inspection an operator already labelled (or skipped): the first label stands."""
+
+    def __init__(self, setting: str, inspection_id: int, review: str) -> None:
+        self.review = review
+        super().__init__(f"inspection {inspection_id} of {setting!r} was already reviewed ({review}); the first label "
+                         "stands (POST .../feedback with the image to change what calibration learns)",
+                         field="inspection_id")
+
+
+class ImageNotKept(NominalError):
+    """A review label for an inspection whose image is no longer kept (retention deleted it, or it never was)."""
+
+    def __init__(self, setting: str, inspection_id: int) -> None:
+        super().__init__(f"inspection {inspection_id} of {setting!r} no longer keeps its image (past "
+                         "NOMINAL_KEEP_INSPECTIONS_DAYS or NOMINAL_MAX_INSPECTION_BYTES, or never kept): a label "
+                         "without the image cannot reach calibration; skip it", field="inspection_id")

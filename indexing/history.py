@@ -22,6 +22,16 @@ answered as if nothing happened.
 Retention: rows and images older than `keep_days` are deleted, and when kept images
 pass `max_bytes` the oldest are deleted (their rows stay, without the image). Pruning
 runs on the recording thread at most once every `prune_every` seconds.
+
+Review queue: a verdict that keeps its image because it is near the threshold (either
+side) or a FAIL is sampled into the setting's review queue (`review = 'queued'`), at
+most `review_per_hour` per setting per hour, half for each of the two reasons, so a
+burst of FAILs never crowds out the uncertain verdicts. The count and the insert are
+one SQL statement, so processes sharing the file keep to the cap together. The queue
+(`review_queue`) is the queued rows whose image is still kept, oldest first; an
+operator's answer (`set_review`: PASS, FAIL or skip) is kept on the row, and what a
+label does lives in `indexing.review`. Deleting a setting deletes its rows, so its
+queue and labels go with it.
 """
 
 from __future__ import annotations
@@ -37,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from indexing.drift import RecentEmbeddings
 from indexing.images import ImageInput
 from indexing.settings import CollectionVersion, MachineSetting
 from indexing.verdicts import Verdict
@@ -60,11 +71,21 @@ CREATE TABLE IF NOT EXISTS inspections (
     source TEXT NOT NULL,
     latency_ms REAL NOT NULL,
     image TEXT,
-    image_bytes INTEGER NOT NULL DEFAULT 0
+    image_bytes INTEGER NOT NULL DEFAULT 0,
+    review TEXT,
+    review_reason TEXT,
+    reviewed_at REAL
 );
 CREATE INDEX IF NOT EXISTS inspections_by_setting ON inspections (setting, id);
 CREATE INDEX IF NOT EXISTS inspections_by_time ON inspections (at);
 """
+# Files written before the review queue lack its columns: added in place (NULL: never queued).
+_REVIEW_COLUMNS = (("review", "TEXT"), ("review_reason", "TEXT"), ("reviewed_at", "REAL"))
+_REVIEW_INDEXES = """
+CREATE INDEX IF NOT EXISTS inspections_sampled ON inspections (setting, review_reason, at);
+CREATE INDEX IF NOT EXISTS inspections_review ON inspections (setting, review, id);
+"""
+REVIEW_LABELS = ("PASS", "FAIL", "skip")
 
 
 @dataclass(frozen=True)
@@ -84,6 +105,9 @@ class Inspection:
     source: str
     latency_ms: float
     image: str | None
+    review: str | None = None  # None (not sampled), "queued", or the operator's answer: PASS, FAIL, skip
+    review_reason: str | None = None  # why it was queued: "near" (the threshold) or "fail"
+    reviewed_at: float | None = None
 
     @classmethod
     def of_row(cls, row: sqlite3.Row) -> "Inspection":
@@ -114,6 +138,10 @@ class History:
         near: relative band around the threshold whose verdicts keep their image.
         keep_p: UNCALIBRATED verdicts with a p-value at or below this keep their image.
         keep_images: False keeps rows only.
+        review_per_hour: verdicts sampled into the review queue per setting per hour (half near the
+            threshold, half FAIL); 0 turns the queue off.
+        embedding_window: global embeddings of the latest verdicts kept in memory per setting
+            (`embeddings`, for drift's mean-embedding shift; not stored in the file).
     """
 
     def __init__(
@@ -126,6 +154,8 @@ class History:
         keep_p: float = 0.01,
         keep_images: bool = True,
         prune_every: float = 60.0,
+        embedding_window: int = 1000,
+        review_per_hour: int = 60,
     ) -> None:
         self.root = Path(root)
         self.keep_days = keep_days
@@ -134,6 +164,8 @@ class History:
         self.keep_p = keep_p
         self.keep_images = keep_images
         self.prune_every = prune_every
+        self.review_per_hour = review_per_hour
+        self.embeddings = RecentEmbeddings(embedding_window)
         self.dropped = 0
         self.recorded = 0
         self._local = threading.local()
@@ -153,6 +185,14 @@ class History:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(_SCHEMA)
+            present = {row["name"] for row in db.execute("PRAGMA table_info(inspections)")}
+            for column, kind in _REVIEW_COLUMNS:
+                if column not in present:
+                    try:
+                        db.execute(f"ALTER TABLE inspections ADD COLUMN {column} {kind}")
+                    except sqlite3.OperationalError:  # another process added it first
+                        pass
+            db.executescript(_REVIEW_INDEXES)
             self._local.db = db
         return db
 
@@ -166,8 +206,13 @@ class History:
 
     def hook(self, setting: MachineSetting, version: CollectionVersion, images: Sequence[ImageInput],
              verdicts: Sequence[Verdict]) -> None:
-        """`NominalService.on_verdicts` hook: record, never raise."""
-        self.record(setting.name, version.version, images, verdicts)
+        """`NominalService.on_verdicts` hook: record (and keep the embeddings in memory), never raise."""
+        at = time.time()
+        try:
+            self.embeddings.add(setting.name, version.version, verdicts, at)
+        except Exception as error:  # noqa: BLE001 - drift's memory must never fail a verdict
+            self._dropped(error, count=False)
+        self.record(setting.name, version.version, images, verdicts, at=at)
 
     def record(self, setting: str, version: int | None, images: Sequence[ImageInput], verdicts: Sequence[Verdict],
                *, at: float | None = None) -> int:
@@ -198,15 +243,33 @@ class History:
             return abs(verdict.score - verdict.threshold) <= self.near * abs(verdict.threshold)
         return verdict.p_value is not None and verdict.p_value <= self.keep_p
 
+    def _review_reason(self, verdict: Verdict) -> str | None:
+        """Why a verdict whose image is kept goes to review: "near" the threshold (either side), a "fail", or None."""
+        if verdict.threshold is None or not self.review_per_hour:
+            return None
+        if abs(verdict.score - verdict.threshold) <= self.near * abs(verdict.threshold):
+            return "near"
+        return "fail" if verdict.verdict == "FAIL" else None
+
     def _record_one(self, setting: str, version: int | None, image: ImageInput, verdict: Verdict, at: float) -> None:
-        name, size = None, 0
+        name, size, reason = None, 0, None
         if self._keeps_image(verdict):
             name, size = self._keep_image(setting, image)
+            reason = self._review_reason(verdict)
+        columns = (setting, at, verdict.verdict, _finite(verdict.score), _finite(verdict.threshold),
+                   _finite(verdict.p_value), verdict.calibration_id, version, image.sha256, image.source,
+                   float(verdict.elapsed_ms), name, size)
+        insert = ("INSERT INTO inspections (setting, at, verdict, score, threshold, p_value, calibration_id, version, "
+                  "sha256, source, latency_ms, image, image_bytes, review, review_reason) ")
+        if reason is None:
+            self._db().execute(insert + "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,NULL,NULL)", columns)
+            return
+        # Sampled under the cap in the same statement that inserts: no other writer slips in between.
+        cap = (self.review_per_hour + 1) // 2
         self._db().execute(
-            "INSERT INTO inspections (setting, at, verdict, score, threshold, p_value, calibration_id, version, "
-            "sha256, source, latency_ms, image, image_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
-            (setting, at, verdict.verdict, _finite(verdict.score), _finite(verdict.threshold), _finite(verdict.p_value),
-             verdict.calibration_id, version, image.sha256, image.source, float(verdict.elapsed_ms), name, size),
+            insert + "SELECT ?,?,?,?,?,?,?,?,?,?,?,?,?, CASE WHEN n < ? THEN 'queued' END, CASE WHEN n < ? THEN ? END "
+            "FROM (SELECT COUNT(*) AS n FROM inspections WHERE setting = ? AND review_reason = ? AND at > ?)",
+            (*columns, cap, cap, reason, setting, reason, at - 3600.0),
         )
 
     def _keep_image(self, setting: str, image: ImageInput) -> tuple[str, int]:
@@ -293,6 +356,27 @@ class History:
                                  (setting, inspection_id)).fetchone()
         return None if row is None else Inspection.of_row(row)
 
+    def review_queue(self, setting: str, *, limit: int = 20) -> tuple[list[Inspection], int]:
+        """The oldest `limit` queued inspections whose image is still kept, and how many are queued in all."""
+        if not (self.root / "history.sqlite").exists():
+            return [], 0
+        where = "setting = ? AND review = 'queued' AND image IS NOT NULL"
+        db = self._db()
+        rows = db.execute(f"SELECT * FROM inspections WHERE {where} ORDER BY id LIMIT ?", (setting, limit)).fetchall()
+        total = db.execute(f"SELECT COUNT(*) FROM inspections WHERE {where}", (setting,)).fetchone()[0]
+        return [Inspection.of_row(row) for row in rows], int(total)
+
+    def set_review(self, setting: str, inspection_id: int, label: str, *, at: float | None = None) -> bool:
+        """Keep an operator's answer (PASS, FAIL or skip) on an inspection not reviewed yet; False if it already was."""
+        if label not in REVIEW_LABELS:
+            raise ValueError(f"label must be one of {', '.join(REVIEW_LABELS)}, got {label!r}")
+        done = self._db().execute(
+            "UPDATE inspections SET review = ?, reviewed_at = ? WHERE setting = ? AND id = ? "
+            "AND (review IS NULL OR review = 'queued')",
+            (label, time.time() if at is None else at, setting, inspection_id),
+        )
+        return done.rowcount == 1
+
     def image_path(self, inspection: Inspection) -> Path | None:
         if inspection.image is None:
             return None
@@ -342,6 +426,7 @@ class History:
         return removed
 
     def delete_setting(self, setting: str) -> None:
+        self.embeddings.forget(setting)
         if not (self.root / "history.sqlite").exists():
             return
         with self._lock:

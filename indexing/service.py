@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -443,6 +443,23 @@ class NominalService:
         reference = self.references.get(name, calibration.id) if calibration else None
         return reference if reference is not None and reference.size else self._loo_reference(setting, version)
 
+    def nominal_vectors(self, name: str, *, limit: int | None = None) -> Iterator[np.ndarray]:
+        """The active version's nominal global vectors in batches, at most `limit` (drift's nominal centroid).
+
+        Points come in id order, and ids are content hashes, so the first `limit` are a random sample.
+        """
+        version = self._require_active(name)
+        batch: list[np.ndarray] = []
+        for taken, point in enumerate(self.store.scroll(version.collection, with_vectors=True), start=1):
+            batch.append(point.vector)
+            if len(batch) == 1024 or taken == limit:
+                yield np.asarray(batch, dtype=np.float32)
+                batch = []
+            if taken == limit:
+                return
+        if batch:
+            yield np.asarray(batch, dtype=np.float32)
+
     def _loo_reference(self, setting: MachineSetting, version: CollectionVersion) -> np.ndarray:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         # `count` is current: read with the version's record, or kept in the setting record (`context`).
@@ -455,11 +472,11 @@ class NominalService:
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
         version, calibration = context.version, context.calibration
-        nearest = self._nearest(version, self._embed_for(version, images), [image.id for image in images], k,
-                                trained=context.trained)
+        vectors = self._embed_for(version, images)
+        nearest = self._nearest(version, vectors, [image.id for image in images], k, trained=context.trained)
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
-        for image, near in zip(images, nearest):
+        for image, near, vector in zip(images, nearest, vectors):
             score = knn_score([n.distance for n in near], k)
             outcome, threshold, calibration_id = decide(score, calibration)
             verdicts.append(
@@ -473,6 +490,7 @@ class NominalService:
                     neighbours=near,
                     elapsed_ms=elapsed_ms,
                     scorer=context.scorer,
+                    embedding=vector,
                 )
             )
         return verdicts

@@ -9,6 +9,7 @@ from indexing.calibration import Calibration, apply_threshold
 from indexing.store.base import Neighbour
 
 if TYPE_CHECKING:
+    import numpy as np
     from PIL import Image
 
     from indexing.patch_mode import PatchResult
@@ -52,6 +53,8 @@ class Verdict:
     `p_value` is the conformal p-value of the score among the reference scores of the
     calibration in use (the nominal leave-one-out scores without one): see `indexing.conformal`.
     `scorer` is the calibration's scorer (`Calibration.scoring`), or the setting's mode without one.
+    `embedding` is the image's global vector (global scoring only), for the verdict hooks
+    (drift's mean-embedding shift); it is never part of an answer.
     """
 
     source: str
@@ -67,6 +70,7 @@ class Verdict:
     p_value: float | None = None
     # Which scorer answered: "global", "patch", or "trained:<id>" (a scorer trained on labelled defects).
     scorer: str = "global"
+    embedding: "np.ndarray | None" = field(default=None, compare=False, repr=False)
 
 
 def decide(score: float, calibration: Calibration | None) -> tuple[Outcome, float | None, str | None]:

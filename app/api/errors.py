@@ -15,9 +15,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from indexing.errors import (
+    AlreadyReviewed,
     BackboneMismatch,
     BadImage,
     EmptyCollection,
+    ImageNotKept,
     InvalidCalibration,
     InvalidTraining,
     TrainingNotApplicable,
@@ -29,6 +31,7 @@ from indexing.errors import (
     StoreUnavailable,
     UnknownBackbone,
     UnknownCalibration,
+    UnknownInspection,
     UnknownSetting,
     WeightsUnavailable,
 )
@@ -37,6 +40,9 @@ from indexing.errors import (
 _STATUS: tuple[tuple[type[NominalError], int], ...] = (
     (UnknownSetting, 404),
     (UnknownCalibration, 404),
+    (UnknownInspection, 404),
+    (AlreadyReviewed, 409),
+    (ImageNotKept, 410),
     (EmptyCollection, 409),
     (BackboneMismatch, 409),
     (NoPreviousVersion, 409),

@@ -23,7 +23,9 @@ from app import web
 from app.api import errors
 from app.api.limits import BodyLimit
 from app.api.metrics import Metrics, drift_reports, search_modes
-from app.api.routes import calibrations, drift, feedback, health, history, images, inspect, jobs, settings, training
+from app.api.routes import (
+    calibrations, drift, feedback, health, history, images, inspect, jobs, review, settings, training,
+)
 from app.api.runtime import ApiRuntime
 from app.config import Config, get_config
 from app.runtime import backbone_pool, build_history, build_runner, build_service, open_configured_store
@@ -81,7 +83,7 @@ def create_app(config: Config | None = None) -> FastAPI:
     errors.install(app)
     app.add_middleware(metrics.middleware)
     app.add_middleware(BodyLimit, max_bytes=config.max_request_bytes)
-    for module in (settings, images, inspect, history, drift, calibrations, training, feedback, jobs, health):
+    for module in (settings, images, inspect, history, review, drift, calibrations, training, feedback, jobs, health):
         app.include_router(module.router)
     web.install(app)  # the operator page at /, after the API routes so it never shadows them
     return app

@@ -98,6 +98,8 @@ _DRIFT_GAUGES: tuple[tuple[str, str, str], ...] = (
     ("nominal_fail_rate_predicted", "FAIL rate the calibration in use predicts for good parts.", "predicted_fail_rate"),
     ("nominal_drift_window_verdicts", "Verdicts in the recent drift window.", "window"),
     ("nominal_score_mean", "Mean score over the recent window.", "mean_score"),
+    ("nominal_drift_embedding_shift", "Mean embedding of the recent window from the nominal centroid, in standard errors.",
+     "embedding_shift"),
 )
 
 

@@ -317,6 +317,10 @@ class InspectionPublic(BaseModel):
     source: str
     latency_ms: float
     image_url: str | None = Field(description="The kept image (FAIL and near-threshold verdicts), or null.")
+    review: Literal["queued", "PASS", "FAIL", "skip"] | None = Field(
+        None, description="Review queue: null (not sampled), queued, or the operator's answer (PASS, FAIL, skip).")
+    review_reason: Literal["near", "fail"] | None = Field(
+        None, description="Why it was queued: near the threshold (either side), or a FAIL.")
 
     @classmethod
     def of(cls, setting: str, item: Inspection, *, image_kept: bool) -> "InspectionPublic":
@@ -325,6 +329,7 @@ class InspectionPublic(BaseModel):
             threshold=item.threshold, p_value=item.p_value, calibration_id=item.calibration_id, version=item.version,
             sha256=item.sha256, source=item.source, latency_ms=item.latency_ms,
             image_url=f"/v1/settings/{setting}/inspections/{item.id}/image" if image_kept else None,
+            review=item.review, review_reason=item.review_reason,  # type: ignore[arg-type]
         )
 
 
@@ -332,6 +337,41 @@ class InspectionsPublic(BaseModel):
     setting: str
     inspections: list[InspectionPublic] = Field(description="Newest first.")
     next_cursor: str | None = Field(description="Pass as `cursor` for the next (older) page; null: no more.")
+
+
+class ReviewQueuePublic(BaseModel):
+    """The next verdicts waiting for an operator's label, oldest first."""
+
+    setting: str
+    queued: int = Field(description="Queued verdicts whose image is still kept, in all.")
+    per_hour: int = Field(description="NOMINAL_REVIEW_PER_HOUR: verdicts sampled per hour (half near the threshold, half FAIL).")
+    items: list[InspectionPublic] = Field(description="Oldest first; label each with POST .../review/{id}.")
+
+    @classmethod
+    def of(cls, setting: str, history: Any, *, limit: int) -> "ReviewQueuePublic":
+        """The queue of `setting` in an `indexing.history.History`."""
+        items, queued = history.review_queue(setting, limit=limit)
+        return cls(setting=setting, queued=queued, per_hour=history.review_per_hour,
+                   items=[InspectionPublic.of(setting, item, image_kept=True) for item in items])
+
+
+class ReviewedPublic(BaseModel):
+    """An answered review: the inspection, and what its label does (the feedback path)."""
+
+    inspection: InspectionPublic
+    label: Literal["PASS", "FAIL", "skip"]
+    job_id: str | None = Field(None, description="PASS: the job adding the image to the nominal set.")
+    message: str
+
+    @classmethod
+    def of(cls, setting: str, done: Any, *, image_kept: bool) -> "ReviewedPublic":
+        """From an `indexing.review.Reviewed`."""
+        feedback = done.feedback
+        return cls(
+            inspection=InspectionPublic.of(setting, done.inspection, image_kept=image_kept),
+            label=done.inspection.review, job_id=feedback.job.id if feedback and feedback.job else None,
+            message=feedback.message if feedback else "skipped: off the queue, nothing learnt",
+        )
 
 
 class DriftPublic(BaseModel):
@@ -353,6 +393,10 @@ class DriftPublic(BaseModel):
     fail_rate_p_value: float | None
     mean_score: float | None
     reference_mean_score: float | None
+    embedding_shift: float | None = Field(
+        description="Distance of the window's mean embedding from the nominal centroid, in standard errors (about 1 "
+                    "is normal; warn from 2, alarm from 3); null for patch scoring or before 10 verdicts in this process.")
+    embedding_window: int = Field(description="Embeddings the shift was measured on (this server process's verdicts).")
     reasons: list[str]
     advice: str | None = Field(description="What to do, when the state is warn or alarm.")
     computed_at: str

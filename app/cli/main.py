@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli import data, demo, evaluate, history, jobs, serve, settings, watch
+from app.cli import data, demo, evaluate, history, jobs, review, serve, settings, watch
 from app.cli.context import State
 from app.cli.errors import EXIT_ERROR, format_known_exception
 from app.cli.output import Output
@@ -65,6 +65,7 @@ app.command("calibrations")(data.calibrations)
 app.command("inspect")(data.inspect)
 app.command("evaluate")(evaluate.evaluate)
 app.command("history")(history.history)
+app.command("review")(review.review)
 app.command("watch")(watch.watch)
 app.command("backbones")(settings.backbones)
 app.command("reindex")(jobs.reindex)

@@ -370,18 +370,23 @@ def upload_via_api(base: str, setting: str, paths: list[Path], field: str = "fil
         return json.load(answer)
 
 
+def setting_with_images(base: str, setting: str, paths: list[Path]) -> None:
+    """A global k=1 setting holding `paths` as its nominal images, made through the API."""
+    request = urllib.request.Request(f"{base}/v1/settings/{setting}", data=b'{"k": 1}', method="PUT",
+                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
+    urllib.request.urlopen(request, timeout=30).close()
+    job = upload_via_api(base, setting, paths)
+    for _ in range(1200):
+        if api(base, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
+            break
+        time.sleep(0.1)
+
+
 def test_the_page_shows_scores_over_time_the_threshold_and_the_drift_state(server: str, browser, hazelnut: Path) -> None:
     driver, wait = browser, WebDriverWait(browser, 60, poll_frequency=0.2)
     train = sorted((hazelnut / "train" / "good").glob("*.jpg"))
     good, colour = sorted((hazelnut / "test" / "good").glob("*.jpg")), sorted((hazelnut / "test" / "colour").glob("*.jpg"))
-    request = urllib.request.Request(f"{server}/v1/settings/hz", data=b'{"k": 1}', method="PUT",
-                                     headers={"X-API-Key": ADMIN_KEY, "Content-Type": "application/json"})
-    urllib.request.urlopen(request, timeout=30).close()
-    job = upload_via_api(server, "hz", train)
-    for _ in range(1200):
-        if api(server, f"/v1/jobs/{job['job_id']}")["state"] in ("succeeded", "failed", "cancelled"):
-            break
-        time.sleep(0.1)
+    setting_with_images(server, "hz", train)
     upload_via_api(server, "hz", [], field="pass", path="calibrations", data={"policy": "quantile:0.05"})
     # The line runs: good parts, then a run of defects (more FAILs than the calibration predicts).
     upload_via_api(server, "hz", good + colour[:12], path="inspect")
@@ -411,3 +416,51 @@ def test_the_page_shows_scores_over_time_the_threshold_and_the_drift_state(serve
     wait.until(lambda d: d.find_element(By.ID, "score-chart").get_attribute("data-points") == str(len(good) + 13))
     assert threshold > 0
     screenshot(driver, "web_page_on_the_line.png")
+
+
+def test_an_operator_labels_the_review_queue_with_the_keyboard(server: str, browser, hazelnut: Path) -> None:
+    driver, wait = browser, WebDriverWait(browser, 60, poll_frequency=0.2)
+    train = sorted((hazelnut / "train" / "good").glob("*.jpg"))
+    good, colour = sorted((hazelnut / "test" / "good").glob("*.jpg")), sorted((hazelnut / "test" / "colour").glob("*.jpg"))
+    setting_with_images(server, "hz", train)
+    calibration = upload_via_api(server, "hz", good, field="pass", path="calibrations")
+    assert calibration["active"]
+    upload_via_api(server, "hz", colour[:6], path="inspect")  # defects: FAIL verdicts, sampled for review
+    queue = api(server, "/v1/settings/hz/review")
+    assert queue["queued"] >= 3, queue
+    first, second = queue["items"][0]["id"], queue["items"][1]["id"]
+
+    viewport(driver, 1280, 900)
+    driver.get(server + "/")
+    wait.until(lambda d: d.find_element(By.ID, "notice").is_displayed())
+    use_key(driver, ADMIN_KEY)
+    wait.until(lambda d: d.find_element(By.ID, "review-item").get_attribute("data-inspection") == str(first))
+    wait.until(lambda d: images_loaded(d, "#review-photo"))
+    assert text(driver, "#review-state").startswith(f"{queue['queued']} parts waiting")
+    assert "FAIL" in text(driver, "#review-facts") and "threshold" in text(driver, "#review-facts")
+    buttons = [b.text for b in driver.find_elements(By.CSS_SELECTOR, "#review-item .review-buttons button")]
+    assert [b.split()[-1] for b in buttons] == ["p", "f", "s"], buttons  # the shortcuts are on the buttons
+    screenshot(driver, "web_page_review.png")
+
+    # f: defective; the next part comes up. s: skip it; the one after comes up.
+    ActionChains(driver).send_keys("f").perform()
+    wait.until(lambda d: d.find_element(By.ID, "review-item").get_attribute("data-inspection") == str(second))
+    assert "next calibration" in text(driver, "#review-status")
+    ActionChains(driver).send_keys("s").perform()
+    wait.until(lambda d: d.find_element(By.ID, "review-state").get_attribute("data-queued") == str(queue["queued"] - 2))
+    assert driver.find_element(By.ID, "review-item").get_attribute("data-inspection") not in (str(first), str(second))
+    reviewed = {i["id"]: i["review"] for i in api(server, "/v1/settings/hz/inspections?limit=1000")["inspections"]}
+    assert (reviewed[first], reviewed[second]) == ("FAIL", "skip")
+
+    # Keys typed into a field are text, not labels.
+    field = driver.find_element(By.ID, "new-setting")
+    field.send_keys("f")
+    time.sleep(0.5)
+    assert api(server, "/v1/settings/hz/review")["queued"] == queue["queued"] - 2
+
+    # The queue runs dry: the page says so.
+    for item in api(server, "/v1/settings/hz/review?limit=200")["items"]:
+        upload_via_api(server, "hz", [], path=f"review/{item['id']}", data={"label": "skip"})
+    driver.find_element(By.CSS_SELECTOR, "#review-item button[data-label=skip]").click()  # the shown one: answered
+    wait.until(lambda d: "Nothing to review" in text(d, "#review-state"))
+    assert not driver.find_element(By.ID, "review-item").is_displayed()

@@ -63,6 +63,9 @@ def test_darkened_or_blurred_parts_raise_drift_through_the_api_and_metrics(tmp_p
         assert report["enough_data"] and report["window"] == window and report["reference"] == 20
         assert report["state"] == "ok", report["reasons"]
         assert gauge(client, "nominal_drift_state", "hz") == 0
+        # Held-out good parts: their mean embedding is as close to the nominal centroid as chance allows.
+        assert report["embedding_window"] == window and report["embedding_shift"] < 2.0, report
+        assert gauge(client, "nominal_drift_embedding_shift", "hz") == pytest.approx(report["embedding_shift"])
 
         for how in ("blur", "dark"):
             shifted = client.post("/v1/settings/hz/inspect", files=upload([altered(p, how) for p in held_out]))
@@ -74,7 +77,13 @@ def test_darkened_or_blurred_parts_raise_drift_through_the_api_and_metrics(tmp_p
             assert gauge(client, "nominal_drift_state", "hz") >= 1
             assert gauge(client, "nominal_drift_ks_statistic", "hz") == pytest.approx(report["ks_statistic"])
             assert gauge(client, "nominal_fail_rate", "hz") == pytest.approx(report["fail_rate"])
-        print({k: report[k] for k in ("state", "ks_statistic", "ks_p_value", "psi", "fail_rate", "predicted_fail_rate")})
+            # The look changed: the window's mean embedding is far from the nominal centroid (blur warns, dark alarms).
+            assert report["embedding_window"] == window, report
+            assert report["embedding_shift"] >= (3.0 if how == "dark" else 2.0), (how, report["embedding_shift"])
+            assert any("look different" in reason for reason in report["reasons"]), report["reasons"]
+            assert gauge(client, "nominal_drift_embedding_shift", "hz") == pytest.approx(report["embedding_shift"])
+        print({k: report[k] for k in ("state", "ks_statistic", "ks_p_value", "psi", "fail_rate", "predicted_fail_rate",
+                                      "embedding_shift")})
 
         # The window is the recent verdicts: good parts again bring the state back to ok.
         client.post("/v1/settings/hz/inspect", files=upload([(p.name, p.read_bytes()) for p in held_out]))

@@ -100,3 +100,54 @@ def test_a_full_disk_drops_records_without_raising_and_recording_resumes(tiny_di
     db = sqlite3.connect(tiny_disk / "history" / "history.sqlite")
     assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert not list((tiny_disk / "history" / "images" / "s").glob(".*.part")), "no partial image left behind"
+
+
+def test_the_review_queue_samples_near_threshold_and_fail_verdicts_under_an_hourly_cap(tmp_path: Path) -> None:
+    history = History(tmp_path, near=0.1, review_per_hour=4)  # two an hour for each reason
+    burst = [verdict("FAIL", 0.9 + i / 100) for i in range(6)]  # a burst of clear FAILs
+    near = [verdict("PASS", 0.47), verdict("FAIL", 0.53), verdict("PASS", 0.48)]  # both sides of 0.5
+    plain = [verdict("PASS", 0.1), verdict("UNCALIBRATED", 0.9, threshold=None, p=0.001)]
+    cases = burst + near + plain
+    history.record("s", 1, [image(i) for i in range(len(cases))], cases, at=NOW)
+    queue, total = history.review_queue("s")
+    assert total == 4 and [(i.verdict, i.score, i.review_reason) for i in queue] == [
+        ("FAIL", 0.9, "fail"), ("FAIL", 0.91, "fail"), ("PASS", 0.47, "near"), ("FAIL", 0.53, "near")]
+    assert all(i.review == "queued" for i in queue)
+    # An hour later the cap has room again; another setting has its own.
+    history.record("s", 1, [image(50)], [verdict("PASS", 0.49)], at=NOW + 3601)
+    history.record("t", 1, [image(51)], [verdict("FAIL", 0.95)], at=NOW)
+    assert history.review_queue("s")[1] == 5 and history.review_queue("t")[1] == 1
+    assert history.review_queue("s", limit=2)[0] == queue[:2]
+
+
+def test_a_review_answer_is_kept_once_and_leaves_the_queue_as_do_pruned_images(tmp_path: Path) -> None:
+    history = History(tmp_path, review_per_hour=10)
+    history.record("s", 1, [image(i) for i in range(3)], [verdict("FAIL", 0.9 + i / 10) for i in range(3)], at=NOW)
+    first, second, third = history.review_queue("s")[0]
+    assert history.set_review("s", first.id, "FAIL", at=NOW + 5)
+    assert not history.set_review("s", first.id, "PASS")  # the first answer stands
+    assert history.get("s", first.id).review == "FAIL" and history.get("s", first.id).reviewed_at == NOW + 5
+    assert history.set_review("s", second.id, "skip")
+    with pytest.raises(ValueError, match="label"):
+        history.set_review("s", third.id, "MAYBE")
+    assert [i.id for i in history.review_queue("s")[0]] == [third.id]
+    history.max_bytes = 0
+    history.prune(now=NOW)
+    assert history.review_queue("s") == ([], 0)  # its image is gone: nothing to show an operator
+    history.delete_setting("s")
+    assert history.get("s", first.id) is None
+
+
+def test_a_history_file_from_before_the_review_queue_gains_its_columns(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "history.sqlite")
+    db.executescript("""CREATE TABLE inspections (id INTEGER PRIMARY KEY AUTOINCREMENT, setting TEXT NOT NULL,
+        at REAL NOT NULL, verdict TEXT NOT NULL, score REAL, threshold REAL, p_value REAL, calibration_id TEXT,
+        version INTEGER, sha256 TEXT NOT NULL, source TEXT NOT NULL, latency_ms REAL NOT NULL, image TEXT,
+        image_bytes INTEGER NOT NULL DEFAULT 0);
+        INSERT INTO inspections (setting, at, verdict, sha256, source, latency_ms) VALUES ('s', 1, 'PASS', 'h', 'x', 1);""")
+    db.commit()
+    db.close()
+    history = History(tmp_path, keep_days=None)
+    assert history.query("s").items[0].review is None
+    history.record("s", 1, [image(1)], [verdict("FAIL", 0.9)], at=NOW)
+    assert history.review_queue("s")[1] == 1

@@ -9,6 +9,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from app.api.deps import AdminAccess, RuntimeDep
 from app.api.schemas import FeedbackPublic
 from app.api.uploads import form_fields, read_images
+from indexing.review import give_feedback
 
 router = APIRouter(tags=["feedback"], dependencies=[AdminAccess])
 
@@ -24,11 +25,6 @@ def feedback(
     runtime.service.get_setting(setting)
     image = read_images(files, field="files", max_image_bytes=runtime.config.max_image_bytes,
                         max_pixels=runtime.config.max_pixels)[0]
-    ref = runtime.images.put(image)
-    runtime.service.record_label(setting, ref.to_dict(), label)
-    if label == "PASS":
-        job = runtime.runner.submit_index(setting, [ref])
-        return FeedbackPublic(label=label, image_id=image.id, sha256=image.sha256, job_id=job.id,
-                              message="false alarm noted: the image joins the nominal set when the job finishes")
+    given = give_feedback(runtime.service, runtime.images, runtime.runner, setting, image, label)
     return FeedbackPublic(label=label, image_id=image.id, sha256=image.sha256,
-                          message="missed defect noted: the image is used as a FAIL example in the next calibration")
+                          job_id=given.job.id if given.job else None, message=given.message)

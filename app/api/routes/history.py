@@ -23,7 +23,7 @@ def epoch(value: datetime | None) -> float | None:
     return (value if value.tzinfo else value.replace(tzinfo=timezone.utc)).timestamp()
 
 
-def _history(runtime) -> History:
+def require_history(runtime) -> History:
     if runtime.history is None:
         raise ApiError(404, ["path"], "this server keeps no inspection history", "not_found")
     return runtime.history
@@ -42,7 +42,7 @@ def inspections(
     """Every recorded verdict of a setting, newest first: time, verdict, score, threshold, p-value,
     calibration, version, image hash, latency, and the kept image for FAIL and near-threshold verdicts."""
     runtime.service.get_setting(setting)
-    history = _history(runtime)
+    history = require_history(runtime)
     if since is not None and until is not None and epoch(since) >= epoch(until):
         raise ApiError(422, ["query", "until"], "until must be later than since", "value_error")
 
@@ -61,7 +61,7 @@ def inspections(
 def inspection_image(setting: str, inspection_id: int, runtime: RuntimeDep) -> FileResponse:
     """The image of a recorded verdict, when it was kept (FAIL and near-threshold verdicts, within retention)."""
     runtime.service.get_setting(setting)
-    history = _history(runtime)
+    history = require_history(runtime)
     item = history.get(setting, inspection_id)
     if item is None:
         raise ApiError(404, ["path", "inspection_id"], f"no inspection {inspection_id} in setting {setting!r}", "not_found")

@@ -7,7 +7,8 @@ const SETTING_STORE = "nominal.setting";     // localStorage: the station usuall
 const THUMBNAIL_PX = 160;
 
 const $ = (selector, root = document) => root.querySelector(selector);
-const state = { setting: null, scoring: null, calibrationId: null, lastFinishedAt: null, jobsTimer: null, objectUrls: [] };
+const state = { setting: null, scoring: null, calibrationId: null, lastFinishedAt: null, jobsTimer: null, objectUrls: [],
+  review: { item: null, busy: false, url: null } };
 
 // ---------- talking to the API ----------
 
@@ -230,7 +231,7 @@ async function refreshSetting() {
     ["Scoring", s.scoring],
     ...(s.description ? [["Description", s.description]] : []),
   ]));
-  await Promise.all([renderCalibration(s), renderVersions(s), renderLine(s)]);
+  await Promise.all([renderCalibration(s), renderVersions(s), renderLine(s), renderReview()]);
   markStaleResults(s.calibration ? s.calibration.id : null);
 }
 
@@ -425,7 +426,10 @@ async function inspect(files) {
     return;
   }
   results.replaceChildren(...answer.results.map((r, i) => resultCard(r, files[i])));
-  if (state.info && state.info.name === state.setting) renderLine(state.info);  // the new verdicts join the chart
+  if (state.info && state.info.name === state.setting) {
+    renderLine(state.info);  // the new verdicts join the chart
+    if (!state.review.item) renderReview();  // and may be waiting for review
+  }
   live.textContent = answer.results.map((r) => `${r.source}: ${r.verdict}`).join(". ");
 }
 
@@ -736,12 +740,108 @@ function setupForms() {
   });
 }
 
+// ---------- review queue: near-threshold and FAIL verdicts, labelled one after another ----------
+
+// The oldest queued verdict of the setting (GET .../review), with its image and what it was judged;
+// a label (buttons or the keys p, f, s) goes the feedback path and the next one comes up.
+async function renderReview() {
+  const line = $("#review-state");
+  const box = $("#review-item");
+  state.review.item = null;
+  if (!state.setting) {
+    box.hidden = true;
+    line.dataset.queued = "0";
+    line.textContent = "No setting selected.";
+    return;
+  }
+  let queue;
+  try {
+    queue = await (await api(`/v1/settings/${encodeURIComponent(state.setting)}/review?limit=1`)).json();
+  } catch (error) {
+    box.hidden = true;
+    line.textContent = `Could not read the review queue: ${error.message}`;
+    return;
+  }
+  line.dataset.queued = String(queue.queued);
+  if (!queue.items.length) {
+    box.hidden = true;
+    line.textContent = "Nothing to review: no near-threshold or FAIL verdict is waiting.";
+    return;
+  }
+  const item = queue.items[0];
+  state.review.item = item;
+  line.textContent = `${plural(queue.queued, "part")} waiting for a label, oldest first.`;
+  box.dataset.inspection = String(item.id);
+  $("#review-facts").replaceChildren(...definitions([
+    ["Verdict", item.verdict],
+    ["Queued as", item.review_reason === "near" ? "near the threshold" : "a clear FAIL"],
+    ["Score", `${num(item.score)} (threshold ${num(item.threshold)})`],
+    ["When", when(item.at)],
+    ["Source", fileName(item.source)],
+  ]));
+  box.hidden = false;
+  const photo = $("#review-photo");
+  try {
+    const blob = await (await api(item.image_url)).blob();
+    if (state.review.url) URL.revokeObjectURL(state.review.url);
+    state.review.url = URL.createObjectURL(blob);
+    photo.src = state.review.url;
+    photo.classList.remove("missing");
+  } catch (error) {
+    photo.removeAttribute("src");
+    photo.classList.add("missing");
+    photo.alt = `The part waiting for a label (not available: ${error.message})`;
+  }
+}
+
+async function sendReview(label) {
+  const item = state.review.item;
+  if (!item || state.review.busy) return;
+  const status = $("#review-status");
+  const buttons = $("#review-item").querySelectorAll("button");
+  state.review.busy = true;
+  buttons.forEach((b) => { b.disabled = true; });
+  status.classList.remove("error");
+  status.textContent = "Sending…";
+  const form = new FormData();
+  form.append("label", label);
+  try {
+    const answer = await (await api(`/v1/settings/${encodeURIComponent(state.setting)}/review/${item.id}`,
+      { method: "POST", form })).json();
+    status.textContent = `${fileName(item.source)}: ${answer.message}.`;
+    if (answer.job_id) pollJobs();
+  } catch (error) {
+    status.textContent = `Not recorded: ${error.message}`;
+    status.classList.add("error");
+  } finally {
+    state.review.busy = false;
+    buttons.forEach((b) => { b.disabled = false; });
+  }
+  await renderReview();  // the next one (an item answered elsewhere meanwhile is skipped over too)
+}
+
+function setupReview() {
+  $("#review-item").querySelectorAll("button").forEach((button) => {
+    button.addEventListener("click", () => sendReview(button.dataset.label));
+  });
+  const keys = { p: "PASS", f: "FAIL", s: "skip" };
+  document.addEventListener("keydown", (event) => {
+    if (event.ctrlKey || event.metaKey || event.altKey || event.repeat) return;
+    if (event.target.closest("input, select, textarea, [contenteditable]")) return;  // typing, not labelling
+    const label = keys[event.key.toLowerCase()];
+    if (!label || !state.review.item || $("#review-item").hidden) return;
+    event.preventDefault();
+    sendReview(label);
+  });
+}
+
 // ---------- start ----------
 
 document.addEventListener("DOMContentLoaded", () => {
   setupKeyForm();
   setupDrop();
   setupForms();
+  setupReview();
   $("#setting").addEventListener("change", (event) => selectSetting(event.target.value));
   document.addEventListener("visibilitychange", () => { if (!document.hidden) pollJobs(); });
   loadSettings();
@@ -789,8 +889,9 @@ async function renderLine(setting) {
   stateLine.className = `drift drift-${drift.state}`;
   stateLine.textContent = drift.enough_data
     ? `Drift: ${drift.state} (last ${plural(drift.window, "verdict")}; KS p ${num(drift.ks_p_value)}`
-      + (drift.fail_rate === null ? ")" : `; FAIL rate ${Math.round(drift.fail_rate * 100)}%, `
-        + `${Math.round(drift.predicted_fail_rate * 100)}% expected)`)
+      + (drift.fail_rate === null ? "" : `; FAIL rate ${Math.round(drift.fail_rate * 100)}%, `
+        + `${Math.round(drift.predicted_fail_rate * 100)}% expected`)
+      + (drift.embedding_shift === null ? ")" : `; embedding shift ${num(drift.embedding_shift)})`)
     : `Drift: ${drift.state}, not judged yet (${drift.reasons.join("; ")})`;
   advice.textContent = drift.advice ? `What to do: ${drift.advice}` : "";
   advice.hidden = !drift.advice;
