@@ -337,6 +337,7 @@ class ScoredPatches:
     # The image is in the nominal set: its distances are leave-one-out ones, which run higher than a new
     # image's (the coreset was chosen with its patches), so it cannot stand for a new PASS part in a gate.
     in_bank: bool = False
+    tiled: bool = False  # scored by tiles: its patches are every tile's, not one square grid
 
     def worst(self) -> np.ndarray:
         """Its patches farthest from the bank: a labelled FAIL image's presumed defect."""

@@ -28,7 +28,7 @@ from PIL import Image
 from indexing.backbones import Backbone
 from indexing.compute import INLINE, Compute
 from indexing.datasets import TestImage
-from indexing.errors import EmptyCollection, TrainingNotApplicable
+from indexing.errors import EmptyCollection
 from indexing.heatmap import SIGMA, heat_map, mask_at, overlay_png, pixel_pro, pixel_roc_auc
 from indexing.images import ImageInput, decode
 from indexing.metric_learning import ScoredPatches
@@ -288,26 +288,38 @@ class PatchIndex:
         self, setting: str, collection: str, config: PatchConfig, backbone: Backbone, images: Sequence[ImageInput],
         decoded: Sequence[Image.Image], *, batch_size: int = 32,
     ) -> list[ScoredPatches]:
-        """Each image's patch vectors, their distances to the bank (its own patches left out) and its score:
-        what a DenseHybrid head is trained on. Images scored by tiles are refused."""
+        """Each image's patch vectors (every tile's, for an image scored by tiles), their distances to
+        the bank (its own patches left out) and its score: what a DenseHybrid head is trained on."""
         bank = self.bank(setting, collection, config.dim)
-        if any(layout_for(pixels, backbone.input_size, config.tiling) is not None for pixels in decoded):
-            raise TrainingNotApplicable(
-                f"setting {setting!r} scores some images by tiles; a hybrid scorer trains on untiled images only",
-                field="setting")
 
         def run() -> list[ScoredPatches]:
-            patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
             scorer = config.scorer(bank)
             out = []
-            for image, vectors in zip(images, patches.vectors):
+            for image, vectors in zip(images, self._patch_vectors(config, backbone, decoded, batch_size)):
                 own = bank.rows_of(image.id)
                 found = scorer.run(vectors, exclude=own or None, grid=True)
                 assert found.distances is not None
-                out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=found.score, in_bank=bool(own)))
+                out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=found.score,
+                                         in_bank=bool(own), tiled=vectors.shape[0] != _cells(config, backbone)))
             return out
 
         return self.compute.run(run)
+
+    def _patch_vectors(
+        self, config: PatchConfig, backbone: Backbone, decoded: Sequence[Image.Image], batch_size: int
+    ) -> list[np.ndarray]:
+        """(P, dim) patch vectors of each image: one grid for an image squashed to the input, every tile's otherwise."""
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        maker = config.maker()
+        if all(found is None for found in layouts):
+            return list(maker.patchify(backbone.feature_maps(list(decoded), batch_size=batch_size)).vectors)
+        out = []
+        for pixels, found in zip(decoded, layouts):
+            pieces = found.cut(pixels) if found is not None else [pixels]
+            parts = [maker.patchify(backbone.feature_maps(pieces[start : start + batch_size], batch_size=batch_size))
+                     .vectors.reshape(-1, config.dim) for start in range(0, len(pieces), batch_size)]
+            out.append(np.concatenate(parts))
+        return out
 
     def _score_loaded(
         self,
@@ -513,6 +525,12 @@ def write_heatmaps(
     if not has_masks:
         return None, None, files
     return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
+
+
+def _cells(config: PatchConfig, backbone: Backbone) -> int:
+    """Patches of one image squashed to the backbone input (the stride-8 grid)."""
+    side = -(-backbone.input_size // 8)
+    return side * side
 
 
 def _scorer(config: PatchConfig, bank: PatchBank, hybrid: HybridCombiner | None) -> PatchScorer | HybridScorer:

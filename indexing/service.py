@@ -879,13 +879,16 @@ class NominalService:
         fails = scored(list(fail_images), "scoring labelled FAIL patches")
         progress("making synthetic defects", 0, len(sources))
         synthetic: list[np.ndarray] = []
+        made = 0
         for decoded, kept, _ in self.versions.decoded_batches(list(sources), skip_bad=True):
-            pasted, boxes = cut_paste_boxes(decoded, seed=len(synthetic))
+            pasted, boxes = cut_paste_boxes(decoded, seed=made)
             found = self.patches.scored_patches(name, collection, config, backbone, kept, pasted,
                                                 batch_size=self.batch_size)
             for item, pixels, box in zip(found, pasted, boxes):
-                synthetic.append(item.vectors[_cells_in(box, pixels.size, item.vectors.shape[0])])
-            progress("making synthetic defects", len(synthetic), len(sources))
+                if not item.tiled:  # a pasted box maps onto one square grid; tiles would need the layout
+                    synthetic.append(item.vectors[_cells_in(box, pixels.size, item.vectors.shape[0])])
+            made += len(kept)
+            progress("making synthetic defects", made, len(sources))
         positives = np.concatenate(synthetic) if synthetic else np.empty((0, config.dim), np.float32)
         progress("cross-validating the trained scorer", 0, 2)
         decision = hybrid_gate(passed, fails, positives, margin=margin)
