@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from indexing.service import NominalService
 
 FALSE_ALARM = "false alarm noted: the image joins the nominal set when the job finishes"
-MISSED_DEFECT = "missed defect noted: the image is used as a FAIL example in the next calibration"
+MISSED_DEFECT = "missed defect noted: the image is used as a FAIL example in the next calibration and training"
 
 
 @dataclass(frozen=True)

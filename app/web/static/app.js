@@ -229,6 +229,8 @@ async function refreshSetting() {
     ["Backbone", s.backbone],
     ["Neighbours (k)", String(s.k)],
     ["Scoring", s.scoring],
+    // A scorer trained on labelled defects answers instead of the plain mode once its calibration is in use.
+    ...(s.scorer && s.scorer !== s.scoring ? [["Scorer", `${s.scorer} (trained on labelled defects)`]] : []),
     ...(s.description ? [["Description", s.description]] : []),
   ]));
   await Promise.all([renderCalibration(s), renderVersions(s), renderLine(s), renderReview()]);
@@ -439,7 +441,8 @@ function resultCard(result, file) {
   card.dataset.calibrationId = result.calibration_id || "";
   $(".verdict", card).textContent = result.verdict;
   $(".source", card).textContent = `${result.source} · ${Math.round(result.elapsed_ms)} ms`
-    + (result.calibration_id ? ` · calibration ${result.calibration_id.slice(0, 8)}` : "");
+    + (result.calibration_id ? ` · calibration ${result.calibration_id.slice(0, 8)}` : "")
+    + (result.scorer && result.scorer !== state.scoring ? ` · scorer ${result.scorer}` : "");
   drawScore(card, result);
 
   const photo = $(".photo", card);
