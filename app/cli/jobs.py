@@ -86,19 +86,21 @@ def reindex(
 
 def train(
     ctx: typer.Context,
-    setting: Annotated[str, typer.Argument(help="Machine setting to train (global scoring, with nominal images).")],
+    setting: Annotated[str, typer.Argument(help="Machine setting to train (it must hold nominal images).")],
     fail_dir: Annotated[Optional[list[Path]], typer.Option("--fail", help="Labelled FAIL images (defects): files, folders or globs.")] = None,
     pass_dir: Annotated[
         Optional[list[Path]],
-        typer.Option("--pass", help="PASS images to make synthetic (CutPaste) defects from; default: the nominal set's stored uploads."),
+        typer.Option("--pass", help="PASS images to make synthetic (CutPaste) defects from (default: the nominal set's stored uploads); a patch setting needs at least 10 that are not in its nominal set."),
     ] = None,
     feedback: Annotated[bool, typer.Option("--feedback/--no-feedback", help="Add the images operators marked FAIL (missed defects).")] = True,
     json_out: JsonOpt = False,
 ) -> None:
     """Train a scorer on a setting's labelled defects; it answers verdicts only where it measurably helps.
 
-    A projection of the backbone's embeddings is trained so that defects lie farther from
-    the nominal images (labelled FAIL images, plus CutPaste defects made from PASS images).
+    A global setting learns a projection of the backbone's embeddings in which defects lie
+    farther from the nominal images; a patch setting learns a DenseHybrid head, a per-patch
+    defect score added to the patch distance. Both learn from the labelled FAIL images and
+    CutPaste defects made from PASS images.
     The gate compares it with the unsupervised scorer by 5-fold cross-validation on the
     labelled images: only if its AP is higher by a margin (and not by the luck of a few
     images) is a threshold calibrated on its scores and put in use. Verdicts then say
@@ -111,6 +113,8 @@ def train(
       nominal train line-3 --fail val/fail/
 
       nominal train line-3 --fail "defects/2026-11-*/*.png" --pass val/pass/ --no-feedback
+
+      nominal train patch-line --fail val/fail/ --pass val/pass/   # a patch setting: held-out PASS images
     """
     config = state(ctx).config
     out = Output(json_mode=json_out)

@@ -24,15 +24,16 @@ def train(
     setting: str,
     runtime: RuntimeDep,
     fail_files: Annotated[list[UploadFile] | None, File(alias="fail", description="Labelled FAIL images (defects).")] = None,
-    pass_files: Annotated[list[UploadFile] | None, File(alias="pass", description="PASS images to make synthetic (CutPaste) defects from; none: the stored uploads of the nominal set.")] = None,
+    pass_files: Annotated[list[UploadFile] | None, File(alias="pass", description="PASS images: synthetic (CutPaste) defects are made from them (none: from the nominal set's stored uploads); a patch setting needs at least 10 that are not in its nominal set, which its gate scores as new parts.")] = None,
     use_feedback: Annotated[bool, Form(description="Add the images operators marked FAIL through feedback.")] = True,
 ) -> JobAccepted:
     """Train a scorer on the setting's labelled defects, as a job; it answers verdicts only if it measurably helps.
 
     The job's result says whether the trained scorer passed its gate (cross-validated AP on the
     labelled images against the unsupervised scorer) and, if it did, the calibration that put it
-    in use. At least 2 labelled FAIL images are needed (given here or marked FAIL by operators);
-    global-scoring settings only.
+    in use. At least 2 labelled FAIL images are needed (given here or marked FAIL by operators).
+    A global setting learns a metric projection of its embeddings; a patch setting a DenseHybrid
+    head (a per-patch defect score added to the patch distance).
     """
     limits = {"max_image_bytes": runtime.config.max_image_bytes, "max_pixels": runtime.config.max_pixels}
     fail_images = read_images(fail_files, field="fail", required=False, **limits)
