@@ -188,3 +188,28 @@ def test_a_patch_setting_trains_a_dense_hybrid_scorer_that_its_verdicts_and_heat
     assert np.allclose([v.score for v in again], hybrid, atol=1e-4)
     assert {v.scorer for v in again} == {scorer.scoring}
     store.close()
+
+
+def test_nominal_train_runs_the_job_and_refuses_too_few_defects_in_one_line(
+    tmp_path: Path, hazelnut: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from app.cli.main import main
+
+    data = ["--data", str(tmp_path / "data")]
+    assert main([*data, "index", "hz", str(hazelnut / "train" / "good")]) == 0
+    colour = sorted((hazelnut / "test" / "colour").iterdir())
+    capsys.readouterr()
+    assert main([*data, "train", "hz", "--fail", str(colour[0])]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --fail: training needs at least 2 labelled FAIL images") and "\n" not in err
+
+    assert main([*data, "train", "hz", "--fail", str(hazelnut / "test" / "colour"), "--json"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["kind"] == "train" and job["state"] == "succeeded"
+    result = job["result"]
+    assert result["trained"]["n_fail"] == len(colour) and result["trained"]["kind"] == "metric"
+    assert main([*data, "inspect", "hz", str(hazelnut / "test" / "good"), "--json"]) == 0
+    verdicts = json.loads(capsys.readouterr().out)["results"]
+    assert {v["scorer"] for v in verdicts} == {f"trained:{result['trained']['id']}" if result["active"] else "global"}
