@@ -72,12 +72,7 @@ def reindex(
             done = follow(runner.board, job, out)
         finally:
             runner.close()
-    out.data(JobPublic.of(done))
-    for error in done.errors:
-        out.warn(f"skipped {error['source']}: {error['reason']}")
-    if done.state != "succeeded":
-        raise JobFailed(f"re-index of {setting!r} {done.state}: {done.message}; the active version is unchanged")
-    r = done.result or {}
+    r = _result(done, out, f"re-index of {setting!r}", "the active version is unchanged")
     pruned = f"; deleted old versions {r['pruned']}" if r.get("pruned") else ""
     out.line(
         f"{setting!r} now on version {r.get('version')} ({r.get('count')} images, {r.get('skipped')} skipped){pruned}"
@@ -133,12 +128,7 @@ def train(
             done = follow(runner.board, job, out)
         finally:
             runner.close()
-    out.data(JobPublic.of(done))
-    for error in done.errors:
-        out.warn(f"skipped {error['source']}: {error['reason']}")
-    if done.state != "succeeded":
-        raise JobFailed(f"training of {setting!r} {done.state}: {done.message}; the scorer in use is unchanged")
-    r = done.result or {}
+    r = _result(done, out, f"training of {setting!r}", "the scorer in use is unchanged")
     gate = r["trained"]["gate"]
     out.table(
         f"trained scorer {r['trained']['id']} of {setting!r}: {gate['folds']}-fold cross-validation on "
@@ -148,6 +138,16 @@ def train(
          ["trained", gate["trained_ap"], gate["gain_low"], gate["margin"]]],
     )
     (out.line if r["active"] else out.warn)(r["reason"])
+
+
+def _result(done: Job, out: Output, what: str, unchanged: str) -> dict:
+    """A followed job's result, once its JSON and skipped images are shown; `JobFailed` unless it succeeded."""
+    out.data(JobPublic.of(done))
+    for error in done.errors:
+        out.warn(f"skipped {error['source']}: {error['reason']}")
+    if done.state != "succeeded":
+        raise JobFailed(f"{what} {done.state}: {done.message}; {unchanged}")
+    return done.result or {}
 
 
 def workers_online(config: Config) -> bool:
