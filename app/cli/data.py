@@ -197,7 +197,9 @@ def inspect(
         near = ", ".join(f"{Path(n.payload.get('source', n.id)).name} ({n.distance:.3f})" for n in v.neighbours[:show])
         rows.append([v.source, v.verdict, v.score, v.threshold, v.p_value, near])
     if rows:
-        out.table(f"verdicts for {setting!r}", ["image", "verdict", "score", "threshold", "p", "nearest nominal"], rows)
+        scorers = sorted({v.scorer for v in verdicts})
+        out.table(f"verdicts for {setting!r} (scorer {', '.join(scorers)})",
+                  ["image", "verdict", "score", "threshold", "p", "nearest nominal"], rows)
     for error in unreadable:
         out.error(f"{error.source}: {error.reason}: not judged")
     if unreadable:
