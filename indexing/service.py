@@ -54,7 +54,17 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
-from indexing.training import GATE_NOMINAL, MIN_FAIL, MIN_HELD_OUT_PASS, SYNTHETIC, TrainedScorer, TrainedScorers, nominal_pixels
+from indexing.training import (
+    GATE_NOMINAL,
+    MIN_FAIL,
+    MIN_HELD_OUT_PASS,
+    NOMINAL_SAMPLE,
+    SYNTHETIC,
+    TrainedScorer,
+    TrainedScorers,
+    nominal_pixels,
+    sample_points,
+)
 from indexing.verdicts import HeatMap, Verdict, decide
 from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
 
@@ -796,7 +806,7 @@ class NominalService:
             raise InvalidTraining(f"only {len(fail_images)} labelled FAIL images could be read; at least {MIN_FAIL} "
                                   "are needed", field="fail")
         backbone = self.embedder.backbone_for(version)
-        points = list(self.store.scroll(version.collection, with_vectors=True))
+        points, total = sample_points(self.store.scroll(version.collection, with_vectors=True), NOMINAL_SAMPLE)
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
         margin = DEFAULT_MARGIN if margin is None else margin
         if setting.scoring == "patch":
@@ -823,7 +833,7 @@ class NominalService:
             progress("training the scorer", 2, 2)
             scorer = TrainedScorer.new(
                 setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
-                n_nominal=len(nominal), n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
+                n_nominal=total, n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
                 trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
                 reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
             )

@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,8 @@ MIN_FAIL = 2
 MIN_HELD_OUT_PASS = 10
 # The gate cross-validates on at most this many nominal images (its fold searches are all-pairs).
 GATE_NOMINAL = 2000
+# Nominal embeddings a metric projection is trained on, at most (a uniform sample of larger sets).
+NOMINAL_SAMPLE = 4096
 # PASS images CutPaste defects are made from, at most.
 SYNTHETIC = 300
 # Queries searched against a projected bank at once (bounds the similarity matrix).
@@ -205,6 +207,23 @@ def _key(setting: str, scorer_id: str) -> str:
     return f"{setting}__{scorer_id}"
 
 
+def sample_points(points: Iterable[Point], limit: int, *, seed: int = 0) -> tuple[list[Point], int]:
+    """Up to `limit` points drawn uniformly (reservoir sampling, so a million are never held at once),
+    in their order when there are no more than `limit`; and how many there were."""
+    rng = np.random.default_rng(seed)
+    kept: list[Point] = []
+    seen = 0
+    for point in points:
+        if len(kept) < limit:
+            kept.append(point)
+        else:
+            slot = int(rng.integers(0, seen + 1))
+            if slot < limit:
+                kept[slot] = point
+        seen += 1
+    return kept, seen
+
+
 def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: int) -> Iterator[ImageInput]:
     """Up to `limit` nominal images this process can read back (uploads kept in the image store)."""
     if images is None:
@@ -221,6 +240,6 @@ def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: in
 
 
 __all__ = [
-    "GATE_NOMINAL", "MIN_FAIL", "MIN_HELD_OUT_PASS", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
-    "TrainedScorers", "nominal_pixels",
+    "GATE_NOMINAL", "MIN_FAIL", "MIN_HELD_OUT_PASS", "NOMINAL_SAMPLE", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
+    "TrainedScorers", "nominal_pixels", "sample_points",
 ]
