@@ -763,6 +763,7 @@ class NominalService:
         """
         self._require_active(name)
         fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
+        # (an image both given and labelled counts twice here; `train` counts distinct images and refuses then)
         if fails < MIN_FAIL:
             raise InvalidTraining(
                 f"training needs at least {MIN_FAIL} labelled FAIL images (given and marked FAIL by operators), "
@@ -801,10 +802,12 @@ class NominalService:
             parse_policy(policy)
         setting = self.get_setting(name)
         version = self._require_active(name)
-        fail_images = [*fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]
-        if len(fail_images) < MIN_FAIL:  # labels whose files this process cannot read
-            raise InvalidTraining(f"only {len(fail_images)} labelled FAIL images could be read; at least {MIN_FAIL} "
-                                  "are needed", field="fail")
+        # One copy of each image: an image given and also labelled by an operator would sit on both sides of a fold.
+        fail_images = list({image.sha256: image for image in [
+            *fail_images, *(self._feedback_fail_images(name) if use_feedback else [])]}.values())
+        if len(fail_images) < MIN_FAIL:  # duplicates, or labels whose files this process cannot read
+            raise InvalidTraining(f"only {len(fail_images)} distinct labelled FAIL images could be read; at least "
+                                  f"{MIN_FAIL} are needed", field="fail")
         backbone = self.embedder.backbone_for(version)
         points, total = sample_points(self.store.scroll(version.collection, with_vectors=True), NOMINAL_SAMPLE)
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))

@@ -40,8 +40,8 @@ from indexing.settings import CollectionVersion, utc_now
 from indexing.store.base import Neighbour, Point, VectorStore
 
 TRAINED_KIND = "trained_scorer"
-# Labelled FAIL images a training needs at the least: the gate cross-validates over them.
-MIN_FAIL = 2
+# Distinct labelled FAIL images a training needs at the least: the gate cross-validates over them (5 folds).
+MIN_FAIL = 5
 # A patch setting's (DenseHybrid) gate needs at least this many PASS images from outside its nominal set.
 MIN_HELD_OUT_PASS = 10
 # The gate cross-validates on at most this many nominal images (its fold searches are all-pairs).

@@ -117,7 +117,7 @@ def train(
     passed = image_inputs(pass_dir) if pass_dir else []
     with service_for(config) as service:
         try:
-            service.check_trainable(setting, fail_given=len(fail), use_feedback=feedback)
+            service.check_trainable(setting, fail_given=len({i.sha256 for i in fail}), use_feedback=feedback)
         except InvalidTraining as error:
             raise CliError(f"--{error.field}: {error}" if error.field == "fail" else str(error)) from None
         runner = build_runner(config, service)

@@ -133,8 +133,9 @@ def test_training_over_http_is_a_job_and_says_which_scorer_answers(
         assert accepted.status_code == 202
         _wait(client, accepted.json()["job_id"])
 
-        one = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"][:1]))
-        assert one.status_code == 422 and one.json()["detail"][0]["loc"] == ["body", "fail"], one.text
+        for few in (poly["labelled"][:4], poly["labelled"][:1] * 5):  # four, and one image five times
+            refused = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", few))
+            assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "fail"], refused.text
         assert client.post("/v1/settings/nowhere/train", files=files("fail", poly["labelled"][:2])).status_code == 404
 
         job = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"]))
@@ -203,7 +204,7 @@ def test_nominal_train_runs_the_job_and_refuses_too_few_defects_in_one_line(
     capsys.readouterr()
     assert main([*data, "train", "hz", "--fail", str(colour[0])]) == 1
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: --fail: training needs at least 2 labelled FAIL images") and "\n" not in err
+    assert err.startswith("error: --fail: training needs at least 5 labelled FAIL images") and "\n" not in err
 
     assert main([*data, "train", "hz", "--fail", str(hazelnut / "test" / "colour"), "--json"]) == 0
     job = json.loads(capsys.readouterr().out)

@@ -31,14 +31,14 @@ def train(
 
     The job's result says whether the trained scorer passed its gate (cross-validated AP on the
     labelled images against the unsupervised scorer) and, if it did, the calibration that put it
-    in use. At least 2 labelled FAIL images are needed (given here or marked FAIL by operators).
+    in use. At least 5 distinct labelled FAIL images are needed (given here or marked FAIL by operators).
     A global setting learns a metric projection of its embeddings; a patch setting a DenseHybrid
     head (a per-patch defect score added to the patch distance).
     """
     limits = {"max_image_bytes": runtime.config.max_image_bytes, "max_pixels": runtime.config.max_pixels}
     fail_images = read_images(fail_files, field="fail", required=False, **limits)
     pass_images = read_images(pass_files, field="pass", required=False, **limits)
-    runtime.service.check_trainable(setting, fail_given=len(fail_images), use_feedback=use_feedback)
+    runtime.service.check_trainable(setting, fail_given=len({i.sha256 for i in fail_images}), use_feedback=use_feedback)
     fail_refs = [runtime.images.put(image) for image in fail_images]
     pass_refs = [runtime.images.put(image) for image in pass_images]
     job = runtime.runner.submit_train(setting, fail_refs, pass_refs, use_feedback=use_feedback)
