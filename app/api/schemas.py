@@ -201,13 +201,14 @@ class GatePublic(BaseModel):
 
 class TrainedPublic(BaseModel):
     id: str
-    scoring: str = Field(description="Its name in a calibration's `scoring` and a verdict's `scorer`: trained:<id>.")
+    kind: Literal["metric", "hybrid"] = Field(description="metric: a projection of a global setting's embeddings; hybrid: DenseHybrid over a patch setting's patches.")
+    scoring: str = Field(description="Its name in a calibration's `scoring` and a verdict's `scorer`: trained:<id> or hybrid:<id>.")
     backbone: str
     projection: str
     gate: GatePublic
     passed: bool = Field(description="Whether it passed its gate (and was calibrated).")
     in_use: bool = Field(description="Whether verdicts use it now (the calibration in use was made with it).")
-    n_nominal: int
+    n_nominal: int = Field(description="Nominal images it learned from (metric), or held-out PASS images its gate scored (hybrid).")
     n_fail: int = Field(description="Labelled FAIL images it learned from.")
     n_synthetic: int = Field(description="CutPaste defects made from PASS images.")
     steps: int
