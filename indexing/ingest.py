@@ -35,13 +35,8 @@ def index_refs(
         BadImage: not one of the images could be used (the job fails, nothing written).
     """
     progress.start(len(refs))
-    loaded: list[ImageInput] = []
     errors: list[dict[str, str]] = []
-    for ref in refs:
-        try:
-            loaded.append(images.load(ref))
-        except BadImage as error:
-            errors.append({"source": error.source, "reason": error.reason})
+    loaded = _loaded(images, refs, errors)
     if not loaded:
         progress.report_errors(errors)
         raise BadImage(setting, f"none of the {len(refs)} images could be read; nothing was indexed")
@@ -66,14 +61,20 @@ def train_refs(
     """The training job: load the referenced images and train (`NominalService.train`); the job's result."""
     started = time.perf_counter()
     progress.start(len(fail) + len(passed))
-    loaded_fail, loaded_pass, errors = [], [], []
-    for refs, loaded in ((fail, loaded_fail), (passed, loaded_pass)):
-        for ref in refs:
-            try:
-                loaded.append(images.load(ref))
-            except BadImage as error:
-                errors.append({"source": error.source, "reason": error.reason})
+    errors: list[dict[str, str]] = []
+    loaded_fail, loaded_pass = _loaded(images, fail, errors), _loaded(images, passed, errors)
     progress.report_errors(errors)
     result = service.train(setting, fail_images=loaded_fail, pass_images=loaded_pass, use_feedback=use_feedback,
                            progress=progress)
     return {**result.to_dict(), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def _loaded(images: ImageStore, refs: Sequence[ImageRef], errors: list[dict[str, str]]) -> list[ImageInput]:
+    """The referenced images this process can read; each one it cannot is added to `errors` with the reason."""
+    loaded = []
+    for ref in refs:
+        try:
+            loaded.append(images.load(ref))
+        except BadImage as error:
+            errors.append({"source": error.source, "reason": error.reason})
+    return loaded
