@@ -129,10 +129,6 @@ class ProjectedBank:
         self.vectors = head.project(np.stack([p.vector for p in points])) if points else np.empty((0, 1), np.float32)
         self.head = head
 
-    @property
-    def nbytes(self) -> int:
-        return int(self.vectors.nbytes)
-
     def search(self, vectors: np.ndarray, k: int) -> list[list[Neighbour]]:
         """The k nearest nominal images of each (unprojected) vector, by cosine distance in the projected space."""
         if not self.ids:
