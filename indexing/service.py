@@ -786,19 +786,19 @@ class NominalService:
     ) -> "Trained":
         """Train a scorer on the setting's labelled defects and put it in use where it measurably helps.
 
-        A metric projection of the backbone's embeddings (`indexing.metric_learning`) is trained
-        on the active version's nominal embeddings, the labelled FAIL images (given, and those
-        operators marked FAIL when `use_feedback`) and CutPaste defects made from PASS images
-        (`pass_images`, else the nominal images this process can read back). The gate compares
-        it with the unsupervised kNN by cross-validation on the labelled images alone. The
-        trained scorer is always recorded; when the gate passes, a threshold is calibrated on its
-        scores (the nominal images leave-one-out and the FAIL images; `policy`, else the policy
-        of the calibration in use) and goes live by the rule of `calibrate`, so that verdicts
-        say `scorer` "trained:<id>". Otherwise the unsupervised scorer keeps answering and the
-        result says why. `min_fail`: distinct labelled FAIL images needed (`MIN_FAIL` on a line;
-        the evaluation protocol takes the gate's own minimum of 2).
+        It learns from the labelled FAIL images (given, and those operators marked FAIL when
+        `use_feedback`) and CutPaste defects made from PASS images (`pass_images`, else the
+        nominal images this process can read back): a global setting a metric projection of
+        the backbone's embeddings (`_train_metric`), a patch setting a DenseHybrid head
+        (`_train_hybrid`). The gate compares it with the unsupervised scorer by cross-validation
+        on the labelled images alone. The trained scorer is always recorded; when the gate
+        passes, a threshold is calibrated on the gate's out-of-fold scores (`policy`, else the
+        policy of the calibration in use) and goes live by the rule of `calibrate`, so that
+        verdicts say `scorer` "trained:<id>" or "hybrid:<id>". Otherwise the unsupervised
+        scorer keeps answering and the result says why. `min_fail`: distinct labelled FAIL
+        images needed (`MIN_FAIL` on a line; the evaluation protocol takes the gate's own minimum of 2).
         """
-        from indexing.metric_learning import DEFAULT_MARGIN, MetricHead, cut_paste, gate
+        from indexing.metric_learning import DEFAULT_MARGIN
 
         started = time.perf_counter()
         self.check_trainable(name, fail_given=len(fail_images), use_feedback=use_feedback, min_fail=min_fail)
@@ -817,33 +817,17 @@ class NominalService:
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
         margin = DEFAULT_MARGIN if margin is None else margin
         if setting.scoring == "patch":
-            scorer, decision = self._train_hybrid(name, version, backbone, fail_images, sources, margin, progress, started)
+            learned = self._train_hybrid(name, version, backbone, fail_images, sources, margin, progress)
+            steps = 0  # a logistic regression, not a number of gradient steps
         else:
-            nominal = np.stack([p.vector for p in points]).astype(np.float32)
-            fails = self._embedded(backbone, fail_images, progress, "embedding labelled FAIL images")
-            synthetic = np.empty((0, nominal.shape[1]), np.float32)
-            if sources:
-                progress("making synthetic defects", 0, len(sources))
-                pieces = []
-                for decoded, _, _ in self.versions.decoded_batches(sources, skip_bad=True):
-                    # seeded by the images made so far: the same defects as the labelled-fail protocol always made
-                    made = sum(len(p) for p in pieces)
-                    pieces.append(backbone.embed(cut_paste(decoded, seed=made), batch_size=self.batch_size))
-                    progress("making synthetic defects", sum(len(p) for p in pieces), len(sources))
-                synthetic = np.concatenate(pieces) if pieces else synthetic
-            rng = np.random.default_rng(0)
-            sample = nominal if len(nominal) <= GATE_NOMINAL else nominal[rng.choice(len(nominal), GATE_NOMINAL, replace=False)]
-            progress("cross-validating the trained scorer", 0, 2)
-            decision = gate(sample, fails, synthetic, k=setting.k, margin=margin, steps=steps)
-            progress("training the scorer", 1, 2)
-            head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]), steps=steps)
-            progress("training the scorer", 2, 2)
-            scorer = TrainedScorer.new(
-                setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
-                n_nominal=total, n_fail=len(fails), n_synthetic=len(synthetic), steps=steps,
-                trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
-                reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
-            )
+            learned = self._train_metric(points, total, backbone, fail_images, sources, setting.k, margin, steps, progress)
+        head, decision, n_nominal, n_fail, n_synthetic = learned
+        scorer = TrainedScorer.new(
+            setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
+            n_nominal=n_nominal, n_fail=n_fail, n_synthetic=n_synthetic, steps=steps,
+            trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
+            reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
+        )
         self.trained.save(scorer)
         if not decision.active:
             return Trained(scorer=scorer, calibrated=None,
@@ -862,11 +846,34 @@ class NominalService:
                   else f"it passed the gate but its calibration {result.id} is held back ({held_back}): {decision.reason}")
         return Trained(scorer=scorer, calibrated=calibrated, reason=reason)
 
+    def _train_metric(
+        self, points: Sequence[Point], total: int, backbone: Backbone, fail_images: Sequence[ImageInput],
+        sources: Sequence[ImageInput], k: int, margin: float, steps: int, progress: Progress,
+    ) -> tuple[Any, Any, int, int, int]:
+        """A metric projection for a global setting, and its gate (`metric_learning.gate`), from `points`,
+        a sample of the `total` nominal embeddings: (head, gate, nominal, FAIL and synthetic counts)."""
+        from indexing.metric_learning import MetricHead, cut_paste, gate
+
+        nominal = np.stack([p.vector for p in points]).astype(np.float32)
+        fails = self._embedded(backbone, fail_images, progress, "embedding labelled FAIL images")
+        # seeded by the images made so far: the same defects as the labelled-fail protocol always made
+        synthetic = self._embedded(backbone, sources, progress, "making synthetic defects", skip_bad=True,
+                                   alter=lambda decoded, done: cut_paste(decoded, seed=done))
+        rng = np.random.default_rng(0)
+        sample = nominal if len(nominal) <= GATE_NOMINAL else nominal[rng.choice(len(nominal), GATE_NOMINAL, replace=False)]
+        progress("cross-validating the trained scorer", 0, 2)
+        decision = gate(sample, fails, synthetic, k=k, margin=margin, steps=steps)
+        progress("training the scorer", 1, 2)
+        head = MetricHead.fit(nominal, np.concatenate([fails, synthetic]), steps=steps)
+        progress("training the scorer", 2, 2)
+        return head, decision, total, len(fails), len(synthetic)
+
     def _train_hybrid(
         self, name: str, version: CollectionVersion, backbone: Backbone, fail_images: Sequence[ImageInput],
-        sources: Sequence[ImageInput], margin: float, progress: Progress, started: float,
-    ) -> tuple[TrainedScorer, Any]:
-        """A DenseHybrid head for a patch setting, and its gate (`metric_learning.hybrid_gate`).
+        sources: Sequence[ImageInput], margin: float, progress: Progress,
+    ) -> tuple[Any, Any, int, int, int]:
+        """A DenseHybrid head for a patch setting, and its gate (`metric_learning.hybrid_gate`):
+        (head, gate, held-out PASS, FAIL and synthetic counts).
 
         Its PASS images are the PASS images given that are not in the nominal set: a nominal
         image's leave-one-out patch distances run higher than a new part's (the coreset was
@@ -878,47 +885,31 @@ class NominalService:
         patch = self.versions.require_patch(version)
         collection, config = patch["collection"], PatchConfig.from_dict(patch.get("patch_config"))
 
-        def scored(images: Sequence[ImageInput], stage: str) -> list[ScoredPatches]:
-            out: list[ScoredPatches] = []
-            progress(stage, 0, len(images))
-            for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=True):
-                out += self.patches.scored_patches(name, collection, config, backbone, kept, decoded,
-                                                   batch_size=self.batch_size)
-                progress(stage, len(out), len(images))
-            return out
+        def scored(decoded: list[Image.Image], kept: list[ImageInput], done: int) -> list[ScoredPatches]:
+            return self.patches.scored_patches(name, collection, config, backbone, kept, decoded,
+                                               batch_size=self.batch_size)
 
-        passed = [item for item in scored(list(sources), "scoring PASS patches") if not item.in_bank]
+        def pasted(decoded: list[Image.Image], kept: list[ImageInput], done: int) -> list[np.ndarray]:
+            images, boxes = cut_paste_boxes(decoded, seed=done)
+            return [item.vectors[_cells_in(box, pixels.size, item.vectors.shape[0])]
+                    for item, pixels, box in zip(scored(images, kept, done), images, boxes)
+                    if not item.tiled]  # a pasted box maps onto one square grid; tiles would need the layout
+
+        passed = [item for item in self._per_batch(sources, scored, progress, "scoring PASS patches") if not item.in_bank]
         if len(passed) < MIN_HELD_OUT_PASS:
             raise InvalidTraining(
                 f"a patch setting's training needs at least {MIN_HELD_OUT_PASS} PASS images that are not in its nominal "
                 f"set (pass), found {len(passed)}: its gate compares scorers on parts scored as new ones are",
                 field="pass")
-        fails = scored(list(fail_images), "scoring labelled FAIL patches")
-        progress("making synthetic defects", 0, len(sources))
-        synthetic: list[np.ndarray] = []
-        made = 0
-        for decoded, kept, _ in self.versions.decoded_batches(list(sources), skip_bad=True):
-            pasted, boxes = cut_paste_boxes(decoded, seed=made)
-            found = self.patches.scored_patches(name, collection, config, backbone, kept, pasted,
-                                                batch_size=self.batch_size)
-            for item, pixels, box in zip(found, pasted, boxes):
-                if not item.tiled:  # a pasted box maps onto one square grid; tiles would need the layout
-                    synthetic.append(item.vectors[_cells_in(box, pixels.size, item.vectors.shape[0])])
-            made += len(kept)
-            progress("making synthetic defects", made, len(sources))
+        fails = self._per_batch(fail_images, scored, progress, "scoring labelled FAIL patches")
+        synthetic = self._per_batch(sources, pasted, progress, "making synthetic defects")
         positives = np.concatenate(synthetic) if synthetic else np.empty((0, config.dim), np.float32)
         progress("cross-validating the trained scorer", 0, 2)
         decision = hybrid_gate(passed, fails, positives, margin=margin)
         progress("training the scorer", 1, 2)
         head = fit_hybrid(passed, fails, positives)
         progress("training the scorer", 2, 2)
-        scorer = TrainedScorer.new(
-            setting=name, backbone=version.backbone_identity, head=head, gate=decision.to_dict(),
-            n_nominal=len(passed), n_fail=len(fails), n_synthetic=len(synthetic), steps=0,
-            trained_on=version.collection, seconds=round(time.perf_counter() - started, 2),
-            reference=tuple(float(x) for x in np.sort(decision.oof_pass)),
-        )
-        return scorer, decision
+        return head, decision, len(passed), len(fails), len(synthetic)
 
     def trained_scorers(self, name: str) -> list[TrainedScorer]:
         """The setting's trained scorers, newest first (the one in use is named by `status(name).scorer`)."""
@@ -1179,17 +1170,31 @@ class NominalService:
     # ----------------------------------------------------------------- internals
 
     def _embedded(
-        self, backbone: Backbone, images: Sequence[ImageInput], progress: Progress = no_progress, stage: str = ""
+        self, backbone: Backbone, images: Sequence[ImageInput], progress: Progress = no_progress, stage: str = "",
+        *, skip_bad: bool = False, alter: Callable[[list[Image.Image], int], list[Image.Image]] | None = None,
     ) -> np.ndarray:
-        """Global vectors of many images, decoded batch by batch beside the forward passes; `stage` reports progress."""
-        found = []
+        """Global vectors of many images, decoded batch by batch beside the forward passes; `stage` reports
+        progress; `alter(decoded, images done so far)` changes each batch before it is embedded."""
+        found = self._per_batch(images, lambda decoded, kept, done: backbone.embed(
+            alter(decoded, done) if alter else decoded, batch_size=self.batch_size), progress, stage, skip_bad=skip_bad)
+        return np.asarray(found, dtype=np.float32) if found else np.empty((0, backbone.dim), np.float32)
+
+    def _per_batch(
+        self, images: Sequence[ImageInput], work: Callable[[list[Image.Image], list[ImageInput], int], Sequence[Any]],
+        progress: Progress = no_progress, stage: str = "", *, skip_bad: bool = True,
+    ) -> list[Any]:
+        """Everything `work(decoded, kept, images done so far)` gives for each decoded batch, in order (the next
+        batch decodes beside it); `stage` reports the images done."""
+        out: list[Any] = []
+        done = 0
         if stage:
             progress(stage, 0, len(images))
-        for decoded, _, _ in self.versions.decoded_batches(images, skip_bad=False):
-            found.append(backbone.embed(decoded, batch_size=self.batch_size))
+        for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=skip_bad):
+            out.extend(work(decoded, kept, done))
+            done += len(kept)
             if stage:
-                progress(stage, sum(len(f) for f in found), len(images))
-        return np.concatenate(found) if found else np.empty((0, backbone.dim), np.float32)
+                progress(stage, done, len(images))
+        return out
 
     def context(self, name: str) -> "CallContext":
         """What one verdict needs, resolved once: the setting, its active version, the calibration that applies.
