@@ -295,31 +295,27 @@ class PatchIndex:
         def run() -> list[ScoredPatches]:
             scorer = config.scorer(bank)
             out = []
-            for image, vectors in zip(images, self._patch_vectors(config, backbone, decoded, batch_size)):
+            for image, (vectors, tiled) in zip(images, self._patch_vectors(config, backbone, decoded, batch_size)):
                 own = bank.rows_of(image.id)
                 found = scorer.run(vectors, exclude=own or None, grid=True)
                 assert found.distances is not None
                 out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=found.score,
-                                         in_bank=bool(own), tiled=vectors.shape[0] != _cells(config, backbone)))
+                                         in_bank=bool(own), tiled=tiled))
             return out
 
         return self.compute.run(run)
 
     def _patch_vectors(
         self, config: PatchConfig, backbone: Backbone, decoded: Sequence[Image.Image], batch_size: int
-    ) -> list[np.ndarray]:
-        """(P, dim) patch vectors of each image: one grid for an image squashed to the input, every tile's otherwise."""
+    ) -> list[tuple[np.ndarray, bool]]:
+        """(P, dim) patch vectors of each image, and whether it was cut into tiles: one grid for an image
+        squashed to the input, every tile's otherwise."""
         layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
-        maker = config.maker()
         if all(found is None for found in layouts):
-            return list(maker.patchify(backbone.feature_maps(list(decoded), batch_size=batch_size)).vectors)
-        out = []
-        for pixels, found in zip(decoded, layouts):
-            pieces = found.cut(pixels) if found is not None else [pixels]
-            parts = [maker.patchify(backbone.feature_maps(pieces[start : start + batch_size], batch_size=batch_size))
-                     .vectors.reshape(-1, config.dim) for start in range(0, len(pieces), batch_size)]
-            out.append(np.concatenate(parts))
-        return out
+            patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
+            return [(vectors, False) for vectors in patches.vectors]
+        return [(_tile_patches(config, backbone, found.cut(pixels) if found is not None else [pixels], batch_size)[0],
+                 found is not None) for pixels, found in zip(decoded, layouts)]
 
     def _score_loaded(
         self,
@@ -375,13 +371,7 @@ class PatchIndex:
         """One image scored over all its tiles' patches: the score and the worst patch are over every tile."""
         tile_layout = found_layout or _one_tile(pixels, backbone.input_size)
         pieces = tile_layout.cut(pixels) if found_layout is not None else [pixels]
-        maker = config.maker()
-        parts, grid_shape = [], (0, 0)
-        for start in range(0, len(pieces), batch_size):
-            patches = maker.patchify(backbone.feature_maps(pieces[start : start + batch_size], batch_size=batch_size))
-            parts.append(patches.vectors.reshape(-1, config.dim))
-            grid_shape = patches.grid
-        vectors = np.concatenate(parts)
+        vectors, grid_shape = _tile_patches(config, backbone, pieces, batch_size)
         own = bank.rows_of(image.id)
         found = _scorer(config, bank, hybrid).run(vectors, exclude=own or None, grid=grids or maps)
         near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
@@ -527,10 +517,17 @@ def write_heatmaps(
     return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
 
 
-def _cells(config: PatchConfig, backbone: Backbone) -> int:
-    """Patches of one image squashed to the backbone input (the stride-8 grid)."""
-    side = -(-backbone.input_size // 8)
-    return side * side
+def _tile_patches(
+    config: PatchConfig, backbone: Backbone, pieces: Sequence[Image.Image], batch_size: int
+) -> tuple[np.ndarray, tuple[int, int]]:
+    """The patch vectors of an image's tiles, all tiles' in order (n_tiles * rows * cols, dim), and one tile's grid."""
+    maker = config.maker()
+    parts, grid_shape = [], (0, 0)
+    for start in range(0, len(pieces), batch_size):
+        patches = maker.patchify(backbone.feature_maps(list(pieces[start : start + batch_size]), batch_size=batch_size))
+        parts.append(patches.vectors.reshape(-1, config.dim))
+        grid_shape = patches.grid
+    return np.concatenate(parts), grid_shape
 
 
 def _scorer(config: PatchConfig, bank: PatchBank, hybrid: HybridCombiner | None) -> PatchScorer | HybridScorer:
