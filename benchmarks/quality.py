@@ -461,7 +461,7 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
             for number, image in enumerate(probes):
                 index.score(name, collection, config, raw, [data.test[number].image], [image], neighbours=1)
             ms = (time.perf_counter() - timed) / len(probes) * 1000.0
-            per_image = bank.bytes_used() / len(data.train)
+            per_image = bank.vectors.nbytes / len(data.train)
         finally:
             store.close()
     is_fail = np.array([t.is_fail for t in data.test])
