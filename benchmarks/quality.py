@@ -8,6 +8,12 @@ one table: image ROC-AUC, AP, F1-max; pixel ROC-AUC and PRO where masks exist; v
 ms/image (batch 1, decoded image in, score out); fit time; bank bytes per nominal image.
 `--anchors anchors.json` (written by `benchmarks/anchors.py`) adds anomalib's rows.
 
+Levers measured beside the product's modes, not product modes themselves:
+- `--modes positional` (also `positional-64`, `positional-256`): PaDiM-style statistics, a
+  Gaussian per patch position over the nominal images' patch vectors (`suite_positional`);
+- fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
+  nominal images' scores, printed for every set where those modes ran in the same suite.
+
     NOMINAL_BENCH_DATA=../bench-data python benchmarks/quality.py --json suite.json --anchors anchors.json
 
 The older grid (every backbone x k, patch on ELPV/Hazelnut) is `--grid`.
@@ -336,8 +342,9 @@ def main() -> None:
     if not args.grid:
         # --scoring keeps its meaning: which of the two families of modes to run.
         modes = [m for m in args.modes if (m == "global" and "global" in args.scoring)
-                 or (m.startswith("patch") and "patch" in args.scoring)]
+                 or (m.startswith(("patch", "positional")) and "patch" in args.scoring)]
         rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh)
+        rows += fused_rows(rows)
         anchors = json.loads(args.anchors.read_text()) if args.anchors else []
         anchors = [a for a in anchors if a["set"] in args.datasets and a["backbone"] == args.backbones[0]]
         print_suite(rows, anchors, default_mode())
@@ -389,7 +396,7 @@ TIMING_PROBES = 20
 
 
 def _cached(key: str, fresh: bool, compute) -> dict:
-    path = suite.cache_dir() / f"quality-{key}.json"
+    path = suite.cache_dir() / f"quality2-{key}.json"  # 2: rows carry per-image and reference scores
     if path.exists() and not fresh:
         return json.loads(path.read_text())
     row = compute()
@@ -409,14 +416,17 @@ def suite_global(name: str, data: Dataset, backbone) -> dict:
     test_images = [t.image for t in data.test]
     test = np.concatenate([embed(backbone, test_images[s : s + 128]) for s in range(0, len(test_images), 128)])
     is_fail = np.array([t.is_fail for t in data.test])
-    m = compute_metrics(is_fail, global_scores(train, test, 1))
+    scores = global_scores(train, test, 1)
+    m = compute_metrics(is_fail, scores)
+    reference = exact_knn(train, train, 2)[0][:, 1]  # each nominal image against the others (leave-one-out)
     probes = _probes(data)
     backbone.embed(probes[:1])
     timed = time.perf_counter()
     for image in probes:
         exact_knn(train, backbone.embed([image]), 1)
     ms = (time.perf_counter() - timed) / len(probes) * 1000.0
-    return _row(name, "global", data, m, None, None, ms, fit_s, train.shape[1] * 4.0, tiled=False)
+    row = _row(name, "global", data, m, None, None, ms, fit_s, train.shape[1] * 4.0, tiled=False)
+    return row | {"scores": scores.tolist(), "reference": reference.tolist()}
 
 
 def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: str) -> list[dict]:
@@ -462,6 +472,7 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
                 index.score(name, collection, config, raw, [data.test[number].image], [image], neighbours=1)
             ms = (time.perf_counter() - timed) / len(probes) * 1000.0
             per_image = bank.vectors.nbytes / len(data.train)
+            reference = index.nominal_scores(name, collection, config)
         finally:
             store.close()
     is_fail = np.array([t.is_fail for t in data.test])
@@ -477,13 +488,61 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
         pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
     label = mode + (" (tiled)" if tiled else "")
     rows = [_row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, ms, fit_s, per_image, tiled=tiled,
-                 pixel_images=len(with_grid) if has_masks else None)]
+                 pixel_images=len(with_grid) if has_masks else None)
+            | {"scores": scores.tolist(), "reference": reference.tolist()}]
     if len(with_grid) == n and config.reweight_k == 0 and config.top_k == 1:
         for k in TOP_KS:
             top = np.array([top_mean(f.grid.ravel(), k) for f in found])
             rows.append(_row(name, f"{mode} top-{k} mean", data, compute_metrics(is_fail, top), pixel, pro, None, fit_s,
                              per_image, tiled=tiled))
     return rows
+
+
+def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: float = 0.01) -> dict:
+    """A PaDiM-style prototype (positional statistics): a Gaussian per patch position over the nominal
+    images' patch vectors (the product's `PatchMaker` at `dim`, 224 px squashed, as anomalib's PaDiM sees
+    them), patch score = Mahalanobis distance to its position's Gaussian, image score = the largest.
+
+    Not a product mode: it measures whether per-position statistics would win on the suite.
+    Reference scores are the nominal images' own (in-sample) scores.
+    """
+    import torch
+
+    maker = PatchConfig(dim=dim).maker()
+
+    def vectors(images) -> torch.Tensor:
+        parts = [maker.patchify(backbone.feature_maps([decode(i) for i in images[s : s + 64]], batch_size=32)).vectors
+                 for s in range(0, len(images), 64)]
+        return torch.from_numpy(np.concatenate(parts)).double()  # (n, positions, dim)
+
+    started = time.perf_counter()
+    train = vectors(data.train)
+    grid = (int(round(train.shape[1] ** 0.5)),) * 2
+    mean = train.mean(dim=0)
+    centred = train - mean
+    covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
+    covariance += ridge * torch.eye(dim, dtype=covariance.dtype)
+    precision = torch.linalg.inv(covariance)
+    fit_s = time.perf_counter() - started
+
+    def distances(x: torch.Tensor) -> np.ndarray:
+        d = x - mean
+        return torch.einsum("npi,pij,npj->np", d, precision, d).clamp_min(0).sqrt().numpy()
+
+    test_images = [t.image for t in data.test]
+    grids = np.concatenate([distances(vectors(test_images[s : s + 64])) for s in range(0, len(test_images), 64)])
+    reference = np.concatenate([distances(train[s : s + 64]) for s in range(0, len(train), 64)]).max(axis=1)
+    scores = grids.max(axis=1)
+    is_fail = np.array([t.is_fail for t in data.test])
+    pixel = pro = None
+    if any(t.mask_path for t in data.test):
+        size = (backbone.input_size, backbone.input_size)
+        heats = [heat_map(g, grid, size) for g in grids]
+        masks = [mask_at(str(t.mask_path), size) if t.mask_path else np.zeros(size, bool) for t in data.test]
+        pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
+    row = _row(name, "positional" + ("" if dim == 128 else f"-{dim}"), data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s,
+               grid[0] * grid[1] * (dim + dim * dim) * 4.0 / len(data.train), tiled=False)
+    return row | {"scores": scores.tolist(), "reference": reference.tolist()}
 
 
 def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, pixel_images=None) -> dict:
@@ -497,6 +556,9 @@ def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, 
 
 SUITE_MODES = {
     "global": None,
+    "positional": None,  # the PaDiM-style prototype, `suite_positional`, 128-d patch vectors
+    "positional-64": None,
+    "positional-256": None,
     "patch": PatchConfig(),
     "patch-notile": PatchConfig(tiling="off"),
     "patch-reweight9": PatchConfig(reweight_k=9),
@@ -535,7 +597,7 @@ class MapCache:
 
 def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: bool) -> list[dict]:
     backbone = load_backbone(backbone_name)
-    patch_backbone = MapCache(backbone) if sum(m.startswith("patch") for m in modes) > 1 else backbone
+    patch_backbone = MapCache(backbone) if sum(m.startswith(("patch", "positional")) for m in modes) > 1 else backbone
     rows: list[dict] = []
     for name in names:
         data = None
@@ -554,7 +616,9 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                 nonlocal data
                 data = data or DATASETS[name]()
                 started = time.perf_counter()
-                if config is None:
+                if mode.startswith("positional"):
+                    out = [suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))]
+                elif config is None:
                     out = [suite_global(name, data, backbone)]
                 else:
                     out = suite_patch(name, data, patch_backbone, config, mode)
@@ -567,6 +631,43 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                 row["backbone"] = backbone_name
             rows += found
     return rows
+
+
+# Score fusions measured beside the modes: each mode's score standardised by its nominal images' scores
+# (mean and standard deviation of the reference, never the test split), then averaged.
+FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional", "global"))
+
+
+def fused_rows(rows: list[dict]) -> list[dict]:
+    """A row per set and fusion whose modes all ran in this suite (same test images, same order)."""
+    out = []
+    by_set: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if "scores" in r:
+            by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
+    for name, modes in by_set.items():
+        is_fail = None
+        for fusion in FUSIONS:
+            if not all(m in modes for m in fusion):
+                continue
+            if is_fail is None:
+                is_fail = np.array([t.is_fail for t in DATASETS[name]().test])
+            standardised = []
+            for m in fusion:
+                reference = np.asarray(modes[m]["reference"])
+                standardised.append((np.asarray(modes[m]["scores"]) - reference.mean()) / max(reference.std(), 1e-12))
+            first = modes[fusion[0]]
+            metrics = compute_metrics(is_fail, np.mean(standardised, axis=0))
+            out.append(_row(name, "+".join(fusion), _Counts(first), metrics, None, None, None, None, None,
+                            tiled=first["tiled"]))
+    return out
+
+
+class _Counts:
+    """What `_row` reads of a dataset, from a row of the same set."""
+
+    def __init__(self, row: dict) -> None:
+        self.train = range(row["n_train"])
 
 
 def _config_key(config: PatchConfig) -> str:
