@@ -561,11 +561,32 @@ SUITE_MODES = {
     "positional-256": None,
     "patch": PatchConfig(),
     "patch-notile": PatchConfig(tiling="off"),
+    "patch-tiled": PatchConfig(tiling="on"),
+    "patch-ensemble": PatchConfig(),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
     "patch-reweight9": PatchConfig(reweight_k=9),
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
     "patch-unnormalised": PatchConfig(normalise=False),
 }
+
+
+class Ensemble:
+    """Two backbones as one for patch features (the issue's "ensemble of the two offline backbones"):
+    each one's stride-8 and stride-16 maps are L2-normalised per position, so neither network's
+    activation scale dominates, and concatenated along channels (same 224 px input, same grids).
+    Not a product backbone: a verdict would pay both forward passes."""
+
+    def __init__(self, first, second) -> None:
+        self.first, self.second = first, second
+        self.input_size = first.input_size
+        self.name = f"{first.name}+{second.name}"
+
+    def feature_maps(self, images, batch_size: int = 32) -> FeatureMaps:
+        import torch
+        import torch.nn.functional as F
+
+        a, b = self.first.feature_maps(images, batch_size), self.second.feature_maps(images, batch_size)
+        return FeatureMaps(*(torch.cat([F.normalize(x, dim=1), F.normalize(y, dim=1)], dim=1) for x, y in zip(a, b)))
 
 
 class MapCache:
@@ -620,6 +641,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     out = [suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))]
                 elif config is None:
                     out = [suite_global(name, data, backbone)]
+                elif mode == "patch-ensemble":
+                    out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
                 else:
                     out = suite_patch(name, data, patch_backbone, config, mode)
                 print(f"  {mode} on {name}: {time.perf_counter() - started:.0f} s, ROC-AUC {out[0]['roc_auc']:.3f}",
