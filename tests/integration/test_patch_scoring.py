@@ -205,3 +205,44 @@ def test_calibrate_compare_ranks_every_scorer_on_the_labelled_images_only(patch_
     # Kept in the calibration record; the threshold is the current (patch) scorer's.
     assert patch_service.latest_calibration(SETTING).comparison == found
     assert "__patch__" in result.collection
+
+
+def test_a_large_bank_grows_by_its_ivf_bounds_and_still_separates_defects(
+    pool: BackbonePool, hazelnut_sets, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Above `EXACT_COVER_ROWS` a batch's coreset is taken against the bank's IVF bounds, not every
+    row (forced here from the first bank row): the bank grows by as many patches as measuring every
+    row would add, and still separates the defects."""
+    import indexing.patch_mode as patch_mode
+    from indexing.sampler import GreedyCoresetSampler
+
+    measured_by: list[str] = []
+    real_run = GreedyCoresetSampler.run
+
+    def run(self, features, *, covered=None, nearest=None):
+        measured_by.append("bounds" if nearest is not None else "rows" if covered is not None else "none")
+        return real_run(self, features, covered=covered, nearest=nearest)
+
+    monkeypatch.setattr(GreedyCoresetSampler, "run", run)
+    train = hazelnut_sets["train"]
+    good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
+    found = {}
+    for label, exact in (("every row", 1 << 62), ("bounds", 0)):
+        monkeypatch.setattr(patch_mode, "EXACT_COVER_ROWS", exact)
+        store = EdgeStore(tmp_path / label)
+        try:
+            service = NominalService(store, backbones=pool)
+            service.put_setting(SETTING, scoring="patch")
+            service.index(SETTING, train[:8])
+            collection = patch_collection(service)
+            bank = service.patches.bank(SETTING, collection, service.patch_config.dim)
+            assert bank.bounds is not None and bank.bounds.size == store.count(collection)
+            measured_by.clear()
+            service.index(SETTING, train[8:])  # with "bounds", every later patch is measured against them
+            assert set(measured_by) == {"bounds" if exact == 0 else "rows"}
+            scores = service.scores(SETTING, good + defect)
+            found[label] = (store.count(collection), roc_auc_score([0] * len(good) + [1] * len(defect), scores))
+        finally:
+            store.close()
+    assert found["bounds"][0] == found["every row"][0]
+    assert found["bounds"][1] >= 0.95

@@ -88,6 +88,38 @@ def test_coreset_starts_from_the_covered_bank() -> None:
     assert picked.tolist()[0] >= 100, "the first new point must come from the uncovered cluster"
 
 
+def test_known_distances_to_the_bank_steer_the_coreset_like_the_bank_itself() -> None:
+    """Distances to the bank given as known (a large bank's IVF bounds) pick as measuring the bank would."""
+    rng = np.random.default_rng(3)
+    x = clusters(rng, (100, 100, 100))
+    covered = clusters(rng, (500, 500))  # the bank holds clusters 0 and 1
+    bounds = UpperBounds(rows_per_cell=16)
+    bounds.add(covered)
+    sampler = GreedyCoresetSampler(3 / 300)
+    by_bounds = sampler.run(x, nearest=bounds.run(x))
+    assert len(by_bounds) == 3
+    assert int(np.sort(by_bounds)[0]) >= 200, "the first points must come from the uncovered cluster"
+    assert np.digitize(by_bounds, [100, 200]).tolist() == np.digitize(sampler.run(x, covered=covered), [100, 200]).tolist()
+    np.testing.assert_array_equal(by_bounds, sampler.run(x, nearest=bounds.run(x)))
+    with pytest.raises(ValueError, match="nearest holds 2 distances for 300 rows"):
+        sampler.run(x, nearest=np.ones(2))
+
+
+def test_more_probed_cells_tighten_the_bounds_down_to_the_exact_nearest_distance() -> None:
+    rng = np.random.default_rng(5)
+    bank, queries = unit_rows(rng, 2000, 32), unit_rows(rng, 300, 32)
+    bounds = UpperBounds(rows_per_cell=50)
+    bounds.add(bank)
+    exact = np.sqrt(2.0 * exact_knn(bank, queries, 1)[0][:, 0])  # unit rows: euclidean from cosine distance
+    one, eight, every = bounds.run(queries), bounds.run(queries, probes=8), bounds.run(queries, probes=10_000)
+    assert np.all(one >= exact - 1e-5) and np.all(eight >= exact - 1e-5), "a bound is never below the nearest distance"
+    assert np.all(eight <= one + 1e-6) and (eight < one - 1e-6).any(), "more cells can only tighten a bound"
+    np.testing.assert_allclose(every, exact, atol=1e-5)
+    # An indexing batch: thousands of patches a cell, scanned with BLAS instead of einsum; same answer.
+    big = unit_rows(rng, 6000, 32)
+    np.testing.assert_allclose(bounds.run(big, probes=10_000), np.sqrt(2.0 * exact_knn(bank, big, 1)[0][:, 0]), atol=1e-5)
+
+
 def test_coreset_is_seeded_and_sized_and_identity_keeps_all() -> None:
     x = np.random.default_rng(2).standard_normal((1000, 256)).astype(np.float32)
     a, b = GreedyCoresetSampler(0.05, seed=4).run(x), GreedyCoresetSampler(0.05, seed=4).run(x)
