@@ -540,8 +540,9 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
         heats = [heat_map(g, grid, size) for g in grids]
         masks = [mask_at(str(t.mask_path), size) if t.mask_path else np.zeros(size, bool) for t in data.test]
         pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
-    row = _row(name, "positional" + ("" if dim == 128 else f"-{dim}"), data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s,
-               grid[0] * grid[1] * (dim + dim * dim) * 4.0 / len(data.train), tiled=False)
+    per_image = grid[0] * grid[1] * (dim + dim * dim) * 4.0 / len(data.train)  # one Gaussian per position, per setting
+    label = "positional" + ("" if dim == 128 else f"-{dim}")
+    row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s, per_image, tiled=False)
     return row | {"scores": scores.tolist(), "reference": reference.tolist()}
 
 
