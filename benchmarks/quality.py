@@ -45,6 +45,7 @@ One configuration is re-run through the full service path (embedded store,
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import sys
 import tempfile
@@ -324,6 +325,9 @@ def main() -> None:
                         help="suite: scoring modes (patch rows also give top-k means from the same grids)")
     parser.add_argument("--anchors", type=Path, help="suite: anomalib rows written by benchmarks/anchors.py --json")
     parser.add_argument("--fresh", action="store_true", help="suite: recompute rows held in the benchmark cache")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0],
+                        help="suite: patch recipe seeds (projection and coreset); with several, each patch row is "
+                             "their mean (one seed moves KolektorSDD by up to 0.038)")
     args = parser.parse_args()
 
     if args.search:
@@ -343,7 +347,7 @@ def main() -> None:
         # --scoring keeps its meaning: which of the two families of modes to run.
         modes = [m for m in args.modes if (m == "global" and "global" in args.scoring)
                  or (m.startswith(("patch", "positional")) and "patch" in args.scoring)]
-        rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh)
+        rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh, seeds=tuple(args.seeds))
         rows += fused_rows(rows)
         anchors = json.loads(args.anchors.read_text()) if args.anchors else []
         anchors = [a for a in anchors if a["set"] in args.datasets and a["backbone"] == args.backbones[0]]
@@ -617,9 +621,12 @@ class MapCache:
         return FeatureMaps(torch.stack([self._maps[k][0] for k in keys]), torch.stack([self._maps[k][1] for k in keys]))
 
 
-def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: bool) -> list[dict]:
+def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: bool,
+              seeds: tuple[int, ...] = (0,)) -> list[dict]:
+    """Rows of every set and mode; patch modes once per recipe seed, with a mean row when there are several."""
     backbone = load_backbone(backbone_name)
-    patch_backbone = MapCache(backbone) if sum(m.startswith(("patch", "positional")) for m in modes) > 1 else backbone
+    shared = sum(len(seeds) if m.startswith("patch") else m.startswith("positional") for m in modes) > 1
+    patch_backbone = MapCache(backbone) if shared else backbone
     rows: list[dict] = []
     for name in names:
         data = None
@@ -632,29 +639,54 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
 
                 if layout_for(decode(data.train[0]), backbone.input_size, "auto") is None:
                     continue
-            key = f"{name}-{backbone_name}-{mode}-" + ("" if config is None else _config_key(config))
+            runs = []
+            for seed in (seeds if config is not None else (None,)):
+                chosen = config if seed is None else replace(config, seed=seed)
+                key = f"{name}-{backbone_name}-{mode}-" + ("" if chosen is None else _config_key(chosen))
+                runs.append((seed, key, chosen))
+            per_seed = []
+            for seed, key, chosen in runs:
 
-            def compute(mode=mode, config=config):
-                nonlocal data
-                data = data or DATASETS[name]()
-                started = time.perf_counter()
-                if mode.startswith("positional"):
-                    out = [suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))]
-                elif config is None:
-                    out = [suite_global(name, data, backbone)]
-                elif mode == "patch-ensemble":
-                    out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
-                else:
-                    out = suite_patch(name, data, patch_backbone, config, mode)
-                print(f"  {mode} on {name}: {time.perf_counter() - started:.0f} s, ROC-AUC {out[0]['roc_auc']:.3f}",
-                      file=sys.stderr, flush=True)
-                return {"rows": out}
+                def compute(mode=mode, config=chosen):
+                    nonlocal data
+                    data = data or DATASETS[name]()
+                    started = time.perf_counter()
+                    if mode.startswith("positional"):
+                        out = [suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))]
+                    elif config is None:
+                        out = [suite_global(name, data, backbone)]
+                    elif mode == "patch-ensemble":
+                        out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
+                    else:
+                        out = suite_patch(name, data, patch_backbone, config, mode)
+                    which = mode if config is None or config.seed == 0 else f"{mode} [seed {config.seed}]"
+                    print(f"  {which} on {name}: {time.perf_counter() - started:.0f} s, ROC-AUC {out[0]['roc_auc']:.3f}",
+                          file=sys.stderr, flush=True)
+                    return {"rows": out}
 
-            found = _cached(key, fresh, compute)["rows"]
-            for row in found:
-                row["backbone"] = backbone_name
-            rows += found
+                found = _cached(key, fresh, compute)["rows"]
+                for row in found:
+                    row["backbone"] = backbone_name
+                per_seed.append((seed, found))
+            rows += per_seed[0][1] if len(per_seed) == 1 else _seed_rows(per_seed)
     return rows
+
+
+def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
+    """The rows of several recipe seeds, each labelled with its seed, and a row of their means under the
+    mode's own label (what the anchor comparison reads), its image ROC-AUC per seed kept beside."""
+    out = []
+    for seed, found in per_seed:
+        for row in found:
+            base, sep, rest = row["mode"].partition(" (")
+            out.append(row | {"mode": f"{base} [seed {seed}]" + (sep + rest if sep else "")})
+    mains = [found[0] for _, found in per_seed]
+    mean = {k: v for k, v in mains[0].items() if k not in ("scores", "reference")}
+    for field in ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s"):
+        values = [r[field] for r in mains if r.get(field) is not None]
+        mean[field] = float(np.mean(values)) if len(values) == len(mains) else None
+    mean["seed_roc_aucs"] = [r["roc_auc"] for r in mains]
+    return [mean] + out
 
 
 # Score fusions measured beside the modes: each mode's score standardised by its nominal images' scores
@@ -726,7 +758,9 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
             pixels = "" if not r.get("pixel_images") or r["pixel_images"] >= r["n_test_pass"] + r["n_test_fail"] else \
                 f" ({r['pixel_images']} images)"
             size = "-" if r["bytes_per_nominal_image"] is None else f"{r['bytes_per_nominal_image']:,.0f}"
-            print(f"| {name} | Nominal {r['mode']}{star} | {_f(r['roc_auc'])} | {_f(r['ap'])} | {_f(r['f1_max'])} "
+            spread = "" if not r.get("seed_roc_aucs") else \
+                f" (mean of seeds: {' / '.join(_f(v) for v in r['seed_roc_aucs'])})"
+            print(f"| {name} | Nominal {r['mode']}{star} | {_f(r['roc_auc'])}{spread} | {_f(r['ap'])} | {_f(r['f1_max'])} "
                   f"| {_f(r['pixel_roc_auc'])}{pixels} | {_f(r['pixel_pro'])} | {_f(r['ms_per_image'], 0)} "
                   f"| {_f(r['fit_s'], 0)} | {size} | {r['n_train']} | {r['n_test_pass']} / {r['n_test_fail']} |")
         for a in (a for a in anchors if a["set"] == name):
