@@ -30,27 +30,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import indexing.patch_mode as patch_mode  # noqa: E402
 from indexing.backbones import load_backbone  # noqa: E402
-from indexing.backbones.base import FeatureMaps  # noqa: E402
 from indexing.evaluation import compute_metrics  # noqa: E402
 from indexing.patch_mode import PatchConfig  # noqa: E402
-from indexing.patch_search import UpperBounds  # noqa: E402
-from quality import INDEX_BATCH, feature_maps, patch_scores  # noqa: E402
+from quality import GrowingBank, build_bank, feature_maps, patch_scores  # noqa: E402
 import suite  # noqa: E402
-
-
-class Bank:
-    """What `_coreset` reads of a `PatchBank`: its rows and its bounds, grown batch by batch."""
-
-    def __init__(self, dim: int) -> None:
-        self.vectors = np.empty((0, dim), dtype=np.float32)
-        self.bounds = UpperBounds()
-
-    def __len__(self) -> int:
-        return len(self.vectors)
-
-    def add(self, rows: np.ndarray) -> None:
-        self.vectors = np.concatenate([self.vectors, rows])
-        self.bounds.add(rows, bank=self.vectors)
 
 
 def timing(backbone, banks: list[int], repeats: int) -> None:
@@ -63,7 +46,7 @@ def timing(backbone, banks: list[int], repeats: int) -> None:
     print("| bank rows | every row s | IVF bounds s | every row / bounds |")
     print("| --- | --- | --- | --- |")
     for rows in banks:
-        bank = Bank(config.dim)
+        bank = GrowingBank(config.dim)
         bank.add(pool[:rows])
         found = {}
         for label, exact in (("every", rows), ("bounds", 0)):
@@ -78,16 +61,6 @@ def timing(backbone, banks: list[int], repeats: int) -> None:
                 patch_mode.EXACT_COVER_ROWS = default
             found[label] = min(times)
         print(f"| {rows:,} | {found['every']:.2f} | {found['bounds']:.2f} | {found['every'] / found['bounds']:.1f}x |")
-
-
-def build(config: PatchConfig, maps: FeatureMaps) -> np.ndarray:
-    """The bank indexing builds: each batch's coreset through the product's `_coreset`."""
-    maker, sampler, bank = config.maker(), config.sampler(), Bank(config.dim)
-    for start in range(0, len(maps.stride8), INDEX_BATCH):
-        part = FeatureMaps(maps.stride8[start : start + INDEX_BATCH], maps.stride16[start : start + INDEX_BATCH])
-        flat = maker.patchify(part).vectors.reshape(-1, config.dim)
-        bank.add(flat[patch_mode._coreset(sampler, bank, flat)])
-    return bank.vectors
 
 
 def quality(backbone, names: list[str], seeds: list[int]) -> None:
@@ -106,7 +79,7 @@ def quality(backbone, names: list[str], seeds: list[int]) -> None:
             for label, exact in (("every", 1 << 62), ("bounds", 0)):
                 default, patch_mode.EXACT_COVER_ROWS = patch_mode.EXACT_COVER_ROWS, exact
                 try:
-                    bank = build(config, train)
+                    bank = build_bank(config, train)
                 finally:
                     patch_mode.EXACT_COVER_ROWS = default
                 scores, _ = patch_scores(config, bank, test, grids=False)

@@ -110,16 +110,32 @@ def feature_maps(backbone, images, chunk: int = 128):
     return FeatureMaps(torch.cat([p.stride8 for p in parts]), torch.cat([p.stride16 for p in parts]))
 
 
+class GrowingBank:
+    """What `indexing.patch_mode._coreset` reads of a `PatchBank`: its rows and its bounds, grown batch by batch."""
+
+    def __init__(self, dim: int) -> None:
+        self.vectors = np.empty((0, dim), dtype=np.float32)
+        self.bounds = UpperBounds()
+
+    def __len__(self) -> int:
+        return len(self.vectors)
+
+    def add(self, rows: np.ndarray) -> None:
+        self.vectors = np.concatenate([self.vectors, rows])
+        self.bounds.add(rows, bank=self.vectors)
+
+
 def build_bank(config: PatchConfig, maps) -> np.ndarray:
-    """The bank indexing would build: each batch's coreset taken against the bank so far."""
-    maker, sampler = config.maker(), config.sampler()
-    bank = np.empty((0, config.dim), dtype=np.float32)
+    """The bank indexing would build: each batch's coreset taken against the bank so far, by the product's
+    `_coreset` (every bank row, or the bank's IVF bounds above `EXACT_COVER_ROWS`)."""
+    from indexing.patch_mode import _coreset
+
+    maker, sampler, bank = config.maker(), config.sampler(), GrowingBank(config.dim)
     for start in range(0, len(maps.stride8), INDEX_BATCH):
         batch = FeatureMaps(maps.stride8[start : start + INDEX_BATCH], maps.stride16[start : start + INDEX_BATCH])
         flat = maker.patchify(batch).vectors.reshape(-1, config.dim)
-        keep = sampler.run(flat, covered=bank if len(bank) else None)
-        bank = np.concatenate([bank, flat[keep]])
-    return bank
+        bank.add(flat[_coreset(sampler, bank, flat)])
+    return bank.vectors
 
 
 def patch_scores(config: PatchConfig, bank: np.ndarray, maps, *, grids: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
@@ -515,8 +531,7 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
     maker = PatchConfig(dim=dim).maker()
 
     def vectors(images) -> torch.Tensor:
-        parts = [maker.patchify(backbone.feature_maps([decode(i) for i in images[s : s + 64]], batch_size=32)).vectors
-                 for s in range(0, len(images), 64)]
+        parts = [maker.patchify(feature_maps(backbone, images[s : s + 64])).vectors for s in range(0, len(images), 64)]
         return torch.from_numpy(np.concatenate(parts)).double()  # (n, positions, dim)
 
     started = time.perf_counter()
@@ -702,28 +717,20 @@ def fused_rows(rows: list[dict]) -> list[dict]:
         if "scores" in r:
             by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
     for name, modes in by_set.items():
-        is_fail = None
+        data = None
         for fusion in FUSIONS:
             if not all(m in modes for m in fusion):
                 continue
-            if is_fail is None:
-                is_fail = np.array([t.is_fail for t in DATASETS[name]().test])
+            data = data or DATASETS[name]()
+            is_fail = np.array([t.is_fail for t in data.test])
             standardised = []
             for m in fusion:
                 reference = np.asarray(modes[m]["reference"])
                 standardised.append((np.asarray(modes[m]["scores"]) - reference.mean()) / max(reference.std(), 1e-12))
             first = modes[fusion[0]]
             metrics = compute_metrics(is_fail, np.mean(standardised, axis=0))
-            out.append(_row(name, "+".join(fusion), _Counts(first), metrics, None, None, None, None, None,
-                            tiled=first["tiled"]))
+            out.append(_row(name, "+".join(fusion), data, metrics, None, None, None, None, None, tiled=first["tiled"]))
     return out
-
-
-class _Counts:
-    """What `_row` reads of a dataset, from a row of the same set."""
-
-    def __init__(self, row: dict) -> None:
-        self.train = range(row["n_train"])
 
 
 def _config_key(config: PatchConfig) -> str:
