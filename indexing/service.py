@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from itertools import islice
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -63,7 +64,6 @@ from indexing.training import (
     TrainedScorer,
     TrainedScorers,
     nominal_pixels,
-    sample_points,
 )
 from indexing.verdicts import HeatMap, Verdict, decide
 from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
@@ -453,20 +453,25 @@ class NominalService:
         reference = self.references.get(name, calibration.id) if calibration else None
         return reference if reference is not None and reference.size else self._loo_reference(setting, version)
 
-    def nominal_vectors(self, name: str, *, limit: int | None = None) -> Iterator[np.ndarray]:
-        """The active version's nominal global vectors in batches, at most `limit` (drift's nominal centroid).
+    def nominal_sample(self, collection: str, limit: int | None = None) -> Iterator[Point]:
+        """At most `limit` of a version's nominal points (global vectors, payloads), a uniform random sample.
 
-        Points come in id order, and ids are content hashes, so the first `limit` are a random sample.
+        Points come in id order and ids are content hashes, so the first `limit` are a random sample
+        of the images, old and new alike, read without scrolling the rest: a million-image setting
+        gives its 4,096 in four store reads, not a pass over 5 GB of vectors.
         """
-        version = self._require_active(name)
+        batch_size = 1024 if limit is None else max(1, min(1024, limit))
+        return islice(self.store.scroll(collection, with_vectors=True, batch_size=batch_size), limit)
+
+    def nominal_vectors(self, name: str, *, limit: int | None = None) -> Iterator[np.ndarray]:
+        """The active version's nominal global vectors in batches of up to 1,024, at most `limit`
+        (`nominal_sample`; drift's nominal centroid)."""
         batch: list[np.ndarray] = []
-        for taken, point in enumerate(self.store.scroll(version.collection, with_vectors=True), start=1):
+        for point in self.nominal_sample(self._require_active(name).collection, limit):
             batch.append(point.vector)
-            if len(batch) == 1024 or taken == limit:
+            if len(batch) == 1024:
                 yield np.asarray(batch, dtype=np.float32)
                 batch = []
-            if taken == limit:
-                return
         if batch:
             yield np.asarray(batch, dtype=np.float32)
 
@@ -813,7 +818,7 @@ class NominalService:
             raise InvalidTraining(f"only {len(fail_images)} distinct labelled FAIL images could be read; at least "
                                   f"{min_fail} are needed", field="fail")
         backbone = self.embedder.backbone_for(version)
-        points, total = sample_points(self.store.scroll(version.collection, with_vectors=True), NOMINAL_SAMPLE)
+        points, total = list(self.nominal_sample(version.collection, NOMINAL_SAMPLE)), self.store.count(version.collection)
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
         margin = DEFAULT_MARGIN if margin is None else margin
         if setting.scoring == "patch":

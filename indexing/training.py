@@ -25,7 +25,7 @@ from __future__ import annotations
 import base64
 import threading
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -203,23 +203,6 @@ def _key(setting: str, scorer_id: str) -> str:
     return f"{setting}__{scorer_id}"
 
 
-def sample_points(points: Iterable[Point], limit: int, *, seed: int = 0) -> tuple[list[Point], int]:
-    """Up to `limit` points drawn uniformly (reservoir sampling, so a million are never held at once),
-    in their order when there are no more than `limit`; and how many there were."""
-    rng = np.random.default_rng(seed)
-    kept: list[Point] = []
-    seen = 0
-    for point in points:
-        if len(kept) < limit:
-            kept.append(point)
-        else:
-            slot = int(rng.integers(0, seen + 1))
-            if slot < limit:
-                kept[slot] = point
-        seen += 1
-    return kept, seen
-
-
 def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: int) -> Iterator[ImageInput]:
     """Up to `limit` nominal images this process can read back (uploads kept in the image store)."""
     if images is None:
@@ -237,5 +220,5 @@ def nominal_pixels(images: ImageStore | None, points: Sequence[Point], limit: in
 
 __all__ = [
     "GATE_NOMINAL", "MIN_FAIL", "MIN_HELD_OUT_PASS", "NOMINAL_SAMPLE", "SYNTHETIC", "TRAINED_KIND", "ProjectedBank", "TrainedScorer",
-    "TrainedScorers", "nominal_pixels", "sample_points",
+    "TrainedScorers", "nominal_pixels",
 ]

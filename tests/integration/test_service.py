@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from indexing.errors import BackboneChangeNeedsReindex, BackboneMismatch, BadImage, EmptyCollection, UnknownBackbone, UnknownSetting
-from indexing.images import ImageInput
+from indexing.images import ImageInput, content_id
 from indexing.service import NominalService
 from indexing.store import EdgeStore
+from indexing.store.base import Point
 
 pytestmark = pytest.mark.slow
 
@@ -162,3 +165,30 @@ def test_deleting_a_setting_removes_its_data(service, hazelnut_sets) -> None:
     assert not set(collections_before) & set(service.store.collections())
     with pytest.raises(UnknownSetting):
         service.get_setting("hazelnut")
+
+
+def test_the_nominal_sample_draws_old_and_new_images_alike_and_reads_no_further(service: NominalService) -> None:
+    """Training and drift sample a large setting's nominal images: uniformly over when they were
+    indexed (ids are content hashes), and without reading every vector of a million-image setting."""
+    rng = np.random.default_rng(0)
+    service.store.create_collection("line", 8)
+    for start in range(0, 3000, 500):  # indexed over time, oldest first
+        service.store.upsert("line", [
+            Point(id=content_id(hashlib.sha256(f"part {i}".encode()).hexdigest()), vector=rng.normal(size=8).astype(np.float32),
+                  payload={"indexed": i}) for i in range(start, start + 500)])
+    read = 0
+    scroll = service.store.scroll
+
+    def counted(*args, **kwargs):
+        nonlocal read
+        for point in scroll(*args, **kwargs):
+            read += 1
+            yield point
+
+    service.store.scroll = counted
+    sample = list(service.nominal_sample("line", 300))
+    assert len({p.id for p in sample}) == 300 and read == 300
+    # Each third of the line's history holds about a third of the sample (100 +- 3 sd).
+    thirds = np.histogram([p.payload["indexed"] for p in sample], bins=3, range=(0, 3000))[0]
+    assert all(70 <= n <= 130 for n in thirds), thirds
+    assert len(list(service.nominal_sample("line"))) == 3000

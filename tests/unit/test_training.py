@@ -7,7 +7,7 @@ import numpy as np
 from indexing.calibration import scoring_mode
 from indexing.metric_learning import HybridHead, MetricHead
 from indexing.store.base import Point
-from indexing.training import ProjectedBank, TrainedScorer, sample_points
+from indexing.training import ProjectedBank, TrainedScorer
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -49,16 +49,3 @@ def test_the_projected_bank_answers_the_exact_nearest_neighbours_in_the_projecte
     assert [[n.id for n in row] for row in found] == [[f"p{i}" for i in row] for row in expected]
     distances = np.asarray([[n.distance for n in row] for row in found])
     assert np.all(np.diff(distances, axis=1) >= 0) and found[0][0].payload == {"source": f"{expected[0, 0]}.png"}
-
-
-def test_sampling_keeps_small_sets_whole_and_draws_large_ones_uniformly() -> None:
-    points = [Point(id=str(i), vector=np.zeros(2, np.float32)) for i in range(50)]
-    kept, total = sample_points(iter(points), 100)
-    assert kept == points and total == 50
-    hits = np.zeros(1000)
-    for seed in range(200):
-        kept, total = sample_points((Point(id=str(i), vector=np.zeros(2, np.float32)) for i in range(1000)), 100, seed=seed)
-        assert total == 1000 and len({p.id for p in kept}) == 100
-        hits[[int(p.id) for p in kept]] += 1
-    # Each point is kept with probability 0.1: 20 times in 200 draws on average, early and late points alike.
-    assert abs(hits[:500].mean() - 20) < 2 and abs(hits[500:].mean() - 20) < 2
