@@ -45,6 +45,7 @@ One configuration is re-run through the full service path (embedded store,
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 from dataclasses import replace
 import json
 import sys
@@ -587,7 +588,26 @@ SUITE_MODES = {
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
     "patch-unnormalised": PatchConfig(normalise=False),
+    # Tiling at another scale: every image tiled, its short side first scaled to one tile (the aspect
+    # ratio kept instead of squashed) or cut at its own pixel scale (input above 224 px where larger).
+    "patch-aspect": PatchConfig(tiling="on"),
+    "patch-native": PatchConfig(tiling="on"),
 }
+# `indexing.tiling.ONE_ROW` for the tiling-scale levers: short sides below this many tiles are scaled to one.
+TILE_SCALE = {"patch-aspect": float("inf"), "patch-native": 0.0}
+
+
+@contextmanager
+def tile_scale(mode: str):
+    """The tiling-scale lever `mode` names, for the duration (the product's rule elsewhere)."""
+    from indexing import tiling
+
+    kept = tiling.ONE_ROW
+    tiling.ONE_ROW = TILE_SCALE.get(mode, kept)
+    try:
+        yield
+    finally:
+        tiling.ONE_ROW = kept
 
 
 class Ensemble:
@@ -673,7 +693,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     elif mode == "patch-ensemble":
                         out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
                     else:
-                        out = suite_patch(name, data, patch_backbone, config, mode)
+                        with tile_scale(mode):
+                            out = suite_patch(name, data, patch_backbone, config, mode)
                     which = mode if config is None or config.seed == 0 else f"{mode} [seed {config.seed}]"
                     print(f"  {which} on {name}: {time.perf_counter() - started:.0f} s, ROC-AUC {out[0]['roc_auc']:.3f}",
                           file=sys.stderr, flush=True)

@@ -38,7 +38,8 @@ from indexing.patch_search import HybridCombiner, HybridScorer, PatchScorer
 from indexing.patches import PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
 from indexing.store.base import Neighbour, Vectors
-from indexing.tiling import TileLayout, Tiling, check_tiling, layout_for, metric_size
+from indexing.tiling import RULE as TILING_RULE
+from indexing.tiling import TileLayout, Tiling, check_rule, check_tiling, layout_for, metric_size
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class PatchConfig:
         tiling: "auto", "on" or "off": whether large or elongated images are cut into
             tiles at the backbone's native scale (`indexing.tiling`). Banks recorded
             before tiling existed read as "off".
+        tiling_rule: which `auto` rule the bank was built with (`indexing.tiling.RULE`);
+            banks recorded before the rule was numbered read as 1.
     """
 
     dim: int = 256
@@ -72,11 +75,13 @@ class PatchConfig:
     seed: int = 0
     top_k: int = 1
     tiling: Tiling = "auto"
+    tiling_rule: int = TILING_RULE
 
     def __post_init__(self) -> None:
         self.maker()
         self.sampler()
         check_tiling(self.tiling)
+        check_rule(self.tiling_rule)
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
 
@@ -96,11 +101,13 @@ class PatchConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "PatchConfig":
-        """The recipe a record holds; a recorded recipe from before tiling existed never tiles."""
+        """The recipe a record holds: one recorded before tiling existed never tiles, one recorded before
+        the `auto` rule was numbered keeps rule 1 (`indexing.tiling`)."""
         known = set(cls.__dataclass_fields__)
         values = {key: value for key, value in (data or {}).items() if key in known}
         if data is not None:
             values.setdefault("tiling", "off")
+            values.setdefault("tiling_rule", 1)
         return cls(**values)
 
 
@@ -210,7 +217,7 @@ class PatchIndex:
         if not images:
             return 0
         bank = self.bank(setting, collection, config.dim)
-        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
         if any(found is not None for found in layouts):
             stored = self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
             self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
@@ -333,7 +340,7 @@ class PatchIndex:
     ) -> list[tuple[np.ndarray, bool]]:
         """(P, dim) patch vectors of each image, and whether it was cut into tiles: one grid for an image
         squashed to the input, every tile's otherwise."""
-        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
         if all(found is None for found in layouts):
             patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
             return [(vectors, False) for vectors in patches.vectors]
@@ -353,7 +360,7 @@ class PatchIndex:
         batch_size: int,
         hybrid: HybridCombiner | None = None,
     ) -> list[PatchResult]:
-        layouts = [layout_for(pixels, backbone.input_size, config.tiling) for pixels in decoded]
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
         if any(found is not None for found in layouts):
             return [
                 self._score_tiled(bank, config, backbone, image, pixels, found, neighbours, grids, maps, batch_size, hybrid)

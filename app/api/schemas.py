@@ -32,8 +32,9 @@ class SettingPut(BaseModel):
     description: str | None = Field(None, max_length=2000)
     tiling: Literal["auto", "on", "off"] | None = Field(
         None,
-        description="Patch scoring of large or elongated images by overlapping tiles at the backbone's native scale: "
-        "auto (images far from square or far above the backbone input), on, off. Takes effect at the next (re-)index.",
+        description="Patch scoring of large or elongated images by overlapping tiles: auto (images at least 2:1, one row "
+        "with the aspect ratio kept; images far above the backbone input, at its native scale), on (every image, "
+        "native scale), off. Takes effect at the next (re-)index.",
     )
 
 

@@ -80,3 +80,39 @@ def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalSe
     assert max(patches) >= 784
     verdict = service.inspect("strips", [as_input(strip(240), "probe")], heatmap=True)[0]
     assert len(verdict.heatmap.grid) == HEIGHT // 8 and len(verdict.heatmap.grid[0]) == WIDTH // 8
+
+
+def test_a_bank_built_under_the_old_auto_rule_keeps_it_until_a_re_index(service: NominalService, tmp_path) -> None:
+    """2.5:1 images: squashed by banks built when `auto` started at 3:1, one row of tiles since.
+    Scoring a squashed bank with tiled queries (or the reverse) would answer nonsense verdicts."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    def commutator(offset: int) -> np.ndarray:  # 224 x 560: 2.5:1, upright like a KolektorSDD image
+        return np.ascontiguousarray(np.tile(skdata.gravel(), (2, 1))[offset : offset + 560, offset : offset + 224])
+
+    folder = tmp_path / "parts"
+    folder.mkdir()
+    for offset in (0, 60, 120):
+        Image.fromarray(commutator(offset)).save(folder / f"{offset:03d}.png")
+    service.put_setting("parts", scoring="patch")
+    service.versions.patch_config = replace(service.versions.patch_config, tiling_rule=1)  # as before the upgrade
+    service.index("parts", [as_input(commutator(o), f"nominal-{o}") for o in (0, 60, 120)])
+    service.versions.patch_config = replace(service.versions.patch_config, tiling_rule=2)  # the upgrade
+    old = service.versions.patch_record(service.versions.active("parts"))
+    assert old["patch_config"]["tiling_rule"] == 1
+    assert max(p.payload["patch"] for p in service.store.scroll(old["collection"])) < 784  # one squashed grid
+    verdict = service.inspect("parts", [as_input(commutator(200), "part")], heatmap=True)[0]
+    assert len(verdict.heatmap.grid) == len(verdict.heatmap.grid[0]) == 28  # still scored squashed, as its bank
+
+    runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
+    try:
+        assert wait_for_job(runner.board, runner.submit_reindex("parts", str(folder))).state == "succeeded"
+    finally:
+        runner.close()
+    new = service.versions.patch_record(service.versions.active("parts"))
+    assert new["patch_config"]["tiling_rule"] == 2
+    assert max(p.payload["patch"] for p in service.store.scroll(new["collection"])) >= 784  # tiles past the first
+    verdict = service.inspect("parts", [as_input(commutator(200), "part")], heatmap=True)[0]
+    assert (len(verdict.heatmap.grid), len(verdict.heatmap.grid[0])) == (70, 28)  # the whole image, aspect kept

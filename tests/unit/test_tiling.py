@@ -39,13 +39,14 @@ def test_an_image_thinner_than_a_tile_is_scaled_up_to_one_tile_across() -> None:
     assert len(tiles) == len(thin) and all(t.size == (224, 224) for t in tiles)
 
 
-def test_auto_tiles_only_images_far_from_square_or_far_above_the_input() -> None:
+def test_auto_tiles_only_images_at_least_two_to_one_or_far_above_the_input() -> None:
     assert wants_tiles(4096, 256, 224, "auto")  # line-scan strip
     assert wants_tiles(2448, 2048, 224, "auto")  # a 5 MP camera
     assert not wants_tiles(640, 640, 224, "auto")  # VGA: 16 tiles a verdict, only when asked
     assert not wants_tiles(1024, 1024, 224, "auto")  # MVTec AD size
     assert not wants_tiles(300, 300, 224, "auto")  # ELPV cell
-    assert not wants_tiles(500, 1250, 224, "auto")  # 2.5:1, 500 px short side
+    assert wants_tiles(500, 1250, 224, "auto")  # 2.5:1, a KolektorSDD commutator
+    assert not wants_tiles(1280, 720, 224, "auto")  # 16:9, squashed as before
     assert wants_tiles(300, 300, 224, "on") and not wants_tiles(4096, 256, 224, "off")
     assert layout_for(Image.new("L", (300, 300)), 224, "auto") is None
     with pytest.raises(ValueError, match="tiling"):
@@ -71,6 +72,29 @@ def test_pixel_metrics_compare_tiled_maps_at_a_bounded_size_with_their_aspect() 
     height, width = metric_size((256, 4096))
     assert height * width <= 256 * 256 and abs(width / height - 16) < 0.5
     assert metric_size((100, 100)) == (100, 100)
+
+
+def test_an_image_tiled_for_its_shape_keeps_its_aspect_ratio_in_one_row_of_tiles() -> None:
+    found = layout_for(Image.new("L", (500, 1254)), 224, "auto")  # KolektorSDD: 2.5:1, 500 px short side
+    assert found is not None and found.scaled == (224, 562) and len(found) == 4
+    assert {left for left, _ in found.origins} == {0}  # one column: the long side is vertical
+    # Not squashed: the scaled image has the original's aspect ratio (within a pixel's rounding).
+    assert abs(found.scaled[1] / found.scaled[0] - 1254 / 500) < 0.01
+    # Under `on` the same image is cut at the backbone's native scale, and so is a 5 MP camera under `auto`.
+    assert layout_for(Image.new("L", (500, 1254)), 224, "on").scaled == (500, 1254)
+    assert layout_for(Image.new("L", (2448, 2048)), 224, "auto").scaled == (2448, 2048)
+
+
+def test_a_bank_keeps_the_auto_rule_it_was_built_with() -> None:
+    """An upgrade must not score a bank of squashed images with tiled queries."""
+    commutator = Image.new("L", (500, 1254))
+    recorded_before = PatchConfig.from_dict({"dim": 256, "tiling": "auto"})
+    assert recorded_before.tiling_rule == 1 and layout_for(commutator, 224, "auto", recorded_before.tiling_rule) is None
+    strip = layout_for(Image.new("L", (1600, 500)), 224, "auto", 1)  # 3.2:1: rule 1 tiled it at native scale
+    assert strip is not None and strip.scaled == (1600, 500)
+    assert PatchConfig().tiling_rule == 2 and PatchConfig.from_dict(PatchConfig().to_dict()).tiling_rule == 2
+    with pytest.raises(ValueError, match="tiling rule"):
+        PatchConfig(tiling_rule=7)
 
 
 def test_banks_recorded_before_tiling_never_tile() -> None:
