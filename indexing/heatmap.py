@@ -35,7 +35,8 @@ def heat_map(distances: np.ndarray, grid: tuple[int, int], size: tuple[int, int]
     """
     from scipy.ndimage import gaussian_filter
 
-    grid_map = torch.as_tensor(np.asarray(distances, dtype=np.float32).reshape(1, 1, *grid))
+    # A copy: the distances may be a read-only view (a cached score row), which torch will not wrap.
+    grid_map = torch.tensor(np.asarray(distances, dtype=np.float32).reshape(1, 1, *grid))
     upsampled = F.interpolate(grid_map, size=size, mode="bilinear", align_corners=False)[0, 0].numpy()
     return gaussian_filter(upsampled, sigma=sigma).astype(np.float32) if sigma > 0 else upsampled
 
