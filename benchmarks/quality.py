@@ -516,10 +516,14 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
             top = np.array([top_mean(f.grid.ravel(), k) for f in found])
             rows.append(_row(name, f"{mode} top-{k} mean", data, compute_metrics(is_fail, top), pixel, pro, None, fit_s,
                              per_image, tiled=tiled))
+        # anomalib's PaDiM image score: the largest value of the smoothed heat map, not of the raw distances.
+        smoothed = np.array([f.heat_at(backbone.input_size, config.sigma).max() for f in found])
+        rows.append(_row(name, f"{mode} smoothed max", data, compute_metrics(is_fail, smoothed), pixel, pro, None, fit_s,
+                         per_image, tiled=tiled))
     return rows
 
 
-def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: float = 0.01) -> dict:
+def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: float = 0.01) -> list[dict]:
     """A PaDiM-style prototype (positional statistics): a Gaussian per patch position over the nominal
     images' patch vectors (the product's `PatchMaker` at `dim`, 224 px squashed, as anomalib's PaDiM sees
     them), patch score = Mahalanobis distance to its position's Gaussian, image score = the largest.
@@ -563,7 +567,12 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
     per_image = grid[0] * grid[1] * (dim + dim * dim) * 4.0 / len(data.train)  # one Gaussian per position, per setting
     label = "positional" + ("" if dim == 128 else f"-{dim}")
     row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s, per_image, tiled=False)
-    return row | {"scores": scores.tolist(), "reference": reference.tolist()}
+    # anomalib's PaDiM image score: the largest value of the smoothed heat map.
+    size = (backbone.input_size, backbone.input_size)
+    smoothed = np.array([heat_map(g, grid, size).max() for g in grids])
+    return [row | {"scores": scores.tolist(), "reference": reference.tolist()},
+            _row(name, f"{label} smoothed max", data, compute_metrics(is_fail, smoothed), pixel, pro, None, fit_s,
+                 per_image, tiled=False)]
 
 
 def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, pixel_images=None) -> dict:
@@ -687,7 +696,7 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     data = data or DATASETS[name]()
                     started = time.perf_counter()
                     if mode.startswith("positional"):
-                        out = [suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))]
+                        out = suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))
                     elif config is None:
                         out = [suite_global(name, data, backbone)]
                     elif mode == "patch-ensemble":
@@ -716,13 +725,16 @@ def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
         for row in found:
             base, sep, rest = row["mode"].partition(" (")
             out.append(row | {"mode": f"{base} [seed {seed}]" + (sep + rest if sep else "")})
-    mains = [found[0] for _, found in per_seed]
-    mean = {k: v for k, v in mains[0].items() if k not in ("scores", "reference")}
-    for field in ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s"):
-        values = [r[field] for r in mains if r.get(field) is not None]
-        mean[field] = float(np.mean(values)) if len(values) == len(mains) else None
-    mean["seed_roc_aucs"] = [r["roc_auc"] for r in mains]
-    return [mean] + out
+    means = []
+    for rank in range(min(len(found) for _, found in per_seed)):  # the mode's row, then its top-k and smoothed rows
+        same = [found[rank] for _, found in per_seed]
+        mean = {k: v for k, v in same[0].items() if k not in ("scores", "reference")}
+        for field in ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s"):
+            values = [r[field] for r in same if r.get(field) is not None]
+            mean[field] = float(np.mean(values)) if len(values) == len(same) else None
+        mean["seed_roc_aucs"] = [r["roc_auc"] for r in same]
+        means.append(mean)
+    return means + out
 
 
 # Score fusions measured beside the modes: each mode's score standardised by its nominal images' scores
