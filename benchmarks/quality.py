@@ -743,7 +743,13 @@ FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional",
 
 
 def fused_rows(rows: list[dict]) -> list[dict]:
-    """A row per set and fusion whose modes all ran in this suite (same test images, same order)."""
+    """A row per set and fusion whose modes all ran in this suite (same test images, same order).
+
+    Where the patch modes ran once per recipe seed, each seed's rows are fused with the
+    seedless modes' and the fusion's row is the mean over seeds (each seed's figure beside).
+    """
+    import re
+
     out = []
     by_set: dict[str, dict[str, dict]] = {}
     for r in rows:
@@ -751,18 +757,29 @@ def fused_rows(rows: list[dict]) -> list[dict]:
             by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
     for name, modes in by_set.items():
         data = None
+        seeds = sorted({int(m) for label in modes for m in re.findall(r"\[seed (\d+)\]", label)}) or [None]
         for fusion in FUSIONS:
-            if not all(m in modes for m in fusion):
+            per_seed = []
+            for seed in seeds:
+                labels = [m if seed is None or f"{m} [seed {seed}]" not in modes else f"{m} [seed {seed}]" for m in fusion]
+                if not all(label in modes for label in labels):
+                    continue
+                data = data or DATASETS[name]()
+                is_fail = np.array([t.is_fail for t in data.test])
+                standardised = []
+                for label in labels:
+                    reference = np.asarray(modes[label]["reference"])
+                    standardised.append((np.asarray(modes[label]["scores"]) - reference.mean()) / max(reference.std(), 1e-12))
+                per_seed.append(compute_metrics(is_fail, np.mean(standardised, axis=0)))
+            if not per_seed:
                 continue
-            data = data or DATASETS[name]()
-            is_fail = np.array([t.is_fail for t in data.test])
-            standardised = []
-            for m in fusion:
-                reference = np.asarray(modes[m]["reference"])
-                standardised.append((np.asarray(modes[m]["scores"]) - reference.mean()) / max(reference.std(), 1e-12))
-            first = modes[fusion[0]]
-            metrics = compute_metrics(is_fail, np.mean(standardised, axis=0))
-            out.append(_row(name, "+".join(fusion), data, metrics, None, None, None, None, None, tiled=first["tiled"]))
+            first = modes[next(label for label in modes if label.split(" [")[0] == fusion[0])]
+            row = _row(name, "+".join(fusion), data, per_seed[0], None, None, None, None, None, tiled=first["tiled"])
+            if len(per_seed) > 1:
+                for field, attribute in (("roc_auc", "roc_auc"), ("ap", "average_precision"), ("f1_max", "f1_max")):
+                    row[field] = float(np.mean([getattr(m, attribute) for m in per_seed]))
+                row["seed_roc_aucs"] = [m.roc_auc for m in per_seed]
+            out.append(row)
     return out
 
 
