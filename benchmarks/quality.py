@@ -593,6 +593,7 @@ SUITE_MODES = {
     "patch-notile": PatchConfig(tiling="off"),
     "patch-tiled": PatchConfig(tiling="on"),
     "patch-ensemble": PatchConfig(),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
+    "patch-stride4": PatchConfig(),  # efficientnet_lite0's stride-4 map beside its stride-8 one (`Stride4`)
     "patch-reweight9": PatchConfig(reweight_k=9),
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
@@ -636,6 +637,45 @@ class Ensemble:
 
         a, b = self.first.feature_maps(images, batch_size), self.second.feature_maps(images, batch_size)
         return FeatureMaps(*(torch.cat([F.normalize(x, dim=1), F.normalize(y, dim=1)], dim=1) for x, y in zip(a, b)))
+
+
+class Stride4:
+    """EfficientNet-Lite0 with its stride-4 map beside the stride-8 one (the issue's "stride-4 features
+    beside stride 8 and 16"): the stride-4 block output is averaged over 2 x 2 onto the stride-8 grid,
+    and each map is L2-normalised per position before they are concatenated, so the finer, lower-level
+    features join each patch vector without changing the grid, the bank or the search.
+    Not a product backbone: it measures whether those features win on the suite."""
+
+    def __init__(self, backbone) -> None:
+        self._backbone = backbone
+        self.input_size, self.name = backbone.input_size, f"{backbone.name}+stride4"
+        encoder = backbone._encoder
+        total, self._tap4 = encoder.model._conv_stem.stride[0], None
+        for index, block in enumerate(encoder.model._blocks):
+            total *= block._depthwise_conv.stride[0]
+            if total == 4:
+                self._tap4 = index
+        assert self._tap4 is not None, "no stride-4 block"
+
+    def feature_maps(self, images, batch_size: int = 32) -> FeatureMaps:
+        import torch
+        import torch.nn.functional as F
+
+        encoder, parts8, parts16 = self._backbone._encoder, [], []
+        for start in range(0, len(images), batch_size):
+            x = self._backbone._input(images[start : start + batch_size])
+            with torch.inference_mode():
+                x = encoder._stem(x)
+                for index, block in enumerate(encoder.model._blocks[: encoder._tap16 + 1]):
+                    x = block(x)
+                    if index == self._tap4:
+                        map4 = x
+                    if index == encoder._tap8:
+                        map8 = x
+                fine = torch.cat([F.normalize(F.avg_pool2d(map4, 2), dim=1), F.normalize(map8, dim=1)], dim=1)
+                parts8.append(fine.float().cpu())
+                parts16.append(x.float().cpu())
+        return FeatureMaps(torch.cat(parts8), torch.cat(parts16))
 
 
 class MapCache:
@@ -699,6 +739,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                         out = suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))
                     elif config is None:
                         out = [suite_global(name, data, backbone)]
+                    elif mode == "patch-stride4":
+                        out = suite_patch(name, data, MapCache(Stride4(backbone)), config, mode)
                     elif mode == "patch-ensemble":
                         out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
                     else:
