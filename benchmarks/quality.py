@@ -12,7 +12,11 @@ Levers measured beside the product's modes, not product modes themselves:
 - `--modes positional` (also `positional-64`, `positional-256`): PaDiM-style statistics, a
   Gaussian per patch position over the nominal images' patch vectors (`suite_positional`);
 - fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
-  nominal images' scores, printed for every set where those modes ran in the same suite.
+  nominal images' scores, printed for every set where those modes ran in the same suite;
+- `patch-ensemble` (both offline backbones), `patch-stride4` (Lite0's stride-4 map beside
+  its stride-8 one), `patch-native` (every image tiled at its own pixel scale), coreset,
+  re-weighting and normalisation variants; each patch row also gives top-k means and
+  anomalib's image score (largest value of the smoothed heat map) from the same grids.
 
     NOMINAL_BENCH_DATA=../bench-data python benchmarks/quality.py --json suite.json --anchors anchors.json
 
@@ -598,13 +602,12 @@ SUITE_MODES = {
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
     "patch-unnormalised": PatchConfig(normalise=False),
-    # Tiling at another scale: every image tiled, its short side first scaled to one tile (the aspect
-    # ratio kept instead of squashed) or cut at its own pixel scale (input above 224 px where larger).
-    "patch-aspect": PatchConfig(tiling="on"),
+    # Every image cut at its own pixel scale (input above 224 px where an image is larger): ELPV's
+    # 300 px cells as 4 tiles. (`auto`'s one row with the aspect kept was this suite's `patch-aspect`.)
     "patch-native": PatchConfig(tiling="on"),
 }
 # `indexing.tiling.ONE_ROW` for the tiling-scale levers: short sides below this many tiles are scaled to one.
-TILE_SCALE = {"patch-aspect": float("inf"), "patch-native": 0.0}
+TILE_SCALE = {"patch-native": 0.0}
 
 
 @contextmanager
