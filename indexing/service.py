@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 import time
-from itertools import islice
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
