@@ -55,6 +55,7 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
+from indexing.tiling import RULE as TILING_RULE
 from indexing.training import (
     GATE_NOMINAL,
     MIN_FAIL,
@@ -90,7 +91,8 @@ class SettingStatus:
 
     `calibration` is the one verdicts use (None: UNCALIBRATED); `calibration_note` says
     why the active calibration no longer applies (another backbone or scoring mode);
-    `candidate` is a newer recorded calibration that is not active.
+    `candidate` is a newer recorded calibration that is not active; `reindex_note` says how
+    the active patch bank differs from what a re-index would build (its tiling), or None.
     """
 
     setting: MachineSetting
@@ -99,6 +101,7 @@ class SettingStatus:
     calibration: Calibration | None
     calibration_note: str | None = None
     candidate: Calibration | None = None
+    reindex_note: str | None = None
 
     @property
     def scorer(self) -> str:
@@ -288,7 +291,22 @@ class NominalService:
             calibration=None if stale or active is None else chosen,
             calibration_note=stale,
             candidate=newest if newest and (chosen is None or newest.id != chosen.id) else None,
+            reindex_note=self._reindex_reason(setting, active) if active else None,
         )
+
+    def _reindex_reason(self, setting: MachineSetting, version: CollectionVersion) -> str | None:
+        """How the version's patch bank was cut into tiles, where a re-index would cut it otherwise."""
+        patch = self.versions.patch_record(version) if setting.scoring == "patch" else None
+        if patch is None:
+            return None
+        built = PatchConfig.from_dict(patch.get("patch_config"))
+        if built.tiling != setting.tiling:
+            return (f"the patch bank was built with tiling {built.tiling!r} and the setting asks for {setting.tiling!r}: "
+                    "re-index to apply it")
+        if built.tiling == "auto" and built.tiling_rule != TILING_RULE:
+            return ("the patch bank was built with the earlier automatic tiling (images tiled from 3:1, at native "
+                    "scale); a re-index builds it with the current one (from 2:1, in one row with the aspect ratio kept)")
+        return None
 
     # ----------------------------------------------------------------- versions
 

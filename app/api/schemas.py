@@ -85,6 +85,8 @@ class SettingPublic(BaseModel):
     calibration_note: str | None = Field(None, description="Why the last active calibration no longer applies.")
     candidate_calibration: CalibrationSummary | None = Field(
         None, description="A newer recorded calibration that is not live (held back, or recorded with activate=false).")
+    reindex_note: str | None = Field(
+        None, description="How the active patch bank differs from what a re-index would build (its tiling); null: it does not.")
     created_at: str
     updated_at: str
 
@@ -99,6 +101,7 @@ class SettingPublic(BaseModel):
             calibration=CalibrationSummary.of(c, active=True) if c else None,
             calibration_note=status.calibration_note,
             candidate_calibration=CalibrationSummary.of(candidate, active=False) if candidate else None,
+            reindex_note=status.reindex_note,
             created_at=s.created_at, updated_at=s.updated_at,
         )
 

@@ -54,8 +54,10 @@ def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out
     out.data({**public.model_dump(mode="json"), "versions": [
         {"version": v.version, "state": v.state, "images": v.count, "backbone": v.backbone, "created_at": v.created_at,
          "active": status.active is not None and v.version == status.active.version} for v in versions]})
-    for key, value in public.model_dump(exclude={"calibration", "candidate_calibration", "calibration_note"}).items():
+    for key, value in public.model_dump(exclude={"calibration", "candidate_calibration", "calibration_note", "reindex_note"}).items():
         out.line(f"{key:>21}: {'-' if value is None else value}")
+    if status.reindex_note:
+        out.line(f"{'re-index needed':>21}: {status.reindex_note} (`nominal reindex {setting} <folder>`)")
     c = status.calibration
     out.line(f"{'calibration':>21}: " + (
         f"{c.id} {c.policy} threshold {c.threshold:.4f} (AP {fmt(c.average_precision)}, ROC-AUC {fmt(c.roc_auc)})"

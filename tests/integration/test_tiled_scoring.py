@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from skimage import data as skdata
 
+from app.api.schemas import SettingPublic
 from indexing.image_store import ImageStore
 from indexing.images import ImageInput
 from indexing.runner import InProcessRunner
@@ -67,7 +68,9 @@ def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalSe
     service.put_setting("strips", scoring="patch", tiling="off")
     service.index("strips", [as_input(strip(200), "seed")])
     assert service.versions.patch_record(service.versions.active("strips"))["patch_config"]["tiling"] == "off"
+    assert service.status("strips").reindex_note is None
     service.put_setting("strips", tiling="on")
+    assert "tiling 'off' and the setting asks for 'on'" in service.status("strips").reindex_note
     runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
     try:
         assert wait_for_job(runner.board, runner.submit_reindex("strips", str(folder))).state == "succeeded"
@@ -75,6 +78,7 @@ def test_a_re_index_builds_the_bank_with_the_setting_s_tiling(service: NominalSe
         runner.close()
     version = service.versions.active("strips")
     assert version.version == 2 and service.versions.patch_record(version)["patch_config"]["tiling"] == "on"
+    assert service.status("strips").reindex_note is None
     # Tiled: every strip holds the patches of its 6 tiles, numbered past the first tile's 784.
     patches = [p.payload["patch"] for p in service.store.scroll(service.versions.patch_record(version)["collection"])]
     assert max(patches) >= 784
@@ -105,6 +109,9 @@ def test_a_bank_built_under_the_old_auto_rule_keeps_it_until_a_re_index(service:
     assert max(p.payload["patch"] for p in service.store.scroll(old["collection"])) < 784  # one squashed grid
     verdict = service.inspect("parts", [as_input(commutator(200), "part")], heatmap=True)[0]
     assert len(verdict.heatmap.grid) == len(verdict.heatmap.grid[0]) == 28  # still scored squashed, as its bank
+    # The operator is told, on every surface that shows a setting (API, CLI, page read `reindex_note`).
+    note = SettingPublic.of(service.status("parts")).reindex_note
+    assert note is not None and "earlier automatic tiling" in note and "2:1" in note
 
     runner = InProcessRunner(service, ImageStore(tmp_path / "images"))
     try:
@@ -112,7 +119,7 @@ def test_a_bank_built_under_the_old_auto_rule_keeps_it_until_a_re_index(service:
     finally:
         runner.close()
     new = service.versions.patch_record(service.versions.active("parts"))
-    assert new["patch_config"]["tiling_rule"] == 2
+    assert new["patch_config"]["tiling_rule"] == 2 and service.status("parts").reindex_note is None
     assert max(p.payload["patch"] for p in service.store.scroll(new["collection"])) >= 784  # tiles past the first
     verdict = service.inspect("parts", [as_input(commutator(200), "part")], heatmap=True)[0]
     assert (len(verdict.heatmap.grid), len(verdict.heatmap.grid[0])) == (70, 28)  # the whole image, aspect kept
