@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from app.cli.choices import Scoring, Tiling
 from app.cli.context import JsonOpt, state
 from app.cli.errors import CliError
 from app.cli.output import Output
@@ -17,17 +18,6 @@ from indexing.calibration import parse_policy
 from indexing.datasets import load_dataset
 from indexing.errors import InvalidCalibration
 from indexing.store import EdgeStore
-
-
-class Scoring(str, Enum):
-    global_ = "global"
-    patch = "patch"
-
-
-class Tiling(str, Enum):
-    auto = "auto"
-    on = "on"
-    off = "off"
 
 
 class Layout(str, Enum):

@@ -1,4 +1,4 @@
-"""`nominal settings` (list, show, delete) and `nominal backbones`."""
+"""`nominal settings` (list, show, set, delete) and `nominal backbones`."""
 
 from __future__ import annotations
 
@@ -6,13 +6,14 @@ from typing import Annotated
 
 import typer
 
+from app.cli.choices import Scoring, Tiling
 from app.cli.context import JsonOpt, state
 from app.api.schemas import SettingPublic, SettingsPublic
 from app.cli.output import Output, fmt
 from app.runtime import service_for
 from indexing.backbones import available_backbones
 
-app = typer.Typer(help="List, show and delete machine settings.", invoke_without_command=True)
+app = typer.Typer(help="List, show, configure and delete machine settings.", invoke_without_command=True)
 
 
 @app.callback()
@@ -70,6 +71,35 @@ def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out
     out.table("versions", ["version", "state", "images", "backbone", "created", ""], [
         [v.version, v.state, v.count, v.backbone, v.created_at[:19].replace("T", " "),
          "active" if status.active and v.version == status.active.version else ""] for v in versions])
+
+
+@app.command("set")
+def set_setting(
+    ctx: typer.Context,
+    setting: Annotated[str, typer.Argument(help="Machine setting name (created when it does not exist).")],
+    scoring: Annotated[Scoring | None, typer.Option(help="global: one embedding per image (the default); patch: "
+                                                          "PatchCore-style patches, with heat maps.")] = None,
+    tiling: Annotated[Tiling | None, typer.Option(help="patch only: auto (the default) cuts images at least 2:1 into one "
+                                                       "row of tiles with their aspect ratio kept, and 5-20 MP images at "
+                                                       "the backbone's native scale; on: every image at native scale; off: "
+                                                       "every image squashed to one square.")] = None,
+    k: Annotated[int | None, typer.Option(help="Nearest nominal neighbours averaged into a global score.")] = None,
+    backbone: Annotated[str | None, typer.Option(help="For a new setting (see `nominal backbones`); an indexed "
+                                                      "setting changes backbone by `nominal reindex --backbone`.")] = None,
+    description: Annotated[str | None, typer.Option(help="Free text shown with the setting.")] = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Create a setting, or change the fields given (as `PUT /v1/settings/{name}`), then show it.
+
+    A change of scoring or tiling applies to the patch bank at the next re-index; until then
+    `nominal settings show` says "re-index needed".
+
+    Example: nominal settings set line-3 --scoring patch --tiling auto
+    """
+    with service_for(state(ctx).config) as service:
+        service.put_setting(setting, backbone=backbone, k=k, scoring=scoring.value if scoring else None,
+                            tiling=tiling.value if tiling else None, description=description)
+    show(ctx, setting, json_out)
 
 
 @app.command("delete")

@@ -71,6 +71,23 @@ def test_index_calibrate_inspect_across_separate_commands(capsys, data_dir: Path
     assert compared["threshold"] == calibration["threshold"]
 
 
+def test_settings_set_configures_a_patch_setting_and_says_when_a_re_index_is_needed(
+    capsys, data_dir: Path, hazelnut: Path
+) -> None:
+    made = run_json(capsys, data_dir, "settings", "set", "line-4", "--scoring", "patch", "--description", "line 4")
+    assert (made["scoring"], made["tiling"], made["description"], made["images"]) == ("patch", "auto", "line 4", 0)
+    run_json(capsys, data_dir, "index", "line-4", str(hazelnut / "train" / "good"))
+    shown = run_json(capsys, data_dir, "settings", "show", "line-4")
+    assert shown["reindex_note"] is None and shown["images"] == 28
+    # The bank was cut by `auto`; asking for tiles everywhere takes a re-index, and the setting says so.
+    changed = run_json(capsys, data_dir, "settings", "set", "line-4", "--tiling", "on")
+    assert changed["tiling"] == "on" and "re-index to apply it" in changed["reindex_note"]
+    code, out, _ = run(capsys, data_dir, "settings", "show", "line-4")
+    assert code == 0 and "re-index needed:" in out and "nominal reindex line-4" in out
+    code, _, err = run(capsys, data_dir, "settings", "set", "line-4", "--k", "0")
+    assert code == 1 and err.strip() == "error: k must be at least 1, got 0"
+
+
 def test_the_cli_speaks_the_apis_json(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path) -> None:
     """Scripts move between `--json` and HTTP without renaming a field."""
     from fastapi.testclient import TestClient
