@@ -92,7 +92,8 @@ class SettingStatus:
     `calibration` is the one verdicts use (None: UNCALIBRATED); `calibration_note` says
     why the active calibration no longer applies (another backbone or scoring mode);
     `candidate` is a newer recorded calibration that is not active; `reindex_note` says how
-    the active patch bank differs from what a re-index would build (its tiling), or None.
+    the active patch bank differs from what a re-index would build (missing, or cut into
+    tiles otherwise), or None.
     """
 
     setting: MachineSetting
@@ -295,10 +296,13 @@ class NominalService:
         )
 
     def _reindex_reason(self, setting: MachineSetting, version: CollectionVersion) -> str | None:
-        """How the version's patch bank was cut into tiles, where a re-index would cut it otherwise."""
-        patch = self.versions.patch_record(version) if setting.scoring == "patch" else None
-        if patch is None:
+        """How the version's patch bank differs from what a re-index would build: missing, or cut into tiles otherwise."""
+        if setting.scoring != "patch":
             return None
+        patch = self.versions.patch_record(version)
+        if patch is None:
+            return ("the active version has no patch bank (it was built while the setting scored globally): "
+                    "re-index to build one")
         built = PatchConfig.from_dict(patch.get("patch_config"))
         if built.tiling != setting.tiling:
             return (f"the patch bank was built with tiling {built.tiling!r} and the setting asks for {setting.tiling!r}: "

@@ -86,6 +86,10 @@ def test_settings_set_configures_a_patch_setting_and_says_when_a_re_index_is_nee
     assert code == 0 and "re-index needed:" in out and "nominal reindex line-4" in out
     code, _, err = run(capsys, data_dir, "settings", "set", "line-4", "--k", "0")
     assert code == 1 and err.strip() == "error: k must be at least 1, got 0"
+    # A setting indexed while it scored globally has no patch bank to score by patches with.
+    run_json(capsys, data_dir, "index", "line-5", str(hazelnut / "train" / "good"))
+    switched = run_json(capsys, data_dir, "settings", "set", "line-5", "--scoring", "patch")
+    assert "no patch bank" in switched["reindex_note"]
 
 
 def test_the_cli_speaks_the_apis_json(capsys, data_dir: Path, hazelnut: Path, tmp_path: Path) -> None:
