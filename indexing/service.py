@@ -299,10 +299,10 @@ class NominalService:
         """How the version's patch bank differs from what a re-index would build: missing, or cut into tiles otherwise."""
         if setting.scoring != "patch":
             return None
-        patch = self.versions.patch_record(version)
-        if patch is None:
-            return ("the active version has no patch bank (it was built while the setting scored globally): "
-                    "re-index to build one")
+        try:
+            patch = self.versions.require_patch(version)
+        except EmptyCollection as missing:  # verdicts refuse with the same words until a re-index
+            return str(missing)
         built = PatchConfig.from_dict(patch.get("patch_config"))
         if built.tiling != setting.tiling:
             return (f"the patch bank was built with tiling {built.tiling!r} and the setting asks for {setting.tiling!r}: "
