@@ -12,9 +12,17 @@ class Scoring(str, Enum):
     patch = "patch"
 
 
+SCORING_HELP = "global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps."
+
+
 class Tiling(str, Enum):
     """A patch setting's tiling (`indexing.tiling.TILING_MODES`)."""
 
     auto = "auto"
     on = "on"
     off = "off"
+
+
+TILING_HELP = ("patch only: cut large or elongated images into overlapping tiles. auto: images at least 2:1 become one "
+               "row of tiles with their aspect ratio kept, 5-20 MP images are cut at the backbone's native scale; on: "
+               "every image at native scale; off: every image squashed to one square.")

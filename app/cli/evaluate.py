@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from app.cli.choices import Scoring, Tiling
+from app.cli.choices import SCORING_HELP, TILING_HELP, Scoring, Tiling
 from app.cli.context import JsonOpt, state
 from app.cli.errors import CliError
 from app.cli.output import Output
@@ -33,9 +33,9 @@ def evaluate(
     layout: Annotated[Layout, typer.Option(help="mvtec: train/good, test/good, test/<defect>; folders: pass/, fail/; elpv: the elpv-dataset package.")] = Layout.mvtec,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: NOMINAL_BACKBONE or the built-in default).")] = None,
     k: Annotated[int, typer.Option(min=1, help="Nearest nominal neighbours averaged into the score.")] = 1,
-    scoring: Annotated[Scoring, typer.Option(help="global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps.")] = Scoring.global_,
+    scoring: Annotated[Scoring, typer.Option(help=SCORING_HELP)] = Scoring.global_,
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
-    tiling: Annotated[Tiling, typer.Option(help="patch only: cut large or elongated images into overlapping tiles. auto: images at least 2:1 become one row of tiles with their aspect ratio kept, 5-20 MP images are cut at the backbone's native scale; on: every image at native scale.")] = Tiling.auto,
+    tiling: Annotated[Tiling, typer.Option(help=TILING_HELP)] = Tiling.auto,
     policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
     labelled_fail: Annotated[bool, typer.Option("--labelled-fail", help="Fixed protocol for learning from defects: FAIL test images j (0-based, dataset order) with j % 10 in {3, 4} train a metric projection and leave the test set; both scorers are reported on the rest (\"trained\" in metrics.json).")] = False,
     json_out: JsonOpt = False,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from app.cli.choices import Scoring, Tiling
+from app.cli.choices import SCORING_HELP, TILING_HELP, Scoring, Tiling
 from app.cli.context import JsonOpt, state
 from app.api.schemas import SettingPublic, SettingsPublic
 from app.cli.output import Output, fmt
@@ -77,12 +77,8 @@ def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out
 def set_setting(
     ctx: typer.Context,
     setting: Annotated[str, typer.Argument(help="Machine setting name (created when it does not exist).")],
-    scoring: Annotated[Scoring | None, typer.Option(help="global: one embedding per image (the default); patch: "
-                                                          "PatchCore-style patches, with heat maps.")] = None,
-    tiling: Annotated[Tiling | None, typer.Option(help="patch only: auto (the default) cuts images at least 2:1 into one "
-                                                       "row of tiles with their aspect ratio kept, and 5-20 MP images at "
-                                                       "the backbone's native scale; on: every image at native scale; off: "
-                                                       "every image squashed to one square.")] = None,
+    scoring: Annotated[Scoring | None, typer.Option(help=SCORING_HELP + " New settings: global.")] = None,
+    tiling: Annotated[Tiling | None, typer.Option(help=TILING_HELP + " New settings: auto.")] = None,
     k: Annotated[int | None, typer.Option(help="Nearest nominal neighbours averaged into a global score.")] = None,
     backbone: Annotated[str | None, typer.Option(help="For a new setting (see `nominal backbones`); an indexed "
                                                       "setting changes backbone by `nominal reindex --backbone`.")] = None,
