@@ -715,8 +715,11 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
     shared = sum(len(seeds) if m.startswith("patch") else m.startswith("positional") for m in modes) > 1
     patch_backbone = MapCache(backbone) if shared else backbone
     rows: list[dict] = []
+    # The lever backbones, built on first use and shared by every seed, so their maps are computed once.
+    levers = {"patch-stride4": lambda: MapCache(Stride4(backbone)),
+              "patch-ensemble": lambda: MapCache(Ensemble(backbone, load_backbone("mobilenet_v2")))}
     for name in names:
-        data = None
+        data, lever_backbones = None, {}  # per set: the maps of one set at a time are held
         for mode in modes:
             config = SUITE_MODES[mode]
             if mode == "patch-notile":
@@ -726,13 +729,10 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
 
                 if layout_for(decode(data.train[0]), backbone.input_size, "auto") is None:
                     continue
-            runs = []
+            per_seed = []
             for seed in (seeds if config is not None else (None,)):
                 chosen = config if seed is None else replace(config, seed=seed)
                 key = f"{name}-{backbone_name}-{mode}-" + ("" if chosen is None else _config_key(chosen))
-                runs.append((seed, key, chosen))
-            per_seed = []
-            for seed, key, chosen in runs:
 
                 def compute(mode=mode, config=chosen):
                     nonlocal data
@@ -742,10 +742,10 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                         out = suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))
                     elif config is None:
                         out = [suite_global(name, data, backbone)]
-                    elif mode == "patch-stride4":
-                        out = suite_patch(name, data, MapCache(Stride4(backbone)), config, mode)
-                    elif mode == "patch-ensemble":
-                        out = suite_patch(name, data, MapCache(Ensemble(backbone, load_backbone("mobilenet_v2"))), config, mode)
+                    elif mode in levers:
+                        if mode not in lever_backbones:
+                            lever_backbones[mode] = levers[mode]()
+                        out = suite_patch(name, data, lever_backbones[mode], config, mode)
                     else:
                         with tile_scale(mode):
                             out = suite_patch(name, data, patch_backbone, config, mode)
