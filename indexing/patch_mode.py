@@ -217,45 +217,11 @@ class PatchIndex:
         if not images:
             return 0
         bank = self.bank(setting, collection, config.dim)
-        layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
-        if any(found is not None for found in layouts):
-            stored = self._extend_tiled(bank, collection, config, backbone, images, decoded, layouts, batch_size)
-            self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
-            return stored
-        patches = self._patchify(config.maker(), backbone, list(decoded), batch_size)
-        per_image = patches.vectors.shape[1]
-        flat = patches.vectors.reshape(-1, config.dim)
-        with bank.lock:
-            keep = self.compute.run(_coreset, config.sampler(), bank, flat)
-            points = []
-            for number, image in enumerate(images):
-                mine = keep[(keep >= number * per_image) & (keep < (number + 1) * per_image)] - number * per_image
-                points += patch_points(image.id, image.source, patches.vectors[number], mine, patches.grid)
-            if points:
-                self.store.upsert(collection, points)
-                bank.add(points)
-        self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
-        return len(points)
-
-    def _extend_tiled(
-        self,
-        bank: PatchBank,
-        collection: str,
-        config: PatchConfig,
-        backbone: Backbone,
-        images: Sequence[ImageInput],
-        decoded: Sequence[Image.Image],
-        layouts: Sequence[TileLayout | None],
-        batch_size: int,
-    ) -> int:
-        """`extend` for images cut into tiles: a coreset per `batch_size` tiles, each against the bank so far.
-
-        Patch number `tile * P + p` of an image is patch p of its tile `tile` (P patches a tile).
-        """
+        # An image scored whole is its own single tile, so one loop serves both.
         tiles = [
             (image, index, piece)
-            for image, pixels, found in zip(images, decoded, layouts)
-            for index, piece in enumerate(found.cut(pixels) if found is not None else [pixels])
+            for image, pixels in zip(images, decoded)
+            for index, piece in enumerate(_tiles(pixels, backbone, config))
         ]
         maker, sampler, stored = config.maker(), config.sampler(), 0
         for start in range(0, len(tiles), batch_size):
@@ -275,6 +241,7 @@ class PatchIndex:
                     self.store.upsert(collection, points)
                     bank.add(points)
             stored += len(points)
+        self.cache.fit(setting)  # the bank grew: the others may no longer fit the budget
         return stored
 
     def score(
@@ -545,6 +512,12 @@ def write_heatmaps(
     if not has_masks:
         return None, None, files
     return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
+
+
+def _tiles(pixels: Image.Image, backbone: Backbone, config: PatchConfig) -> list[Image.Image]:
+    """The pieces `config` scores an image as: its tiles, or the whole image as the one piece."""
+    found = layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule)
+    return found.cut(pixels) if found is not None else [pixels]
 
 
 def _tile_patches(
