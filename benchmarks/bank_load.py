@@ -33,11 +33,11 @@ DIM = 256
 ROWS_PER_IMAGE = 8
 
 
-def fill(store: EdgeStore, rows: int) -> None:
-    store.create_collection("bank", DIM)
+def fill(store: EdgeStore, rows: int, dim: int = DIM) -> None:
+    store.create_collection("bank", dim)
     rng = np.random.default_rng(0)
     for start in range(0, rows, 4096):
-        vectors = rng.standard_normal((min(4096, rows - start), DIM)).astype(np.float32)
+        vectors = rng.standard_normal((min(4096, rows - start), dim)).astype(np.float32)
         points = []
         for offset, vector in enumerate(vectors):
             image, patch = divmod(start + offset, ROWS_PER_IMAGE)

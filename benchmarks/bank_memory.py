@@ -1,14 +1,15 @@
 """Memory a loaded patch bank holds per nominal image (the state a process keeps for patch verdicts).
 
-Fills an embedded store with a bank of random 256-d rows (8 per image, as the default
-coreset keeps on a 28 x 28 grid), then, in a fresh process, measures the resident set
+Fills an embedded store with a bank of random rows (8 per image, as the default coreset
+keeps on a 28 x 28 grid; 152-d, efficientnet_lite0's own channels, and 256-d, the width
+a wider backbone is projected to), then, for each width, in a fresh process, measures the resident set
 before and after loading it with the backends a CPU process uses (`default_nn`,
 `default_bounds`), after a first read of every point so that the store's own cache is
 not counted. The figure includes the rows, their owners and grid cells, the exact
 search and the IVF bounds.
 
     python benchmarks/bank_memory.py                 # 200,000 rows (25,000 nominal images)
-    python benchmarks/bank_memory.py --rows 400000
+    python benchmarks/bank_memory.py --rows 400000 --dims 152
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def rss_bytes() -> int:
         return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def measure(folder: str, rows: int) -> dict[str, float]:
+def measure(folder: str, rows: int, dim: int) -> dict[str, float]:
     """In this (fresh) process: resident bytes the loaded bank adds."""
     from indexing.patch_bank import load_bank
     from indexing.patch_search import default_bounds, default_nn
@@ -55,7 +56,7 @@ def measure(folder: str, rows: int) -> dict[str, float]:
         for _ in store.scroll("bank", with_vectors=True, batch_size=4096):
             pass
         before = rss_bytes()
-        bank = load_bank(store, "bank", 256, nn, bounds)
+        bank = load_bank(store, "bank", dim, nn, bounds)
         gc.collect()
         after = rss_bytes()
         assert len(bank) == rows
@@ -71,26 +72,31 @@ def measure(folder: str, rows: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=200_000, help="bank rows (8 per nominal image)")
+    parser.add_argument("--dims", type=int, nargs="+", default=[152, 256], help="patch vector widths to measure")
     parser.add_argument("--measure", help=argparse.SUPPRESS)  # internal: the fresh process's store folder
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure, args.rows)))
+        print(json.dumps(measure(args.measure, args.rows, args.dims[0])))
         return
+    for dim in args.dims:
+        run(args.rows, dim)
 
+
+def run(rows: int, dim: int) -> None:
     from benchmarks.bank_load import fill  # noqa: PLC0415 - the same bank the load benchmark uses
     from indexing.store import EdgeStore
 
     folder = Path(tempfile.mkdtemp(prefix="nominal-bank-memory-"))
     try:
         with EdgeStore(folder) as store:
-            fill(store, args.rows)
+            fill(store, rows, dim)
         out = subprocess.run(
-            [sys.executable, __file__, "--rows", str(args.rows), "--measure", str(folder)],
+            [sys.executable, __file__, "--rows", str(rows), "--dims", str(dim), "--measure", str(folder)],
             capture_output=True, text=True, check=True,
         )
         found = json.loads(out.stdout.strip().splitlines()[-1])
         per_image = found["rss_added_bytes"] / found["images"]
-        print(f"{found['rows']:,} rows x 256-d ({found['images']:,} nominal images), search {found['backend']}")
+        print(f"{found['rows']:,} rows x {dim}-d ({found['images']:,} nominal images), search {found['backend']}")
         print(f"rows alone:          {found['row_bytes'] / found['images']:,.0f} bytes per nominal image")
         print(f"loaded bank (RSS):   {per_image:,.0f} bytes per nominal image "
               f"({found['rss_added_bytes'] / 2**20:,.0f} MiB in all)")
