@@ -37,7 +37,7 @@ import suite  # noqa: E402
 
 
 def timing(backbone, banks: list[int], repeats: int) -> None:
-    config = PatchConfig()
+    config = PatchConfig().for_backbone(backbone.map_channels)
     data = suite.available()["elpv-combined"]()
     images = data.train[: 32 + max(banks) // 784 + 1]
     vectors = config.maker().patchify(feature_maps(backbone, images)).vectors.reshape(-1, config.dim)
@@ -75,7 +75,7 @@ def quality(backbone, names: list[str], seeds: list[int]) -> None:
         is_fail = np.array([t.is_fail for t in data.test])
         found: dict[str, list[float]] = {"every": [], "bounds": []}
         for seed in seeds:
-            config = PatchConfig(tiling="off", seed=seed)
+            config = PatchConfig(tiling="off", seed=seed).for_backbone(backbone.map_channels)
             for label, exact in (("every", 1 << 62), ("bounds", 0)):
                 default, patch_mode.EXACT_COVER_ROWS = patch_mode.EXACT_COVER_ROWS, exact
                 try:

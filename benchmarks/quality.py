@@ -173,6 +173,7 @@ def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) ->
             train_maps = feature_maps(backbone, data.train)
             test_maps = feature_maps(backbone, [t.image for t in data.test])
             embedded = time.perf_counter()
+            config = config.for_backbone(backbone.map_channels)
             bank = build_bank(config, train_maps)
             built = time.perf_counter()
             has_masks = any(t.mask_path for t in data.test)
@@ -214,7 +215,7 @@ def run_sweep(backbone_name: str = "efficientnet_lite0", dataset_name: str = "el
     is_fail = np.array([t.is_fail for t in data.test])
     rows = []
     for change in SWEEP:
-        config = PatchConfig(**change)
+        config = PatchConfig(**change).for_backbone(backbone.map_channels)
         started = time.perf_counter()
         bank = build_bank(config, train_maps)
         scores, _ = patch_scores(config, bank, test_maps, grids=False)
@@ -248,14 +249,16 @@ def compare_search(bank_rows: int = 8000, dim: int = 256, queries: int = 784, re
         print(f"  {name}: {(time.perf_counter() - started) / n * 1000:.1f}")
 
 
-def verdict_timing(dataset_name: str = "elpv-combined", backbone: str = "efficientnet_lite0", n: int = 40) -> dict:
-    """Per-image `inspect` time at batch 1, patch vs global mode, on one store holding both collections."""
+def verdict_timing(dataset_name: str = "elpv-combined", backbone: str = "efficientnet_lite0", n: int = 40,
+                   patch_config: PatchConfig | None = None) -> dict:
+    """Per-image `inspect` time at batch 1, patch vs global mode, on one store holding both collections;
+    the patch bank built with `patch_config` (the service's default when None)."""
     data: Dataset = DATASETS[dataset_name]()
     probes = [t.image for t in data.test[:: max(1, len(data.test) // n)]][:n]
     with tempfile.TemporaryDirectory() as scratch:
         store = EdgeStore(Path(scratch) / "store")
         try:
-            service = NominalService(store, backbones=BackbonePool())
+            service = NominalService(store, backbones=BackbonePool(), patch_config=patch_config)
             service.put_setting("timing", backbone=backbone, scoring="patch")
             started = time.perf_counter()
             service.index("timing", data.train)
@@ -356,6 +359,8 @@ def main() -> None:
         return
     if args.timing_only:
         print_timing(verdict_timing(backbone=args.backbones[0]))
+        # The earlier patch features (256-d, seeded projection) in the same run, for the ratio between them.
+        print_timing(verdict_timing(backbone=args.backbones[0], patch_config=SUITE_MODES["patch-random"]), "patch-random")
         return
     if args.sweep:
         print("| change from the default PatchConfig | ROC-AUC | AP | F1-max | bank rows |")
@@ -464,6 +469,7 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     from indexing.patch_search import top_mean
     from indexing.tiling import layout_for
 
+    config = config.for_backbone(backbone.map_channels)
     tiled = layout_for(decode(data.train[0]), backbone.input_size, config.tiling) is not None
     has_masks = any(t.mask_path for t in data.test)
     n = len(data.test)
@@ -537,7 +543,7 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
     """
     import torch
 
-    maker = PatchConfig(dim=dim).maker()
+    maker = PatchConfig(dim=dim, projection="random").maker()
 
     def vectors(images) -> torch.Tensor:
         parts = [maker.patchify(feature_maps(backbone, images[s : s + 64])).vectors for s in range(0, len(images), 64)]
@@ -596,12 +602,16 @@ SUITE_MODES = {
     "patch": PatchConfig(),
     "patch-notile": PatchConfig(tiling="off"),
     "patch-tiled": PatchConfig(tiling="on"),
-    "patch-ensemble": PatchConfig(),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
-    "patch-stride4": PatchConfig(),  # efficientnet_lite0's stride-4 map beside its stride-8 one (`Stride4`)
+    "patch-ensemble": PatchConfig(projection="random"),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
+    "patch-stride4": PatchConfig(projection="random"),  # efficientnet_lite0's stride-4 map beside its stride-8 one (`Stride4`)
     "patch-reweight9": PatchConfig(reweight_k=9),
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
     "patch-unnormalised": PatchConfig(normalise=False),
+    # The recipe before December 2026: both scales projected to 128-d each by a seeded Gaussian. And
+    # the backbone's own channels unnormalised, so the louder scale weighs more ("none").
+    "patch-random": PatchConfig(projection="random"),
+    "patch-none": PatchConfig(projection="none"),
     # Every image cut at its own pixel scale (input above 224 px where an image is larger): ELPV's
     # 300 px cells as 4 tiles. (`auto`'s one row with the aspect kept was this suite's `patch-aspect`.)
     "patch-native": PatchConfig(tiling="on"),
@@ -633,6 +643,7 @@ class Ensemble:
         self.first, self.second = first, second
         self.input_size = first.input_size
         self.name = f"{first.name}+{second.name}"
+        self.map_channels = None  # measured with the seeded projection to 256-d (its SUITE_MODES recipe)
 
     def feature_maps(self, images, batch_size: int = 32) -> FeatureMaps:
         import torch
@@ -652,6 +663,7 @@ class Stride4:
     def __init__(self, backbone) -> None:
         self._backbone = backbone
         self.input_size, self.name = backbone.input_size, f"{backbone.name}+stride4"
+        self.map_channels = None  # measured with the seeded projection to 256-d (its SUITE_MODES recipe)
         encoder = backbone._encoder
         total, self._tap4 = encoder.model._conv_stem.stride[0], None
         for index, block in enumerate(encoder.model._blocks):
@@ -731,7 +743,7 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     continue
             per_seed = []
             for seed in (seeds if config is not None else (None,)):
-                chosen = config if seed is None else replace(config, seed=seed)
+                chosen = config if seed is None else replace(config, seed=seed).for_backbone(backbone.map_channels)
                 key = f"{name}-{backbone_name}-{mode}-" + ("" if chosen is None else _config_key(chosen))
 
                 def compute(mode=mode, config=chosen):
@@ -896,9 +908,9 @@ def default_mode() -> str:
     return MachineSetting(name="probe", backbone="x", k=1).scoring
 
 
-def print_timing(t: dict) -> None:
+def print_timing(t: dict, patch: str = "patch") -> None:
     print(f"\nverdict time, batch 1, {t['dataset']} ({t['n_train']} nominal images, {t['bank_points']} bank patches), "
-          f"{t['backbone']}: patch {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
+          f"{t['backbone']}: {patch} {t['patch_ms']:.1f} ms, global {t['global_ms']:.1f} ms, "
           f"ratio {t['ratio']:.2f}x (target <= 2x); with a heat map (full search) {t['patch_heatmap_ms']:.1f} ms; "
           f"service indexing {t['index_s']:.0f} s")
 

@@ -88,7 +88,7 @@ def main() -> None:
         banks = json.loads(Path(args.banks).read_text())
         bank_per_image = bank_per_image or banks["bank_bytes_per_image"]
         reload_per_image = banks["reload_s_per_image"]
-    bank_per_image = bank_per_image or 11_000.0  # README: about 11 kB per nominal image
+    bank_per_image = bank_per_image or 7_600.0  # README: about 7.6 kB per nominal image (152-d; 11 kB at 256-d)
 
     points = args.settings * args.images
     print(f"Target: {args.settings} settings x {args.images:,} images = {points:,} points of {args.dim}-d, "

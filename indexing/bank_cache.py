@@ -1,8 +1,8 @@
 """Loaded patch banks of every setting, held under one memory budget (least recently used evicted).
 
 A process serving many patch settings cannot keep every bank for ever: each bank
-is about 11 kB per nominal image (`benchmarks/bank_memory.py`), so 50 settings of
-100,000 images would hold 55 GB. `BankCache` keeps the banks it has loaded while
+is about 7.6 kB per nominal image at the default backbone's 152-d (11 kB at 256-d;
+`benchmarks/bank_memory.py`), so 50 settings of 100,000 images would hold 38 GB. `BankCache` keeps the banks it has loaded while
 their estimated bytes (`bank_bytes`) fit in `max_bytes`; loading or growing a bank
 past the budget evicts the least recently used others. An evicted bank is reloaded
 from the store on its setting's next request (`benchmarks/bank_load.py` measures

@@ -5,16 +5,19 @@ The PatchCore recipe, as `PatchMaker.patchify` plus its preprocessing does it:
 1. each map is averaged over its 3 x 3 neighbourhood (avg-pool 3, stride 1, pad 1), so a
    patch describes its surroundings, not one receptive-field centre;
 2. the stride-16 map is bilinearly upsampled to the stride-8 grid;
-3. each map is projected to `dim // 2` channels and the two are concatenated, so both
-   scales weigh the same in a distance whatever their channel counts (40 vs 112 for
-   EfficientNet-Lite0);
+3. the two maps are concatenated along channels: each L2-normalised per position, so both
+   scales weigh the same whatever their channel counts ("balanced"), as they are ("none"),
+   or each first projected to `dim // 2` channels ("pool", "random");
 4. optionally each patch vector is L2-normalised.
 
-Projection "pool" is PatchCore's adaptive average pooling over channels (which, from 40
-channels up to 128, repeats channels and so weighs the stride-8 map about 3x more);
-"random" is a seeded Gaussian projection, which keeps each scale's distances about
-as they are. The service's choice (random, 256-d, normalised) was measured on ELPV
-poly with `benchmarks/quality.py --sweep`: see `indexing.patch_mode.PatchConfig`.
+"balanced" and "none" keep each scale's own channels (40 + 112 for EfficientNet-Lite0),
+so the features depend on no seed; "pool" is PatchCore's adaptive average pooling over
+channels (which, from 40 channels up to 128, repeats channels and so weighs the stride-8
+map about 3x more); "random" is a seeded Gaussian projection, which keeps each scale's
+distances only about as they are (a 40 x 128 Gaussian stretches some directions and
+shrinks others, differently for every seed). The service's choice ("balanced" where the
+backbone has at most `dim` channels, else "random" to `dim`; normalised) was measured on
+the visible suite with `benchmarks/quality.py`: see `indexing.patch_mode.PatchConfig`.
 
 Example:
     >>> maker = PatchMaker()
@@ -35,8 +38,8 @@ import torch.nn.functional as F
 
 from indexing.backbones.base import FeatureMaps
 
-Projection = Literal["pool", "random"]
-PROJECTIONS: tuple[str, ...] = ("pool", "random")
+Projection = Literal["balanced", "none", "pool", "random"]
+PROJECTIONS: tuple[str, ...] = ("balanced", "none", "pool", "random")
 
 
 class Patches(NamedTuple):
@@ -57,9 +60,11 @@ class PatchMaker:
     """Feature maps -> patch vectors; pure and deterministic (the random projection is seeded).
 
     Attributes:
-        dim: length of a patch vector (even; each scale gets half).
-        projection: "pool" (adaptive average pooling over channels) or "random"
-            (seeded Gaussian projection of each scale).
+        dim: length of a patch vector (even; under "pool" and "random" each scale gets half;
+            under "balanced" and "none" it must be the maps' channel count, checked when patchifying).
+        projection: "balanced" (each scale's channels, L2-normalised per position), "none" (as
+            they are), "pool" (adaptive average pooling over channels) or "random" (seeded
+            Gaussian projection of each scale).
         normalise: L2-normalise each patch vector.
         neighbourhood: side of the aggregation window (odd; 1 turns it off).
         seed: seed of the random projection.
@@ -93,11 +98,16 @@ class PatchMaker:
         half = self.dim // 2
         with torch.inference_mode():
             # Pooling, projection and bilinear upsampling are all linear, so projecting the
-            # coarse map before upsampling gives the same vectors for 4x fewer products.
+            # coarse map before upsampling gives the same vectors for 4x fewer products
+            # ("balanced" normalises the coarse map on its own grid, before upsampling).
             fine = self._project(self._aggregate(fine), half, 0)
             coarse = self._project(self._aggregate(coarse), half, 1)
             coarse = F.interpolate(coarse, size=(rows, cols), mode="bilinear", align_corners=False)
-            vectors = torch.cat([fine, coarse], dim=1).permute(0, 2, 3, 1).reshape(n * rows * cols, self.dim)
+            vectors = torch.cat([fine, coarse], dim=1).permute(0, 2, 3, 1)
+            if vectors.shape[-1] != self.dim:
+                raise ValueError(f"projection {self.projection!r} makes {vectors.shape[-1]}-d patches from these maps, "
+                                 f"not the configured {self.dim}")
+            vectors = vectors.reshape(n * rows * cols, self.dim)
             if self.normalise:
                 vectors = F.normalize(vectors, dim=1)
         return Patches(vectors.reshape(n, rows * cols, self.dim).contiguous().numpy(), (rows, cols))
@@ -109,7 +119,12 @@ class PatchMaker:
         return F.avg_pool2d(x, self.neighbourhood, stride=1, padding=self.neighbourhood // 2, count_include_pad=False)
 
     def _project(self, x: torch.Tensor, out_dim: int, scale: int) -> torch.Tensor:
-        """(n, C, h, w) -> (n, out_dim, h, w) through the fixed (C, out_dim) projection matrix."""
+        """(n, C, h, w) -> (n, out_dim, h, w) through the fixed (C, out_dim) projection matrix; "none" keeps
+        the C channels as they are, "balanced" L2-normalises them per position."""
+        if self.projection == "none":
+            return x
+        if self.projection == "balanced":
+            return F.normalize(x, dim=1)
         matrix = _projection(self.projection, x.shape[1], out_dim, self.seed * 2 + scale)
         return torch.einsum("nchw,co->nohw", x, matrix)
 

@@ -184,12 +184,12 @@ class Versions:
             self.store.create_collection(version.collection, model.dim)
             self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
             if setting.scoring == "patch":
+                recipe = replace(self.patch_config, tiling=setting.tiling).for_backbone(model.map_channels)
                 patch = CollectionVersion.from_dict({
-                    **version.to_dict(), "kind": "patch", "dim": self.patch_config.dim,
+                    **version.to_dict(), "kind": "patch", "dim": recipe.dim,
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                recipe = replace(self.patch_config, tiling=setting.tiling)
                 self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
         return version
 

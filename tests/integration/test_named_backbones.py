@@ -81,6 +81,9 @@ def test_a_named_backbone_runs_index_inspect_calibrate_and_reindex(
     assert loaded.identity.split("@")[0] == ("resnet50" if backbone == "resnet50" else "openclip:ViT-S-32-alt")
     if scoring == "patch":
         assert service.versions.has_patch_bank(version)
+        # 512 + 1024 channels are more than a patch vector holds: projected (seeded) to 256-d.
+        patch = service.versions.patch_record(version)
+        assert (patch["patch_config"]["projection"], patch["dim"]) == ("random", 256)
 
     first = service.inspect("line", good + defect, heatmap=scoring == "patch")
     assert [v.verdict for v in first] == ["UNCALIBRATED"] * 4 and all(v.score >= 0 for v in first)

@@ -51,6 +51,10 @@ def patch_collection(service: NominalService) -> str:
     return collection
 
 
+def bank_dim(service: NominalService) -> int:
+    return service.versions.patch_record(service.versions.active(SETTING))["dim"]
+
+
 def test_patch_setting_keeps_a_versioned_bank_beside_the_global_collection(patch_service, hazelnut_sets) -> None:
     store = patch_service.store
     collection = patch_collection(patch_service)
@@ -60,6 +64,11 @@ def test_patch_setting_keeps_a_versioned_bank_beside_the_global_collection(patch
     # 1% of 28 x 784 patches
     assert 150 <= store.count(collection) <= 300
     point = next(store.scroll(collection, with_vectors=True))
+    # efficientnet_lite0's own 40 + 112 channels, each scale normalised, no seeded projection; recorded with the bank.
+    recipe = patch_service.versions.patch_record(patch_service.versions.active(SETTING))["patch_config"]
+    assert (recipe["projection"], recipe["dim"]) == ("balanced", 152) and len(point.vector) == 152
+    vector = np.asarray(point.vector)
+    assert np.linalg.norm(vector[:40]) == pytest.approx(np.linalg.norm(vector[40:]), rel=0.2)
     ids = {image.id for image in hazelnut_sets["train"]}
     assert point.payload["image_id"] in ids
     assert 0 <= point.payload["row"] < 28 and 0 <= point.payload["col"] < 28
@@ -140,7 +149,7 @@ def test_reindexing_the_same_images_adds_no_patches_and_new_images_extend_the_ba
     try:
         ids_after = {p.id for p in patch_service.store.scroll(collection)}
         assert ids_before < ids_after, "extending keeps every patch already in the bank"
-        bank = patch_service.patches.bank(SETTING, collection, patch_service.patch_config.dim)
+        bank = patch_service.patches.bank(SETTING, collection, bank_dim(patch_service))
         assert len(bank) == len(ids_after) and any(bank.rows_of(image.id) for image in extra)
     finally:
         for image in extra:
@@ -235,7 +244,7 @@ def test_a_large_bank_grows_by_its_ivf_bounds_and_still_separates_defects(
             service.put_setting(SETTING, scoring="patch")
             service.index(SETTING, train[:8])
             collection = patch_collection(service)
-            bank = service.patches.bank(SETTING, collection, service.patch_config.dim)
+            bank = service.patches.bank(SETTING, collection, bank_dim(service))
             assert bank.bounds is not None and bank.bounds.size == store.count(collection)
             measured_by.clear()
             service.index(SETTING, train[8:])  # with "bounds", every later patch is measured against them

@@ -58,6 +58,45 @@ def test_aggregation_averages_the_3x3_neighbourhood() -> None:
     assert vectors[2, 4, 0] == pytest.approx(0.0) and vectors[4, 4, 2] == pytest.approx(0.0)
 
 
+@pytest.mark.parametrize("projection", ["balanced", "none"])
+def test_own_channel_projections_keep_each_scales_channels_and_no_seed_moves_them(projection: str) -> None:
+    features = maps(1)
+    a = PatchMaker(dim=152, projection=projection, seed=0).patchify(features).vectors
+    b = PatchMaker(dim=152, projection=projection, seed=5).patchify(features).vectors
+    np.testing.assert_array_equal(a, b)
+    raw = PatchMaker(dim=152, projection=projection, normalise=False, neighbourhood=1).patchify(features).vectors
+    fine = features.stride8[0, :, 0, 0].numpy()
+    expected = fine / np.linalg.norm(fine) if projection == "balanced" else fine
+    np.testing.assert_allclose(raw[0, 0, :40], expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="makes 152-d patches"):
+        PatchMaker(dim=256, projection=projection).patchify(features)
+
+
+def test_balanced_patches_weigh_both_scales_the_same_whatever_their_magnitudes() -> None:
+    fine, coarse = maps(1)
+    loud = FeatureMaps(fine * 100.0, coarse)  # the stride-8 map 100x larger than the stride-16 one
+    vectors = PatchMaker(dim=152, projection="balanced").patchify(loud).vectors[0]
+    halves = np.linalg.norm(vectors[:, :40], axis=1), np.linalg.norm(vectors[:, 40:], axis=1)
+    # Each scale is a unit vector before the patch is normalised (the coarse one on its own grid, so
+    # upsampling between differing neighbours shortens it a little).
+    assert np.all(halves[0] >= halves[1] - 1e-6) and np.median(halves[1] / halves[0]) > 0.6
+    plain = PatchMaker(dim=152, projection="none").patchify(loud).vectors[0]
+    assert np.median(np.linalg.norm(plain[:, 40:], axis=1)) < 0.05  # unnormalised, the loud scale drowns the other
+
+
+def test_a_recipe_records_the_backbones_own_width_or_projects_a_wider_one() -> None:
+    from indexing.patch_mode import PatchConfig
+
+    own = PatchConfig().for_backbone((40, 112))  # efficientnet_lite0
+    assert (own.projection, own.dim) == ("balanced", 152)
+    wide = PatchConfig().for_backbone((512, 1024))  # resnet50
+    assert (wide.projection, wide.dim) == ("random", 256)
+    chosen = PatchConfig(projection="pool", dim=64)
+    assert chosen.for_backbone((40, 112)) == chosen
+    # A record from before "none" existed was a seeded projection.
+    assert PatchConfig.from_dict({"dim": 256}).projection == "random"
+
+
 def test_patch_maker_rejects_bad_settings() -> None:
     for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2}):
         with pytest.raises(ValueError):
