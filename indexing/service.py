@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexing.backbones import DEFAULT_BACKBONE, Backbone
+from indexing.backbones import DEFAULT_BACKBONE, Backbone, map_channels
 from indexing.calibration import Calibration, calibrate, parse_policy, policy_for
 from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
@@ -296,7 +296,8 @@ class NominalService:
         )
 
     def _reindex_reason(self, setting: MachineSetting, version: CollectionVersion) -> str | None:
-        """How the version's patch bank differs from what a re-index would build: missing, or cut into tiles otherwise."""
+        """How the version's patch bank differs from what a re-index would build: missing, cut into tiles otherwise,
+        or made of the earlier patch features."""
         if setting.scoring != "patch":
             return None
         try:
@@ -310,6 +311,11 @@ class NominalService:
         if built.tiling == "auto" and built.tiling_rule != TILING_RULE:
             return ("the patch bank was built with the earlier automatic tiling (images tiled from 3:1, at native "
                     "scale); a re-index builds it with the current one (from 2:1, in one row with the aspect ratio kept)")
+        channels = map_channels(version.backbone)
+        current = self.versions.patch_config.for_backbone(channels) if channels else built
+        if (built.projection, built.dim) != (current.projection, current.dim):
+            return (f"the patch bank was built with the earlier patch features ({built.dim}-d, {built.projection!r}); "
+                    f"a re-index builds them with the current ones ({current.dim}-d, {current.projection!r})")
         return None
 
     # ----------------------------------------------------------------- versions

@@ -45,6 +45,7 @@ __all__ = [
     "FeatureMaps",
     "available_backbones",
     "load_backbone",
+    "map_channels",
 ]
 
 # The quality benchmark decides this; keep it the single place that names the default.
@@ -100,6 +101,15 @@ def load_backbone(
         raise UnknownBackbone(f"unknown backbone {name!r}; available: {', '.join(available_backbones())}")
     loader = importlib.import_module(f"{__name__}.{module}")
     return loader.load(device=device, weights_dir=weights_dir, download=download)
+
+
+def map_channels(name: str) -> tuple[int, int] | None:
+    """The (stride-8, stride-16) channels of a registered CNN's feature maps, without loading it; None for
+    a backbone without maps (CLIP) or a name not registered."""
+    module = _MODULES.get(name.strip().lower().replace("-", "_"))
+    if module is None:
+        return None
+    return importlib.import_module(f"{__name__}.{module}").MAP_CHANNELS
 
 
 def __getattr__(attribute: str) -> Any:

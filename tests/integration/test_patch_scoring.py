@@ -13,9 +13,13 @@ from sklearn.metrics import roc_auc_score
 
 from indexing.errors import EmptyCollection
 from indexing.images import ImageInput
+from indexing.image_store import ImageStore
+from indexing.patch_mode import PatchConfig
+from indexing.runner import InProcessRunner
 from indexing.service import BackbonePool, NominalService
 from indexing.settings import alias_name
 from indexing.store import EdgeStore
+from tests.waiting import wait_for_job
 
 pytestmark = pytest.mark.slow
 
@@ -255,3 +259,35 @@ def test_a_large_bank_grows_by_its_ivf_bounds_and_still_separates_defects(
             store.close()
     assert found["bounds"][0] == found["every row"][0]
     assert found["bounds"][1] >= 0.95
+
+
+def test_a_bank_of_the_earlier_features_keeps_scoring_and_says_a_reindex_renews_it(
+    pool: BackbonePool, hazelnut: Path, hazelnut_sets, tmp_path: Path
+) -> None:
+    store = EdgeStore(tmp_path / "store")
+    try:
+        # Built before the upgrade: 256-d patches through a seeded projection.
+        before = NominalService(store, backbones=pool, patch_config=PatchConfig(projection="random"))
+        before.put_setting(SETTING, scoring="patch")
+        before.index(SETTING, hazelnut_sets["train"][:6])
+        probes = hazelnut_sets["good"][:2] + hazelnut_sets["defect"][:2]
+        expected = before.scores(SETTING, probes)
+
+        upgraded = NominalService(store, backbones=pool)  # the same store, opened by the new version
+        old = upgraded.versions.patch_record(upgraded.versions.active(SETTING))
+        assert (old["patch_config"]["projection"], old["dim"]) == ("random", 256)
+        np.testing.assert_allclose(upgraded.scores(SETTING, probes), expected, rtol=1e-5)  # its own recipe
+        note = upgraded.status(SETTING).reindex_note
+        assert note is not None and "earlier patch features (256-d, 'random')" in note and "(152-d, 'balanced')" in note
+
+        runner = InProcessRunner(upgraded, ImageStore(tmp_path / "images"))
+        try:
+            job = wait_for_job(runner.board, runner.submit_reindex(SETTING, str(hazelnut / "train" / "good")))
+            assert job.state == "succeeded"
+        finally:
+            runner.close()
+        new = upgraded.versions.patch_record(upgraded.versions.active(SETTING))
+        assert new["version"] == 2 and (new["patch_config"]["projection"], new["dim"]) == ("balanced", 152)
+        assert upgraded.status(SETTING).reindex_note is None
+    finally:
+        store.close()
