@@ -2,9 +2,10 @@
 
 A process serving many patch settings cannot keep every bank for ever: each bank
 is about 7.6 kB per nominal image at the default backbone's 152-d (11 kB at 256-d;
-`benchmarks/bank_memory.py`), so 50 settings of 100,000 images would hold 38 GB. `BankCache` keeps the banks it has loaded while
-their estimated bytes (`bank_bytes`) fit in `max_bytes`; loading or growing a bank
-past the budget evicts the least recently used others. An evicted bank is reloaded
+`benchmarks/bank_memory.py`), so 50 settings of 100,000 images would hold 38 GB.
+`BankCache` keeps the banks it has loaded while their estimated bytes (`bank_bytes`)
+fit in `max_bytes`; loading or growing a bank past the budget evicts the least
+recently used others. An evicted bank is reloaded
 from the store on its setting's next request (`benchmarks/bank_load.py` measures
 that load), so a verdict never fails for lack of memory: a bank larger than the
 whole budget on its own is still loaded and served (every other bank is evicted),
