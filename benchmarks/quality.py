@@ -173,21 +173,21 @@ def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) ->
             train_maps = feature_maps(backbone, data.train)
             test_maps = feature_maps(backbone, [t.image for t in data.test])
             embedded = time.perf_counter()
-            config = config.for_backbone(backbone.map_channels)
-            bank = build_bank(config, train_maps)
+            resolved = config.for_backbone(backbone.map_channels)  # this backbone's recipe, not the next one's
+            bank = build_bank(resolved, train_maps)
             built = time.perf_counter()
             has_masks = any(t.mask_path for t in data.test)
-            scores, grids = patch_scores(config, bank, test_maps, grids=has_masks)
+            scores, grids = patch_scores(resolved, bank, test_maps, grids=has_masks)
             scored = time.perf_counter()
             is_fail = np.array([t.is_fail for t in data.test])
             m = compute_metrics(is_fail, scores)
             pixel, pruned_diff = None, None
             if not has_masks:
                 first = FeatureMaps(test_maps.stride8[:100], test_maps.stride16[:100])
-                pruned_diff = float(np.abs(patch_scores(config, bank, first)[0] - scores[:100]).max())
+                pruned_diff = float(np.abs(patch_scores(resolved, bank, first)[0] - scores[:100]).max())
             else:
                 side = backbone.input_size
-                maps = [heat_map(g, g.shape, (side, side), sigma=config.sigma) for g in grids]
+                maps = [heat_map(g, g.shape, (side, side), sigma=resolved.sigma) for g in grids]
                 masks = [mask_at(str(t.mask_path), (side, side)) if t.mask_path else np.zeros((side, side), bool)
                          for t in data.test]
                 pixel = pixel_roc_auc(maps, masks)
@@ -197,7 +197,7 @@ def run_patch(datasets: list[str], backbones: list[str], config: PatchConfig) ->
                 "n_train": len(data.train), "n_test_pass": m.n_pass, "n_test_fail": m.n_fail,
                 "bank_rows": len(bank), "bank_bytes_per_image": bank.nbytes / len(data.train),
                 "coreset_s": built - embedded, "scoring_s": scored - built, "pruned_max_abs_diff": pruned_diff,
-                "config": config.to_dict(),
+                "config": resolved.to_dict(),
             })
             check = "" if pruned_diff is None else f", pruned vs full search max |diff| {pruned_diff:.2g}"
             print(f"  patch {backbone_name} on {dataset_name}: maps {embedded - started:.1f} s, bank {len(bank)} rows "
