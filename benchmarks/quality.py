@@ -460,7 +460,8 @@ def suite_global(name: str, data: Dataset, backbone) -> dict:
 
 
 def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: str) -> list[dict]:
-    """Patch scoring through `PatchIndex` on an embedded store, exactly as a setting with `config` indexes and scores.
+    """Patch scoring through `PatchIndex` on an embedded store, exactly as a setting with `config` indexes and scores
+    (`config` as `run_suite` resolved it for the backbone: `PatchConfig.for_backbone`).
 
     Returns the row of `config` and, where every test image has a distance grid, rows for
     the mean of the top k patch distances (same bank, same grids).
@@ -469,7 +470,6 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     from indexing.patch_search import top_mean
     from indexing.tiling import layout_for
 
-    config = config.for_backbone(backbone.map_channels)
     tiled = layout_for(decode(data.train[0]), backbone.input_size, config.tiling) is not None
     has_masks = any(t.mask_path for t in data.test)
     n = len(data.test)

@@ -55,7 +55,6 @@ from indexing.settings import (
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
-from indexing.tiling import RULE as TILING_RULE
 from indexing.training import (
     GATE_NOMINAL,
     MIN_FAIL,
@@ -92,8 +91,8 @@ class SettingStatus:
     `calibration` is the one verdicts use (None: UNCALIBRATED); `calibration_note` says
     why the active calibration no longer applies (another backbone or scoring mode);
     `candidate` is a newer recorded calibration that is not active; `reindex_note` says how
-    the active patch bank differs from what a re-index would build (missing, or cut into
-    tiles otherwise), or None.
+    the active patch bank differs from what a re-index would build (missing, cut into
+    tiles otherwise, or made of the earlier patch features), or None.
     """
 
     setting: MachineSetting
@@ -305,14 +304,13 @@ class NominalService:
         except EmptyCollection as missing:  # verdicts refuse with the same words until a re-index
             return str(missing)
         built = PatchConfig.from_dict(patch.get("patch_config"))
-        if built.tiling != setting.tiling:
+        current = self.versions.patch_recipe(setting, map_channels(version.backbone))
+        if built.tiling != current.tiling:
             return (f"the patch bank was built with tiling {built.tiling!r} and the setting asks for {setting.tiling!r}: "
                     "re-index to apply it")
-        if built.tiling == "auto" and built.tiling_rule != TILING_RULE:
+        if built.tiling == "auto" and built.tiling_rule != current.tiling_rule:
             return ("the patch bank was built with the earlier automatic tiling (images tiled from 3:1, at native "
                     "scale); a re-index builds it with the current one (from 2:1, in one row with the aspect ratio kept)")
-        channels = map_channels(version.backbone)
-        current = self.versions.patch_config.for_backbone(channels) if channels else built
         if (built.projection, built.dim) != (current.projection, current.dim):
             return (f"the patch bank was built with the earlier patch features ({built.dim}-d, {built.projection!r}); "
                     f"a re-index builds them with the current ones ({current.dim}-d, {current.projection!r})")

@@ -161,6 +161,12 @@ class Versions:
 
     # ----------------------------------------------------------------- building
 
+    def patch_recipe(self, setting: MachineSetting, channels: tuple[int, int] | None) -> PatchConfig:
+        """The recipe a patch bank of `setting` is built with now, for a backbone with these map channels
+        (None: leave the width as configured)."""
+        recipe = replace(self.patch_config, tiling=setting.tiling)
+        return recipe.for_backbone(channels) if channels else recipe
+
     def begin(self, setting: MachineSetting, backbone: str | None = None) -> CollectionVersion:
         """Create the setting's next version, empty and not active, embedded with `backbone` (default: the setting's).
 
@@ -184,7 +190,7 @@ class Versions:
             self.store.create_collection(version.collection, model.dim)
             self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
             if setting.scoring == "patch":
-                recipe = replace(self.patch_config, tiling=setting.tiling).for_backbone(model.map_channels)
+                recipe = self.patch_recipe(setting, model.map_channels)
                 patch = CollectionVersion.from_dict({
                     **version.to_dict(), "kind": "patch", "dim": recipe.dim,
                     "collection": collection_name(name, model.name, number, kind="patch"),

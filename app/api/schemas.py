@@ -86,7 +86,7 @@ class SettingPublic(BaseModel):
     candidate_calibration: CalibrationSummary | None = Field(
         None, description="A newer recorded calibration that is not live (held back, or recorded with activate=false).")
     reindex_note: str | None = Field(
-        None, description="How the active patch bank differs from what a re-index would build (missing, or another tiling); null: it does not.")
+        None, description="How the active patch bank differs from what a re-index would build (missing, another tiling, or the earlier patch features); null: it does not.")
     created_at: str
     updated_at: str
 

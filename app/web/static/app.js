@@ -232,7 +232,7 @@ async function refreshSetting() {
     // A scorer trained on labelled defects answers instead of the plain mode once its calibration is in use.
     ...(s.scorer && s.scorer !== s.scoring ? [["Scorer", `${s.scorer} (trained on labelled defects)`]] : []),
     ...(s.description ? [["Description", s.description]] : []),
-    // The active patch bank is missing, or cut into tiles otherwise than a re-index would cut it.
+    // The active patch bank is missing, cut into tiles otherwise, or made of the earlier patch features.
     ...(s.reindex_note ? [["Re-index needed", s.reindex_note]] : []),
   ]));
   await Promise.all([renderCalibration(s), renderVersions(s), renderLine(s), renderReview()]);
