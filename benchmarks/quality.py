@@ -374,7 +374,7 @@ def main() -> None:
         modes = [m for m in args.modes if (m == "global" and "global" in args.scoring)
                  or (m.startswith(("patch", "positional")) and "patch" in args.scoring)]
         rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh, seeds=tuple(args.seeds))
-        rows += fused_rows(rows)
+        rows += fused_rows(rows) + local_rows(rows)
         anchors = json.loads(args.anchors.read_text()) if args.anchors else []
         anchors = [a for a in anchors if a["set"] in args.datasets and a["backbone"] == args.backbones[0]]
         print_suite(rows, anchors, default_mode())
@@ -456,7 +456,9 @@ def suite_global(name: str, data: Dataset, backbone) -> dict:
         exact_knn(train, backbone.embed([image]), 1)
     ms = (time.perf_counter() - timed) / len(probes) * 1000.0
     row = _row(name, "global", data, m, None, None, ms, fit_s, train.shape[1] * 4.0, tiled=False)
-    return row | {"scores": scores.tolist(), "reference": reference.tolist()}
+    near = exact_knn(train, test, LOCAL_K)[1]  # each test image's nearest nominal images, for `local_rows`
+    return row | {"scores": scores.tolist(), "reference": reference.tolist(), "train_ids": [i.id for i in data.train],
+                  "near": near.tolist()}
 
 
 def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: str) -> list[dict]:
@@ -492,7 +494,8 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
                 for start in range(0, len(numbers), 16):
                     part = numbers[start : start + 16]
                     images = [data.test[i].image for i in part]
-                    results = index.score(name, collection, config, backbone, images, [decode(i) for i in images], grids=grids)
+                    results = index.score(name, collection, config, backbone, images, [decode(i) for i in images], grids=grids,
+                                          neighbours=LOCAL_K)
                     for i, result in zip(part, results):
                         found[i] = result
             probes = _probes(data)
@@ -503,7 +506,8 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
                 index.score(name, collection, config, raw, [data.test[number].image], [image], neighbours=1)
             ms = (time.perf_counter() - timed) / len(probes) * 1000.0
             per_image = bank.vectors.nbytes / len(data.train)
-            reference = index.nominal_scores(name, collection, config)
+            by_image = index.nominal_scores_by_image(name, collection, config)
+            reference = np.fromiter(by_image.values(), dtype=np.float64)
         finally:
             store.close()
     is_fail = np.array([t.is_fail for t in data.test])
@@ -520,7 +524,8 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     label = mode + (" (tiled)" if tiled else "")
     rows = [_row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, ms, fit_s, per_image, tiled=tiled,
                  pixel_images=len(with_grid) if has_masks else None)
-            | {"scores": scores.tolist(), "reference": reference.tolist()}]
+            | {"scores": scores.tolist(), "reference": reference.tolist(), "reference_ids": list(by_image),
+               "named": [[neighbour.id for neighbour in f.neighbours] for f in found]}]
     if len(with_grid) == n and config.reweight_k == 0 and config.top_k == 1:
         for k in TOP_KS:
             top = np.array([top_mean(f.grid.ravel(), k) for f in found])
@@ -600,6 +605,8 @@ SUITE_MODES = {
     "positional-64": None,
     "positional-256": None,
     "patch": PatchConfig(),
+    # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
+    "patch-plain": PatchConfig(local_scale=0),
     "patch-notile": PatchConfig(tiling="off"),
     "patch-tiled": PatchConfig(tiling="on"),
     "patch-ensemble": PatchConfig(projection="random"),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
@@ -840,10 +847,57 @@ def fused_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
+# Local scale, a lever: a patch score divided by the mean leave-one-out score of the nominal images
+# nearest the test image, so a kind of part whose nominal images score high (poly cells beside mono,
+# busy textiles) is judged against its own kind. "global k": the k nearest by the pooled embedding
+# (the global mode's kNN); "named k": the first k nominal images named for the worst patch.
+LOCAL_K = 50
+LOCAL_VARIANTS = (("global", 3), ("global", 5), ("global", 10), ("global", 20), ("global", 50), ("named", 5), ("named", 10))
+
+
+def local_rows(rows: list[dict]) -> list[dict]:
+    """A row per set and local-scale variant where the patch mode (each seed) and global ran in this suite."""
+    import re
+
+    out = []
+    by_set: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if "scores" in r:
+            by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
+    for name, modes in by_set.items():
+        near = modes.get("global")
+        patch = [r for label, r in modes.items() if re.fullmatch(r"patch-plain( \[seed \d+\])?", label) and "named" in r]
+        if near is None or "near" not in near or not patch:
+            continue
+        if len(patch) > 1:
+            patch = [r for r in patch if "[seed" in r["mode"]]
+        data = DATASETS[name]()
+        is_fail = np.array([t.is_fail for t in data.test])
+        for source, k in LOCAL_VARIANTS:
+            per_seed = []
+            for r in patch:
+                reference = dict(zip(r["reference_ids"], r["reference"]))
+                fallback = float(np.mean(r["reference"]))
+                nearest = ([[near["train_ids"][j] for j in row[:k]] for row in near["near"]] if source == "global"
+                           else [ids[:k] for ids in r["named"]])
+                scale = np.array([np.mean([reference[i] for i in ids if i in reference] or [fallback]) for ids in nearest])
+                per_seed.append(compute_metrics(is_fail, np.asarray(r["scores"]) / np.maximum(scale, 1e-12)))
+            row = _row(name, f"patch, local scale ({source} {k})", data, per_seed[0], None, None, None, None, None,
+                       tiled=patch[0]["tiled"])
+            for field, attribute in (("roc_auc", "roc_auc"), ("ap", "average_precision"), ("f1_max", "f1_max")):
+                row[field] = float(np.mean([getattr(m, attribute) for m in per_seed]))
+            row["seed_roc_aucs"] = [m.roc_auc for m in per_seed]
+            out.append(row)
+    return out
+
+
 def _config_key(config: PatchConfig) -> str:
     import hashlib
 
-    return hashlib.sha1(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
+    recipe = config.to_dict()
+    if not recipe["local_scale"]:
+        del recipe["local_scale"]  # plain distances hash as before the field existed: their cached rows still hold
+    return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def _f(value, digits: int = 3) -> str:

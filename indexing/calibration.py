@@ -261,6 +261,9 @@ class Calibration:
     scoring: str = "global"
     # `indexing.compare.Comparison.to_dict()` when the calibration compared candidate scorers.
     comparison: dict[str, Any] | None = None
+    # The recipe (`PatchConfig.to_dict`) of the patch bank its scores came from; None for global scores and
+    # for calibrations recorded before it was kept (the service then reads the recipe `collection` recorded).
+    patch_recipe: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready dict; `from_dict` rebuilds an equal `Calibration`."""
@@ -283,6 +286,7 @@ class Calibration:
             "warnings": list(self.warnings),
             "scoring": self.scoring,
             "comparison": self.comparison,
+            "patch_recipe": self.patch_recipe,
         }
 
     @classmethod
@@ -321,6 +325,7 @@ class Calibration:
             # Records from before `scoring` was stored: a patch bank's collection name says "__patch__".
             scoring=str(d.get("scoring") or ("patch" if "__patch__" in str(d["collection"]) else "global")),
             comparison=d.get("comparison"),
+            patch_recipe=d.get("patch_recipe"),
         )
 
     def unfit_for(self, *, backbone: str, scoring: str) -> str | None:

@@ -79,6 +79,8 @@ class PatchBank:
         sources: image id -> source, for neighbours.
         nn: the fitted search backend over `vectors`.
         bounds: upper bounds on nearest-row distances, for pruned scoring (see `PatchScorer`); None searches in full.
+        own_scores: image id -> its leave-one-out score against the rest of the bank, as far as
+            computed (`PatchConfig.local_scale`); emptied whenever the bank grows.
     """
 
     def __init__(self, dim: int, nn: NearestNeighbours, bounds: UpperBounds | None = None) -> None:
@@ -91,6 +93,7 @@ class PatchBank:
         self.nn = nn
         self.bounds = bounds
         self._rows: dict[str, list[int]] = {}
+        self.own_scores: dict[str, float] = {}
         self.lock = threading.RLock()
 
     def __len__(self) -> int:
@@ -126,6 +129,7 @@ class PatchBank:
             return
         rows = blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
         with self.lock:
+            self.own_scores.clear()  # more rows can only bring an image's nearest other row closer
             start = len(self.image_ids)
             for offset, owner in enumerate(owners):
                 self._rows.setdefault(owner, []).append(start + offset)

@@ -7,7 +7,8 @@ the service hands it the collection to use.
 
 Flow, as PatchCore's `fit` reads:
     index:   feature maps -> `PatchMaker.patchify` -> sampler.run(covered=bank) -> store + bank
-    inspect: feature maps -> patchify -> `PatchScorer.run` (faiss over the bank) -> score, heat map
+    inspect: feature maps -> patchify -> `PatchScorer.run` (faiss over the bank) -> largest distance
+             -> over the own scores of the nominal images nearest the worst patch -> score, heat map
 
 The recipe a bank was built with is recorded with its collection version
 (`PatchConfig.to_dict`), so changing the defaults never mixes patch vectors made
@@ -42,6 +43,10 @@ from indexing.tiling import RULE as TILING_RULE
 from indexing.tiling import TileLayout, Tiling, check_rule, check_tiling, layout_for, metric_size
 
 
+# Nominal images a relative score is taken against (`PatchConfig.local_scale`), chosen on the visible suite.
+LOCAL_SCALE = 20
+
+
 @dataclass(frozen=True)
 class PatchConfig:
     """How patch vectors are made, subsampled and scored. Defaults chosen on the visible suite (benchmarks/quality.py).
@@ -72,6 +77,12 @@ class PatchConfig:
             before tiling existed read as "off".
         tiling_rule: which `auto` rule the bank was built with (`indexing.tiling.RULE`);
             banks recorded before the rule was numbered read as 1.
+        local_scale: k > 0 makes the image score relative: the largest patch distance divided by
+            the mean leave-one-out score of the k nominal images nearest the worst patch, so an
+            image is judged against the nominal images it resembles (poly cells beside mono
+            ones, a busy weave beside a plain one) rather than against the whole bank's. 0 keeps
+            the plain distance; banks recorded before it existed read as 0, so their calibrated
+            thresholds keep meaning what they meant.
     """
 
     dim: int = 256
@@ -85,6 +96,7 @@ class PatchConfig:
     top_k: int = 1
     tiling: Tiling = "auto"
     tiling_rule: int = TILING_RULE
+    local_scale: int = LOCAL_SCALE
 
     def __post_init__(self) -> None:
         self.maker()
@@ -93,6 +105,8 @@ class PatchConfig:
         check_rule(self.tiling_rule)
         if self.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
+        if self.local_scale < 0:
+            raise ValueError(f"local_scale must be 0 (off) or a number of nominal images, got {self.local_scale}")
 
     def scorer(self, bank: PatchBank) -> PatchScorer:
         return PatchScorer(bank.nn, reweight_k=self.reweight_k, bounds=bank.bounds, top_k=self.top_k)
@@ -111,13 +125,15 @@ class PatchConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> "PatchConfig":
         """The recipe a record holds: one recorded before tiling existed never tiles, one recorded before
-        the `auto` rule was numbered keeps rule 1 (`indexing.tiling`)."""
+        the `auto` rule was numbered keeps rule 1 (`indexing.tiling`), one recorded before the local
+        scale existed scores plain distances."""
         known = set(cls.__dataclass_fields__)
         values = {key: value for key, value in (data or {}).items() if key in known}
         if data is not None:
             values.setdefault("projection", "random")
             values.setdefault("tiling", "off")
             values.setdefault("tiling_rule", 1)
+            values.setdefault("local_scale", 0)
         return cls(**values)
 
     def for_backbone(self, channels: tuple[int, int]) -> "PatchConfig":
@@ -136,9 +152,11 @@ class PatchResult:
     """The patch-level answer for one image.
 
     Attributes:
-        score: image score (largest patch distance, re-weighted if configured).
+        score: image score (largest patch distance, re-weighted if configured, over the
+            local scale where the recipe has one: `PatchConfig.local_scale`).
         grid: (rows, cols) float32 nearest-bank distance of every patch, when grids
-            or maps were asked for (a score alone skips most of that search).
+            or maps were asked for (a score alone skips most of that search); over the
+            same local scale, so its largest value is the score.
         worst: (row, col) of the most anomalous patch.
         neighbours: nominal images holding the bank patches nearest to the worst
             patch, nearest first (id = image id, payload: source, row, col, patch).
@@ -360,14 +378,14 @@ class PatchIndex:
         for image, vectors in zip(images, patches.vectors):
             own = bank.rows_of(image.id)
             found = scorer.run(vectors, exclude=own or None, grid=grids or maps)
-            near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
+            score, near, scale = self._judged(bank, config, found.score, vectors[found.worst], own, neighbours, hybrid)
             grid = heat = None
             if found.distances is not None:
-                grid = found.distances.reshape(rows, cols)
+                grid = found.distances.reshape(rows, cols) / np.float32(scale)
             if maps:
                 heat = heat_map(grid, patches.grid, (backbone.input_size,) * 2, sigma=config.sigma)
             results.append(
-                PatchResult(score=found.score, grid=grid, worst=divmod(found.worst, cols), neighbours=near, heat=heat)
+                PatchResult(score=score, grid=grid, worst=divmod(found.worst, cols), neighbours=near, heat=heat)
             )
         return results
 
@@ -391,7 +409,7 @@ class PatchIndex:
         vectors, grid_shape = _tile_patches(config, backbone, pieces, batch_size)
         own = bank.rows_of(image.id)
         found = _scorer(config, bank, hybrid).run(vectors, exclude=own or None, grid=grids or maps)
-        near = self._neighbours(bank, vectors[found.worst], neighbours, own) if neighbours else []
+        score, near, scale = self._judged(bank, config, found.score, vectors[found.worst], own, neighbours, hybrid)
         per_tile = grid_shape[0] * grid_shape[1]
         tile, cell = divmod(found.worst, per_tile)
         x, y = tile_layout.tile_centre(tile, *divmod(cell, grid_shape[1]), grid_shape)
@@ -401,7 +419,7 @@ class PatchIndex:
             side = tile_layout.tile
             raw = [
                 heat_map(d.reshape(grid_shape), grid_shape, (side, side), sigma=0.0)
-                for d in found.distances.reshape(len(pieces), per_tile)
+                for d in found.distances.reshape(len(pieces), per_tile) / np.float32(scale)
             ]
             whole = _to_original(tile_layout.stitch(raw), tile_layout)
             width, height = tile_layout.original
@@ -412,9 +430,7 @@ class PatchIndex:
 
                 scale = tile_layout.original[1] / tile_layout.scaled[1]
                 heat = gaussian_filter(whole, sigma=config.sigma * scale).astype(np.float32)
-        return PatchResult(
-            score=found.score, grid=grid, worst=worst, neighbours=near, heat=heat, tiled=tile_layout.original
-        )
+        return PatchResult(score=score, grid=grid, worst=worst, neighbours=near, heat=heat, tiled=tile_layout.original)
 
     def forget_image(self, setting: str, collection: str, image_id: str) -> None:
         """Delete a nominal image's patches from the bank (the bank reloads on next use)."""
@@ -438,19 +454,51 @@ class PatchIndex:
         unusual patches, which are the ones the max is taken over, but the figure is
         an approximation. Calibrate with PASS images for an exact one.
         """
+        return np.fromiter(self.nominal_scores_by_image(setting, collection, config).values(), dtype=np.float64)
+
+    def nominal_scores_by_image(self, setting: str, collection: str, config: PatchConfig) -> dict[str, float]:
+        """`nominal_scores` keyed by nominal image id, in the bank's order (an image whose patches are the
+        whole bank has no leave-one-out score and is left out); relative as a verdict's are under `local_scale`."""
         bank = self.bank(setting, collection, config.dim)
 
-        def leave_one_out() -> np.ndarray:
+        def leave_one_out() -> dict[str, float]:
             scorer = config.scorer(bank)
-            scores = []
+            scores = {}
             for image_id in dict.fromkeys(bank.image_ids):
                 own = bank.rows_of(image_id)
                 if len(own) == len(bank):
                     continue
-                scores.append(scorer.run(bank.vectors[own], exclude=own, grid=False).score)
-            return np.asarray(scores, dtype=np.float64)
+                found = scorer.run(bank.vectors[own], exclude=own, grid=False)
+                bank.own_scores[image_id] = found.score
+                worst = bank.vectors[own[found.worst]]
+                scores[image_id] = self._judged(bank, config, found.score, worst, own, 0, None)[0]
+            return scores
 
         return self.compute.run(leave_one_out)
+
+    def _judged(
+        self,
+        bank: PatchBank,
+        config: PatchConfig,
+        distance: float,
+        worst: np.ndarray,
+        own: list[int],
+        neighbours: int,
+        hybrid: HybridCombiner | None,
+    ) -> tuple[float, list[Neighbour], float]:
+        """An image's score from its largest patch distance, the `neighbours` nominal images named for its worst
+        patch, and the scale its distances are divided by (so its grid and heat map read on the score's scale,
+        as the calibrated threshold does). Under `config.local_scale` (and no trained hybrid head, whose scores
+        are its own) the scale is the mean leave-one-out score of the `local_scale` nominal images nearest that
+        patch; otherwise 1."""
+        local = config.local_scale if hybrid is None else 0
+        wanted = max(neighbours, local)
+        near = self._neighbours(bank, worst, wanted, own) if wanted else []
+        scale = 1.0
+        if local and near:
+            scorer = config.scorer(bank)
+            scale = max(float(np.mean([_own_score(bank, scorer, neighbour.id) for neighbour in near[:local]])), 1e-12)
+        return float(distance) / scale, near[:neighbours], scale
 
     def _patchify(self, maker: PatchMaker, backbone: Backbone, images: list[Image.Image], batch_size: int) -> Patches:
         """Patch vectors of these images, computed on the compute thread (the backbone's forward nests there)."""
@@ -551,6 +599,17 @@ def _tile_patches(
         parts.append(patches.vectors.reshape(-1, config.dim))
         grid_shape = patches.grid
     return np.concatenate(parts), grid_shape
+
+
+def _own_score(bank: PatchBank, scorer: PatchScorer, image_id: str) -> float:
+    """A nominal image's leave-one-out score (its stored patches against the rest of the bank), kept on the bank
+    until the bank grows."""
+    with bank.lock:  # not against a bank that grows meanwhile: growing empties `own_scores`
+        found = bank.own_scores.get(image_id)
+        if found is None:
+            own = bank.rows_of(image_id)
+            found = bank.own_scores[image_id] = scorer.run(bank.vectors[own], exclude=own, grid=False).score
+        return found
 
 
 def _scorer(config: PatchConfig, bank: PatchBank, hybrid: HybridCombiner | None) -> PatchScorer | HybridScorer:

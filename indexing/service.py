@@ -48,10 +48,12 @@ from indexing.settings import (
     CALIBRATION_KIND,
     LABEL_KIND,
     SETTING_KIND,
+    VERSION_KIND,
     CollectionVersion,
     MachineSetting,
     alias_name,
     check_setting_name,
+    collection_name,
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
@@ -195,6 +197,7 @@ class NominalService:
         )
         # A calibration never changes once written, so a verdict reads it from the store once per process.
         self._calibrations: dict[tuple[str, str], Calibration] = {}
+        self._recipes: dict[str, dict[str, Any] | None] = {}  # patch collection -> its recorded recipe
 
     # ----------------------------------------------------------------- settings
 
@@ -261,6 +264,7 @@ class NominalService:
         self.get_setting(name)
         with self._lock(name):
             self.versions.delete_all(name)
+            self._recipes.clear()  # a setting made again under this name reuses its collection names
             self.references.delete_setting(name)
             self.trained.delete_all(name)
             for record in self.store.list_records(CALIBRATION_KIND):
@@ -296,7 +300,7 @@ class NominalService:
 
     def _reindex_reason(self, setting: MachineSetting, version: CollectionVersion) -> str | None:
         """How the version's patch bank differs from what a re-index would build: missing, cut into tiles otherwise,
-        or made of the earlier patch features."""
+        made of the earlier patch features, or scored without the local scale."""
         if setting.scoring != "patch":
             return None
         try:
@@ -314,6 +318,9 @@ class NominalService:
         if (built.projection, built.dim) != (current.projection, current.dim):
             return (f"the patch bank was built with the earlier patch features ({built.dim}-d, {built.projection!r}); "
                     f"a re-index builds them with the current ones ({current.dim}-d, {current.projection!r})")
+        if built.local_scale != current.local_scale:
+            return ("the patch bank scores plain patch distances; a re-index builds it to score each image relative to "
+                    f"the {current.local_scale} nominal images nearest its worst patch (then calibrate again)")
         return None
 
     # ----------------------------------------------------------------- versions
@@ -433,10 +440,11 @@ class NominalService:
     ) -> list[Verdict]:
         """Score each image against the active nominal set and apply the latest calibration.
 
-        A patch-scoring setting scores by the largest patch distance; its
-        neighbours are the nominal images holding the patches closest to the most
-        anomalous patch, and `heatmap=True` adds each image's heat map (raw grid and
-        PNG overlay). A global setting ignores `heatmap`.
+        A patch-scoring setting scores by the largest patch distance (over the mean
+        leave-one-out score of the nominal images nearest the worst patch, for a bank built
+        with `PatchConfig.local_scale`); its neighbours are the nominal images holding the
+        patches closest to the most anomalous patch, and `heatmap=True` adds each image's
+        heat map (raw grid and PNG overlay). A global setting ignores `heatmap`.
         """
         started = time.perf_counter()
         context = self.context(name)
@@ -726,7 +734,7 @@ class NominalService:
         held_back = result.degenerate if activate else "not activated on request"
         replaced = self.usable_calibration(name)
         self.references.save(name, result.id, pass_scores)  # first: a calibration is never recorded without them
-        self.save_calibration(name, result, activate=held_back is None)
+        result = self.save_calibration(name, result, activate=held_back is None)
         return Calibrated(
             calibration=result, active=held_back is None, held_back=held_back,
             replaced=replaced if held_back is None else None,
@@ -870,7 +878,7 @@ class NominalService:
                            scoring=scorer.scoring)
         held_back = result.degenerate
         self.references.save(name, result.id, decision.oof_pass)
-        self.save_calibration(name, result, activate=held_back is None)
+        result = self.save_calibration(name, result, activate=held_back is None)
         calibrated = Calibrated(calibration=result, active=held_back is None, held_back=held_back,
                                 replaced=current if held_back is None else None)
         reason = (f"it answers verdicts now (calibration {result.id}): {decision.reason}" if held_back is None
@@ -960,7 +968,13 @@ class NominalService:
         return found
 
     def save_calibration(self, name: str, result: Calibration, *, activate: bool = True) -> Calibration:
-        """Record a calibration; with `activate`, verdicts use it from now on."""
+        """Record a calibration; with `activate`, verdicts use it from now on.
+
+        A calibration of patch scores keeps the recipe of the bank they came from, so that a re-index that
+        builds or scores the bank another way leaves it stale (`_stale_reason`) rather than misjudging.
+        """
+        if result.patch_recipe is None:
+            result = replace(result, patch_recipe=self._recipe_of(result.collection))
         record = {**result.to_dict(), "setting": name}
         with self._lock(name):
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
@@ -1091,7 +1105,7 @@ class NominalService:
             scoring="patch" if patch_mode else "global",
         )
         self.references.save(setting, result.id, scores[~is_fail])
-        self.save_calibration(setting, result)
+        result = self.save_calibration(setting, result)
         metrics = compute_metrics(is_fail, scores, threshold=result.threshold)
         configured = self.get_setting(setting)
         heat_files: dict[str, Path] = {}
@@ -1298,14 +1312,29 @@ class NominalService:
             return None
         return calibration
 
-    @staticmethod
-    def _stale_reason(setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
+    def _stale_reason(self, setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
         reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
+        if reason is None and setting.scoring == "patch":
+            made = calibration.patch_recipe or self._recipe_of(calibration.collection)
+            now = self._recipe_of(collection_name(version.setting, version.backbone, version.version, kind="patch"))
+            if made is not None and now is not None and PatchConfig.from_dict(made) != PatchConfig.from_dict(now):
+                return (f"calibration {calibration.id} was made on scores of a patch bank built or scored another way "
+                        f"than the active version {version.version}'s (the patch features or the local scale changed); "
+                        "calibrate again")
         if reason is None:
             return None
         return (f"{reason}: the active version {version.version} holds {version.backbone_identity} vectors and "
                 f"the setting scores {setting.scoring}; calibrate again")
+
+    def _recipe_of(self, collection: str) -> dict[str, Any] | None:
+        """The recipe recorded for a patch collection ({} for a bank recorded before recipes were), or None for a
+        global collection or one no longer recorded. A collection's recipe never changes: read once per process."""
+        if collection not in self._recipes:
+            record = self.store.get_record(VERSION_KIND, collection)
+            self._recipes[collection] = None if record is None or record.get("kind") != "patch" else \
+                (record.get("patch_config") or {})
+        return self._recipes[collection]
 
     def _scored_collection(self, name: str, version: CollectionVersion) -> str:
         """The collection a score of this setting comes from: the patch bank in patch mode."""

@@ -23,7 +23,8 @@ class HeatMap:
 
     Attributes:
         grid: rows x cols nearest-nominal-patch distance of each patch (the raw
-            map, before upsampling and smoothing), as lists of floats.
+            map, before upsampling and smoothing), as lists of floats; on the score's
+            scale (divided by the image's local scale, `PatchConfig.local_scale`).
         worst: (row, col) of the most anomalous patch in `grid`.
         png: the smoothed map coloured over the image, PNG bytes (see
             `indexing.heatmap.overlay_png` for the colour scale).

@@ -139,7 +139,9 @@ class NeighbourPublic(BaseModel):
 
 
 class HeatMapPublic(BaseModel):
-    grid: list[list[float]] = Field(description="Nearest-nominal-patch distance of each patch, rows x cols.")
+    grid: list[list[float]] = Field(description="Nearest-nominal-patch distance of each patch, rows x cols, on the "
+                                                "score's scale: divided by the mean own score of the nominal images "
+                                                "nearest the worst patch, where the bank scores relative to them.")
     worst: tuple[int, int] = Field(description="(row, col) of the most anomalous patch.")
     png: str = Field(description="The smoothed map coloured over the image, as a data:image/png;base64 URL.")
 

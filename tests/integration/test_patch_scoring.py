@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from indexing.errors import EmptyCollection
-from indexing.images import ImageInput
+from indexing.images import ImageInput, decode
 from indexing.image_store import ImageStore
 from indexing.patch_mode import PatchConfig
 from indexing.runner import InProcessRunner
@@ -114,8 +115,34 @@ def test_a_verdict_without_a_heat_map_has_the_same_score_and_neighbours(patch_se
     assert all(v.heatmap is None for v in quick)
     np.testing.assert_allclose([v.score for v in quick], [v.score for v in full], rtol=1e-5)
     for fast, slow in zip(quick, full):
-        assert slow.score == pytest.approx(max(max(row) for row in slow.heatmap.grid), rel=1e-5)
+        assert slow.score == pytest.approx(max(max(row) for row in slow.heatmap.grid), rel=1e-5)  # on the score's scale
         assert [n.id for n in fast.neighbours] == [n.id for n in slow.neighbours]
+
+
+def test_a_score_is_the_worst_distance_over_the_own_scores_of_the_images_nearest_it(patch_service, pool,
+                                                                                    hazelnut_sets) -> None:
+    # The local scale: the largest patch distance (the heat map's peak) over the mean leave-one-out
+    # score of the nominal images named for the worst patch, each computed here on its own.
+    record = patch_service.versions.patch_record(patch_service.versions.active(SETTING))
+    config = PatchConfig.from_dict(record["patch_config"])
+    assert config.local_scale > 0, "a bank built now scores relative to its nearest nominal images"
+    collection, index = patch_collection(patch_service), patch_service.patches
+    plain = index.nominal_scores_by_image(SETTING, collection, replace(config, local_scale=0))
+    assert set(plain) == {image.id for image in hazelnut_sets["train"]}
+    backbone = pool.get(record["backbone"])
+    images = hazelnut_sets["defect"][:3] + hazelnut_sets["good"][:3]
+    decoded = [decode(i) for i in images]
+    found = index.score(SETTING, collection, config, backbone, images, decoded, neighbours=config.local_scale, grids=True)
+    distances = index.score(SETTING, collection, replace(config, local_scale=0), backbone, images, decoded, grids=True)
+    for result, distance in zip(found, distances):
+        named = [n.id for n in result.neighbours]
+        assert 0 < len(named) <= config.local_scale and len(set(named)) == len(named)
+        scale = np.mean([plain[i] for i in named])
+        assert result.score == pytest.approx(distance.grid.max() / scale, rel=1e-5)
+        # The grid (and so the heat map) reads on the score's scale, as the calibrated threshold does.
+        np.testing.assert_allclose(result.grid, distance.grid / scale, rtol=1e-5)
+    # Defects stand out more against their neighbours' own scores than good parts do.
+    assert roc_auc_score([1] * 3 + [0] * 3, [r.score for r in found]) == 1.0
 
 
 def test_bank_survives_a_store_reopen_and_the_cache_follows_the_alias(indexed, pool, hazelnut_sets) -> None:
@@ -266,19 +293,22 @@ def test_a_bank_of_the_earlier_features_keeps_scoring_and_says_a_reindex_renews_
 ) -> None:
     store = EdgeStore(tmp_path / "store")
     try:
-        # Built before the upgrade: 256-d patches through a seeded projection.
-        before = NominalService(store, backbones=pool, patch_config=PatchConfig(projection="random"))
+        # Built before the upgrade: 256-d patches through a seeded projection, plain distances, calibrated.
+        before = NominalService(store, backbones=pool, patch_config=PatchConfig(projection="random", local_scale=0))
         before.put_setting(SETTING, scoring="patch")
         before.index(SETTING, hazelnut_sets["train"][:6])
         probes = hazelnut_sets["good"][:2] + hazelnut_sets["defect"][:2]
         expected = before.scores(SETTING, probes)
+        made = before.calibrate(SETTING, pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"])
 
         upgraded = NominalService(store, backbones=pool)  # the same store, opened by the new version
         old = upgraded.versions.patch_record(upgraded.versions.active(SETTING))
         assert (old["patch_config"]["projection"], old["dim"]) == ("random", 256)
         np.testing.assert_allclose(upgraded.scores(SETTING, probes), expected, rtol=1e-5)  # its own recipe
-        note = upgraded.status(SETTING).reindex_note
+        status = upgraded.status(SETTING)
+        note = status.reindex_note
         assert note is not None and "earlier patch features (256-d, 'random')" in note and "(152-d, 'balanced')" in note
+        assert status.calibration is not None and status.calibration.id == made.calibration.id  # still its bank's
 
         runner = InProcessRunner(upgraded, ImageStore(tmp_path / "images"))
         try:
@@ -288,6 +318,14 @@ def test_a_bank_of_the_earlier_features_keeps_scoring_and_says_a_reindex_renews_
             runner.close()
         new = upgraded.versions.patch_record(upgraded.versions.active(SETTING))
         assert new["version"] == 2 and (new["patch_config"]["projection"], new["dim"]) == ("balanced", 152)
-        assert upgraded.status(SETTING).reindex_note is None
+        status = upgraded.status(SETTING)
+        assert status.reindex_note is None
+        # Its threshold was a distance on the old bank's scores: it judges nothing on the new one.
+        assert status.calibration is None and f"calibration {made.calibration.id} was made on scores of a patch bank" \
+            in status.calibration_note and "calibrate again" in status.calibration_note
+        assert all(v.verdict == "UNCALIBRATED" for v in upgraded.inspect(SETTING, probes))
+        again = upgraded.calibrate(SETTING, pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"])
+        assert upgraded.status(SETTING).calibration.id == again.calibration.id
+        assert again.calibration.patch_recipe == new["patch_config"]
     finally:
         store.close()

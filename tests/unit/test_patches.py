@@ -97,6 +97,16 @@ def test_a_recipe_records_the_backbones_own_width_or_projects_a_wider_one() -> N
     assert PatchConfig.from_dict({"dim": 256}).projection == "random"
 
 
+def test_a_bank_recorded_before_the_local_scale_keeps_plain_distances() -> None:
+    from indexing.patch_mode import PatchConfig
+
+    assert PatchConfig().local_scale > 0  # a bank built now scores relative to its nearest nominal images
+    assert PatchConfig.from_dict({"dim": 256, "projection": "balanced"}).local_scale == 0  # its threshold keeps meaning
+    assert PatchConfig.from_dict(PatchConfig(local_scale=7).to_dict()).local_scale == 7
+    with pytest.raises(ValueError, match="local_scale"):
+        PatchConfig(local_scale=-1)
+
+
 def test_patch_maker_rejects_bad_settings() -> None:
     for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2}):
         with pytest.raises(ValueError):
