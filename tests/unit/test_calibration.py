@@ -323,6 +323,17 @@ def test_json_round_trip_is_exact() -> None:
     assert (cal.backbone, cal.collection) == ("resnet50", "line-1")
 
 
+def test_a_patch_calibration_keeps_the_recipe_of_its_bank_through_json() -> None:
+    from dataclasses import replace
+
+    recipe = {"dim": 152, "projection": "balanced", "local_scale": 20}
+    cal = replace(_cal(*_scores(), "f1"), scoring="patch", patch_recipe=recipe)
+    again = Calibration.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False)))
+    assert again == cal and again.patch_recipe == recipe
+    legacy = {key: value for key, value in cal.to_dict().items() if key != "patch_recipe"}
+    assert Calibration.from_dict(legacy).patch_recipe is None  # recorded before: the service reads its collection's
+
+
 def test_json_round_trip_without_fail_images() -> None:
     cal = _cal([0.1, 0.2, 0.3], [], "quantile:0.1")
     assert Calibration.from_dict(json.loads(json.dumps(cal.to_dict(), allow_nan=False))) == cal
