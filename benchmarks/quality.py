@@ -13,6 +13,8 @@ Levers measured beside the product's modes, not product modes themselves:
   Gaussian per patch position over the nominal images' patch vectors (`suite_positional`);
 - fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
   nominal images' scores, printed for every set where those modes ran in the same suite;
+- local-scale variants (`LOCAL_VARIANTS`), from `patch-plain`'s scores (plain distances):
+  other numbers of nominal images, a partial ratio, nearest images by the pooled embedding;
 - `patch-ensemble` (both offline backbones), `patch-stride4` (Lite0's stride-4 map beside
   its stride-8 one), `patch-native` (every image tiled at its own pixel scale), coreset,
   re-weighting and normalisation variants; each patch row also gives top-k means and
@@ -806,6 +808,15 @@ def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
 FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional", "global"))
 
 
+def _scored_by_set(rows: list[dict]) -> dict[str, dict[str, dict]]:
+    """set -> mode label (without " (tiled)") -> the row, for the rows that keep their scores."""
+    by_set: dict[str, dict[str, dict]] = {}
+    for r in rows:
+        if "scores" in r:
+            by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
+    return by_set
+
+
 def fused_rows(rows: list[dict]) -> list[dict]:
     """A row per set and fusion whose modes all ran in this suite (same test images, same order).
 
@@ -815,11 +826,7 @@ def fused_rows(rows: list[dict]) -> list[dict]:
     import re
 
     out = []
-    by_set: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        if "scores" in r:
-            by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
-    for name, modes in by_set.items():
+    for name, modes in _scored_by_set(rows).items():
         data = None
         seeds = sorted({int(m) for label in modes for m in re.findall(r"\[seed (\d+)\]", label)}) or [None]
         for fusion in FUSIONS:
@@ -847,24 +854,21 @@ def fused_rows(rows: list[dict]) -> list[dict]:
     return out
 
 
-# Local scale, a lever: a patch score divided by the mean leave-one-out score of the nominal images
-# nearest the test image, so a kind of part whose nominal images score high (poly cells beside mono,
-# busy textiles) is judged against its own kind. "global k": the k nearest by the pooled embedding
-# (the global mode's kNN); "named k": the first k nominal images named for the worst patch.
+# The local scale's variants, levers beside the product's (`PatchConfig.local_scale`: the mean leave-one-out
+# score of the 20 nominal images named for the worst patch, the whole ratio), computed from the plain rows
+# (`patch-plain`): ("named", k, power) divides by the k named images' mean to that power; ("global", k, power)
+# takes the k nominal images nearest by the pooled embedding (the global mode's kNN) instead.
 LOCAL_K = 50
-LOCAL_VARIANTS = (("global", 3), ("global", 5), ("global", 10), ("global", 20), ("global", 50), ("named", 5), ("named", 10))
+LOCAL_VARIANTS = (("named", 10, 1.0), ("named", 50, 1.0), ("global", 10, 1.0), ("global", 10, 0.5), ("global", 20, 0.5))
 
 
 def local_rows(rows: list[dict]) -> list[dict]:
-    """A row per set and local-scale variant where the patch mode (each seed) and global ran in this suite."""
+    """A row per set and local-scale variant (`LOCAL_VARIANTS`) where `patch-plain` (each seed) and global ran in
+    this suite."""
     import re
 
     out = []
-    by_set: dict[str, dict[str, dict]] = {}
-    for r in rows:
-        if "scores" in r:
-            by_set.setdefault(r["set"], {})[r["mode"].split(" (")[0]] = r
-    for name, modes in by_set.items():
+    for name, modes in _scored_by_set(rows).items():
         near = modes.get("global")
         patch = [r for label, r in modes.items() if re.fullmatch(r"patch-plain( \[seed \d+\])?", label) and "named" in r]
         if near is None or "near" not in near or not patch:
@@ -873,7 +877,7 @@ def local_rows(rows: list[dict]) -> list[dict]:
             patch = [r for r in patch if "[seed" in r["mode"]]
         data = DATASETS[name]()
         is_fail = np.array([t.is_fail for t in data.test])
-        for source, k in LOCAL_VARIANTS:
+        for source, k, power in LOCAL_VARIANTS:
             per_seed = []
             for r in patch:
                 reference = dict(zip(r["reference_ids"], r["reference"]))
@@ -881,8 +885,9 @@ def local_rows(rows: list[dict]) -> list[dict]:
                 nearest = ([[near["train_ids"][j] for j in row[:k]] for row in near["near"]] if source == "global"
                            else [ids[:k] for ids in r["named"]])
                 scale = np.array([np.mean([reference[i] for i in ids if i in reference] or [fallback]) for ids in nearest])
-                per_seed.append(compute_metrics(is_fail, np.asarray(r["scores"]) / np.maximum(scale, 1e-12)))
-            row = _row(name, f"patch, local scale ({source} {k})", data, per_seed[0], None, None, None, None, None,
+                per_seed.append(compute_metrics(is_fail, np.asarray(r["scores"]) / np.maximum(scale, 1e-12) ** power))
+            label = f"{source} {k}" + ("" if power == 1.0 else f", power {power:g}")
+            row = _row(name, f"patch-plain, local scale ({label})", data, per_seed[0], None, None, None, None, None,
                        tiled=patch[0]["tiled"])
             for field, attribute in (("roc_auc", "roc_auc"), ("ap", "average_precision"), ("f1_max", "f1_max")):
                 row[field] = float(np.mean([getattr(m, attribute) for m in per_seed]))
