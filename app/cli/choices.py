@@ -12,7 +12,8 @@ class Scoring(str, Enum):
     patch = "patch"
 
 
-SCORING_HELP = "global: kNN on one embedding per image; patch: PatchCore-style patch distances, with heat maps."
+SCORING_HELP = ("global: kNN on one embedding per image; patch: PatchCore-style patch distances, taken relative to "
+                "the nearest nominal images' own, with heat maps.")
 
 
 class Tiling(str, Enum):
