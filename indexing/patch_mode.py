@@ -428,8 +428,8 @@ class PatchIndex:
             if maps:
                 from scipy.ndimage import gaussian_filter
 
-                scale = tile_layout.original[1] / tile_layout.scaled[1]
-                heat = gaussian_filter(whole, sigma=config.sigma * scale).astype(np.float32)
+                zoom = tile_layout.original[1] / tile_layout.scaled[1]
+                heat = gaussian_filter(whole, sigma=config.sigma * zoom).astype(np.float32)
         return PatchResult(score=score, grid=grid, worst=worst, neighbours=near, heat=heat, tiled=tile_layout.original)
 
     def forget_image(self, setting: str, collection: str, image_id: str) -> None:
@@ -468,8 +468,9 @@ class PatchIndex:
                 own = bank.rows_of(image_id)
                 if len(own) == len(bank):
                     continue
-                found = scorer.run(bank.vectors[own], exclude=own, grid=False)
-                bank.own_scores[image_id] = found.score
+                with bank.lock:  # as `_own_score` keeps it
+                    found = scorer.run(bank.vectors[own], exclude=own, grid=False)
+                    bank.own_scores[image_id] = found.score
                 worst = bank.vectors[own[found.worst]]
                 scores[image_id] = self._judged(bank, config, found.score, worst, own, 0, None)[0]
             return scores
