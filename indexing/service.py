@@ -48,7 +48,6 @@ from indexing.settings import (
     CALIBRATION_KIND,
     LABEL_KIND,
     SETTING_KIND,
-    VERSION_KIND,
     CollectionVersion,
     MachineSetting,
     alias_name,
@@ -197,7 +196,6 @@ class NominalService:
         )
         # A calibration never changes once written, so a verdict reads it from the store once per process.
         self._calibrations: dict[tuple[str, str], Calibration] = {}
-        self._recipes: dict[str, dict[str, Any] | None] = {}  # patch collection -> its recorded recipe
 
     # ----------------------------------------------------------------- settings
 
@@ -264,7 +262,6 @@ class NominalService:
         self.get_setting(name)
         with self._lock(name):
             self.versions.delete_all(name)
-            self._recipes.clear()  # a setting made again under this name reuses its collection names
             self.references.delete_setting(name)
             self.trained.delete_all(name)
             for record in self.store.list_records(CALIBRATION_KIND):
@@ -974,7 +971,7 @@ class NominalService:
         builds or scores the bank another way leaves it stale (`_stale_reason`) rather than misjudging.
         """
         if result.patch_recipe is None:
-            result = replace(result, patch_recipe=self._recipe_of(result.collection))
+            result = replace(result, patch_recipe=self.versions.recorded_recipe(result.collection))
         record = {**result.to_dict(), "setting": name}
         with self._lock(name):
             self.store.put_record(CALIBRATION_KIND, _calibration_key(name, result.id), record)
@@ -1316,8 +1313,9 @@ class NominalService:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
         reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
         if reason is None and setting.scoring == "patch":
-            made = calibration.patch_recipe or self._recipe_of(calibration.collection)
-            now = self._recipe_of(collection_name(version.setting, version.backbone, version.version, kind="patch"))
+            made = calibration.patch_recipe or self.versions.recorded_recipe(calibration.collection)
+            now = self.versions.recorded_recipe(
+                collection_name(version.setting, version.backbone, version.version, kind="patch"))
             if made is not None and now is not None and PatchConfig.from_dict(made) != PatchConfig.from_dict(now):
                 return (f"calibration {calibration.id} was made on scores of a patch bank built or scored another way "
                         f"than the active version {version.version}'s (the patch features or the local scale changed); "
@@ -1326,15 +1324,6 @@ class NominalService:
             return None
         return (f"{reason}: the active version {version.version} holds {version.backbone_identity} vectors and "
                 f"the setting scores {setting.scoring}; calibrate again")
-
-    def _recipe_of(self, collection: str) -> dict[str, Any] | None:
-        """The recipe recorded for a patch collection ({} for a bank recorded before recipes were), or None for a
-        global collection or one no longer recorded. A collection's recipe never changes: read once per process."""
-        if collection not in self._recipes:
-            record = self.store.get_record(VERSION_KIND, collection)
-            self._recipes[collection] = None if record is None or record.get("kind") != "patch" else \
-                (record.get("patch_config") or {})
-        return self._recipes[collection]
 
     def _scored_collection(self, name: str, version: CollectionVersion) -> str:
         """The collection a score of this setting comes from: the patch bank in patch mode."""

@@ -84,9 +84,10 @@ class Versions:
         self.patch_config = patch_config
         self.locks = locks
         # What never changes once written, read from the store once per process: a ready version's
-        # identity (collection, backbone, dim) and its patch bank's record (recipe).
+        # identity (collection, backbone, dim), its patch bank's record, and a patch collection's recipe.
         self._ready: dict[str, CollectionVersion] = {}
         self._patch_records: dict[str, dict[str, Any]] = {}
+        self._recipes: dict[str, dict[str, Any] | None] = {}
 
     def lock(self, name: str):  # noqa: ANN201 - a context manager
         """The lock of one setting's records, numbering and alias (re-entrant)."""
@@ -127,6 +128,15 @@ class Versions:
         """The patch bank's version record of a global version, or None (a global-only version)."""
         name = collection_name(version.setting, version.backbone, version.version, kind="patch")
         return self.store.get_record(VERSION_KIND, name)
+
+    def recorded_recipe(self, collection: str) -> dict[str, Any] | None:
+        """The recipe recorded for a patch collection ({} for a bank recorded before recipes were), or None for a
+        global collection or one no longer recorded."""
+        if collection not in self._recipes:
+            record = self.store.get_record(VERSION_KIND, collection)
+            self._recipes[collection] = None if record is None or record.get("kind") != "patch" else \
+                (record.get("patch_config") or {})
+        return self._recipes[collection]
 
     def has_patch_bank(self, version: CollectionVersion) -> bool:
         """Whether this version also keeps a patch memory bank (its setting scores by patches)."""
@@ -345,6 +355,7 @@ class Versions:
             if patch is not None:
                 self.store.delete_collection(patch["collection"])
                 self.store.delete_record(VERSION_KIND, patch["collection"])
+                self.forget(patch["collection"])  # a discarded number may be built again, maybe another way
             self.store.delete_collection(version.collection)
             self.store.delete_record(VERSION_KIND, version.collection)
             self.forget(version.collection)
@@ -378,3 +389,4 @@ class Versions:
         """Drop what this process cached of a deleted collection (its name may be used again)."""
         self._ready.pop(collection, None)
         self._patch_records.pop(collection, None)
+        self._recipes.pop(collection, None)
