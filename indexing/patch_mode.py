@@ -35,7 +35,7 @@ from indexing.images import ImageInput, decode
 from indexing.metric_learning import ScoredPatches
 from indexing.bank_cache import BankCache
 from indexing.patch_bank import PatchBank, patch_point_id, patch_points
-from indexing.patch_search import HybridCombiner, HybridScorer, PatchScorer
+from indexing.patch_search import HybridCombiner, HybridScorer, PatchScore, PatchScorer
 from indexing.patches import PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
 from indexing.store.base import Neighbour, Vectors
@@ -468,9 +468,7 @@ class PatchIndex:
                 own = bank.rows_of(image_id)
                 if len(own) == len(bank):
                     continue
-                with bank.lock:  # as `_own_score` keeps it
-                    found = scorer.run(bank.vectors[own], exclude=own, grid=False)
-                    bank.own_scores[image_id] = found.score
+                found = _leave_one_out(bank, scorer, image_id)
                 worst = bank.vectors[own[found.worst]]
                 scores[image_id] = self._judged(bank, config, found.score, worst, own, 0, None)[0]
             return scores
@@ -603,13 +601,18 @@ def _tile_patches(
 
 
 def _own_score(bank: PatchBank, scorer: PatchScorer, image_id: str) -> float:
-    """A nominal image's leave-one-out score (its stored patches against the rest of the bank), kept on the bank
-    until the bank grows."""
-    with bank.lock:  # not against a bank that grows meanwhile: growing empties `own_scores`
+    """A nominal image's leave-one-out score, kept on the bank until the bank grows."""
+    with bank.lock:
         found = bank.own_scores.get(image_id)
-        if found is None:
-            own = bank.rows_of(image_id)
-            found = bank.own_scores[image_id] = scorer.run(bank.vectors[own], exclude=own, grid=False).score
+        return found if found is not None else _leave_one_out(bank, scorer, image_id).score
+
+
+def _leave_one_out(bank: PatchBank, scorer: PatchScorer, image_id: str) -> PatchScore:
+    """A nominal image's stored patches scored against the rest of the bank; its score is kept in `own_scores`."""
+    with bank.lock:  # not against a bank that grows meanwhile: growing empties `own_scores`
+        own = bank.rows_of(image_id)
+        found = scorer.run(bank.vectors[own], exclude=own, grid=False)
+        bank.own_scores[image_id] = found.score
         return found
 
 
