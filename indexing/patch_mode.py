@@ -324,7 +324,8 @@ class PatchIndex:
         decoded: Sequence[Image.Image], *, batch_size: int = 32,
     ) -> list[ScoredPatches]:
         """Each image's patch vectors (every tile's, for an image scored by tiles), their distances to
-        the bank (its own patches left out) and its score: what a DenseHybrid head is trained on."""
+        the bank (its own patches left out) and its score, the one an unsupervised verdict gives it (relative,
+        under the local scale): what a DenseHybrid head is trained on and its gate compares against."""
         bank = self.bank(setting, collection, config.dim)
 
         def run() -> list[ScoredPatches]:
@@ -334,7 +335,8 @@ class PatchIndex:
                 own = bank.rows_of(image.id)
                 found = scorer.run(vectors, exclude=own or None, grid=True)
                 assert found.distances is not None
-                out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=found.score,
+                score = self._judged(bank, config, found.score, vectors[found.worst], own, 0, None)[0]
+                out.append(ScoredPatches(vectors=vectors, distances=found.distances, score=score,
                                          in_bank=bool(own), tiled=tiled))
             return out
 

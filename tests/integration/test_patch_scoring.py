@@ -145,6 +145,20 @@ def test_a_score_is_the_worst_distance_over_the_own_scores_of_the_images_nearest
     assert roc_auc_score([1] * 3 + [0] * 3, [r.score for r in found]) == 1.0
 
 
+def test_a_trained_heads_gate_weighs_it_against_the_scores_verdicts_give(patch_service, pool, hazelnut_sets) -> None:
+    # The DenseHybrid gate compares a head with the unsupervised scores of new parts (`ScoredPatches.score`):
+    # those must be what a verdict answers (relative, under the local scale), not the plain largest distance.
+    record = patch_service.versions.patch_record(patch_service.versions.active(SETTING))
+    config = PatchConfig.from_dict(record["patch_config"])
+    images = hazelnut_sets["defect"][:2] + hazelnut_sets["good"][:2]
+    scored = patch_service.patches.scored_patches(SETTING, patch_collection(patch_service), config,
+                                                  pool.get(record["backbone"]), images, [decode(i) for i in images])
+    assert not any(item.in_bank for item in scored)
+    np.testing.assert_allclose([item.score for item in scored], patch_service.scores(SETTING, images), rtol=1e-5)
+    largest = np.array([item.distances.max() for item in scored])
+    assert not np.allclose([item.score for item in scored], largest, rtol=1e-3)
+
+
 def test_bank_survives_a_store_reopen_and_the_cache_follows_the_alias(indexed, pool, hazelnut_sets) -> None:
     probe = hazelnut_sets["defect"][:2]
     with EdgeStore(indexed) as store:
