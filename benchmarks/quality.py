@@ -11,6 +11,8 @@ ms/image (batch 1, decoded image in, score out); fit time; bank bytes per nomina
 Levers measured beside the product's modes, not product modes themselves:
 - `--modes positional` (also `positional-64`, `positional-256`): PaDiM-style statistics, a
   Gaussian per patch position over the nominal images' patch vectors (`suite_positional`);
+- `--modes global-levels`: image descriptors pooled from the stride-8, stride-16 and final
+  maps, scored by kNN and by per-level Gaussians (Rippel et al. 2020; `suite_global_levels`);
 - fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
   nominal images' scores, printed for every set where those modes ran in the same suite;
 - local-scale variants (`LOCAL_VARIANTS`), from `patch-plain`'s scores (plain distances):
@@ -373,7 +375,7 @@ def main() -> None:
         return
     if not args.grid:
         # --scoring keeps its meaning: which of the two families of modes to run.
-        modes = [m for m in args.modes if (m == "global" and "global" in args.scoring)
+        modes = [m for m in args.modes if (m.startswith("global") and "global" in args.scoring)
                  or (m.startswith(("patch", "positional")) and "patch" in args.scoring)]
         rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh, seeds=tuple(args.seeds))
         rows += fused_rows(rows) + local_rows(rows)
@@ -461,6 +463,64 @@ def suite_global(name: str, data: Dataset, backbone) -> dict:
     near = exact_knn(train, test, LOCAL_K)[1]  # each test image's nearest nominal images, for `local_rows`
     return row | {"scores": scores.tolist(), "reference": reference.tolist(), "train_ids": [i.id for i in data.train],
                   "near": near.tolist()}
+
+
+def suite_global_levels(name: str, data: Dataset, backbone, maps_backbone) -> list[dict]:
+    """Image descriptors from more than the final layer (a lever, not a product mode): each of the
+    stride-8, stride-16 and final maps average-pooled over the image and L2-normalised, then
+
+    - `global-levels`: concatenated (each level weighing the same), cosine kNN k=1, as the product's global;
+    - `global-mid`: the stride-8 and stride-16 levels alone;
+    - `global-gauss`: one Gaussian per level (Ledoit-Wolf shrinkage), the image score the sum of the
+      levels' Mahalanobis distances (Rippel et al. 2020, "Modeling the distribution of normal data in
+      pre-trained deep features for anomaly detection", on three of the network's levels);
+    - `global-gauss-final`: the same Gaussian on the final level alone.
+
+    Squashed 224 px input, every training image; reference scores are leave-one-out for kNN and
+    in-sample for the Gaussians.
+    """
+    from sklearn.covariance import LedoitWolf
+
+    def levels(images) -> list[np.ndarray]:
+        parts = []
+        for s in range(0, len(images), 128):
+            chunk = images[s : s + 128]
+            maps = feature_maps(maps_backbone, chunk)
+            pooled = [maps.stride8.mean(dim=(2, 3)).numpy(), maps.stride16.mean(dim=(2, 3)).numpy(),
+                      embed(backbone, chunk)]
+            parts.append([p / np.linalg.norm(p, axis=1, keepdims=True) for p in pooled])
+        return [np.concatenate([p[i] for p in parts]).astype(np.float32) for i in range(3)]
+
+    started = time.perf_counter()
+    train = levels(data.train)
+    fit_s = time.perf_counter() - started
+    test = levels([t.image for t in data.test])
+    is_fail = np.array([t.is_fail for t in data.test])
+    rows = []
+
+    def knn(chosen: list[int], label: str) -> None:
+        bank = np.concatenate([train[i] for i in chosen], axis=1) / np.sqrt(len(chosen))
+        queries = np.concatenate([test[i] for i in chosen], axis=1) / np.sqrt(len(chosen))
+        scores = global_scores(bank, queries, 1)
+        reference = exact_knn(bank, bank, 2)[0][:, 1]
+        rows.append(_row(name, label, data, compute_metrics(is_fail, scores), None, None, None, fit_s,
+                         bank.shape[1] * 4.0, tiled=False) | {"scores": scores.tolist(), "reference": reference.tolist()})
+
+    def gauss(chosen: list[int], label: str) -> None:
+        scores, reference = np.zeros(len(data.test)), np.zeros(len(data.train))
+        for i in chosen:
+            fitted = LedoitWolf().fit(train[i])
+            scores += np.sqrt(fitted.mahalanobis(test[i]))
+            reference += np.sqrt(fitted.mahalanobis(train[i]))
+        size = sum(train[i].shape[1] * (1 + train[i].shape[1]) for i in chosen) * 4.0 / len(data.train)
+        rows.append(_row(name, label, data, compute_metrics(is_fail, scores), None, None, None, fit_s, size, tiled=False)
+                    | {"scores": scores.tolist(), "reference": reference.tolist()})
+
+    knn([0, 1, 2], "global-levels")
+    knn([0, 1], "global-mid")
+    gauss([0, 1, 2], "global-gauss")
+    gauss([2], "global-gauss-final")
+    return rows
 
 
 def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: str) -> list[dict]:
@@ -603,6 +663,7 @@ def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, 
 
 SUITE_MODES = {
     "global": None,
+    "global-levels": None,  # pooled stride-8, stride-16 and final features (`suite_global_levels`): kNN and Gaussians
     "positional": None,  # the PaDiM-style prototype, `suite_positional`, 128-d patch vectors
     "positional-64": None,
     "positional-256": None,
@@ -733,7 +794,7 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
               seeds: tuple[int, ...] = (0,)) -> list[dict]:
     """Rows of every set and mode; patch modes once per recipe seed, with a mean row when there are several."""
     backbone = load_backbone(backbone_name)
-    shared = sum(len(seeds) if m.startswith("patch") else m.startswith("positional") for m in modes) > 1
+    shared = sum(len(seeds) if m.startswith("patch") else m.startswith(("positional", "global-")) for m in modes) > 1
     patch_backbone = MapCache(backbone) if shared else backbone
     rows: list[dict] = []
     # The lever backbones, built on first use and shared by every seed, so their maps are computed once.
@@ -761,6 +822,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     started = time.perf_counter()
                     if mode.startswith("positional"):
                         out = suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))
+                    elif mode == "global-levels":
+                        out = suite_global_levels(name, data, backbone, patch_backbone)
                     elif config is None:
                         out = [suite_global(name, data, backbone)]
                     elif mode in levers:
@@ -938,7 +1001,9 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
                   f"| {_f(r['fit_s'], 0)} | {size} | {r['n_train']} | {r['n_test_pass']} / {r['n_test_fail']} |")
         for a in (a for a in anchors if a["set"] == name):
             used = f" ({a['n_train_used']} train)" if a["n_train_used"] < a["n_train"] else ""
-            print(f"| {name} | anomalib {a['model']}{used} | {_f(a['roc_auc'])} | {_f(a['ap'])} | {_f(a['f1_max'])} "
+            spread = "" if not a.get("seed_roc_aucs") else \
+                f" (mean of samples: {' / '.join(_f(v) for v in a['seed_roc_aucs'])})"
+            print(f"| {name} | anomalib {a['model']}{used} | {_f(a['roc_auc'])}{spread} | {_f(a['ap'])} | {_f(a['f1_max'])} "
                   f"| {_f(a['pixel_roc_auc'])} | {_f(a['pixel_pro'])} | {_f(a['ms_per_image'], 0)} | {_f(a['fit_s'], 0)} "
                   f"| - | {a['n_train']} | - |")
     if anchors:
