@@ -196,13 +196,7 @@ def mean_of_seeds(rows: list[dict]) -> dict:
     """One row of several samples' rows: the mean of each figure, each sample's image ROC-AUC kept beside."""
     if len(rows) == 1:
         return rows[0]
-    mean = dict(rows[0])
-    for field in ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s"):
-        values = [r[field] for r in rows if r.get(field) is not None]
-        mean[field] = float(np.mean(values)) if len(values) == len(rows) else None
-    mean["seed_roc_aucs"] = [r["roc_auc"] for r in rows]
-    mean["seeds"] = [r.get("seed", SEED) for r in rows]
-    return mean
+    return suite.mean_row(rows) | {"seeds": [r.get("seed", SEED) for r in rows]}
 
 
 def main() -> None:
@@ -256,8 +250,8 @@ def print_table(rows: list[dict]) -> None:
     print("| set | backbone | model | train used | image ROC-AUC | AP | F1-max | pixel ROC-AUC | PRO | ms/image | fit s |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        spread = "" if not r.get("seed_roc_aucs") else f" (samples: {' / '.join(fmt(v) for v in r['seed_roc_aucs'])})"
-        print(f"| {r['set']} | {r['backbone']} | {r['model']} | {r['n_train_used']}/{r['n_train']} | {fmt(r['roc_auc'])}{spread} "
+        print(f"| {r['set']} | {r['backbone']} | {r['model']} | {r['n_train_used']}/{r['n_train']} | {fmt(r['roc_auc'])}"
+              f"{suite.spread(r, 'samples')} "
               f"| {fmt(r['ap'])} | {fmt(r['f1_max'])} | {fmt(r['pixel_roc_auc'])} | {fmt(r['pixel_pro'])} "
               f"| {r['ms_per_image']:.0f} | {r['fit_s']:.0f} |")
 

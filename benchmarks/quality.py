@@ -856,13 +856,7 @@ def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
             out.append(row | {"mode": f"{base} [seed {seed}]" + (sep + rest if sep else "")})
     means = []
     for rank in range(min(len(found) for _, found in per_seed)):  # the mode's row, then its top-k and smoothed rows
-        same = [found[rank] for _, found in per_seed]
-        mean = {k: v for k, v in same[0].items() if k not in ("scores", "reference")}
-        for field in ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s"):
-            values = [r[field] for r in same if r.get(field) is not None]
-            mean[field] = float(np.mean(values)) if len(values) == len(same) else None
-        mean["seed_roc_aucs"] = [r["roc_auc"] for r in same]
-        means.append(mean)
+        means.append(suite.mean_row([found[rank] for _, found in per_seed], drop=("scores", "reference")))
     return means + out
 
 
@@ -994,16 +988,12 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
             pixels = "" if not r.get("pixel_images") or r["pixel_images"] >= r["n_test_pass"] + r["n_test_fail"] else \
                 f" ({r['pixel_images']} images)"
             size = "-" if r["bytes_per_nominal_image"] is None else f"{r['bytes_per_nominal_image']:,.0f}"
-            spread = "" if not r.get("seed_roc_aucs") else \
-                f" (mean of seeds: {' / '.join(_f(v) for v in r['seed_roc_aucs'])})"
-            print(f"| {name} | Nominal {r['mode']}{star} | {_f(r['roc_auc'])}{spread} | {_f(r['ap'])} | {_f(r['f1_max'])} "
+            print(f"| {name} | Nominal {r['mode']}{star} | {_f(r['roc_auc'])}{suite.spread(r, 'seeds')} | {_f(r['ap'])} | {_f(r['f1_max'])} "
                   f"| {_f(r['pixel_roc_auc'])}{pixels} | {_f(r['pixel_pro'])} | {_f(r['ms_per_image'], 0)} "
                   f"| {_f(r['fit_s'], 0)} | {size} | {r['n_train']} | {r['n_test_pass']} / {r['n_test_fail']} |")
         for a in (a for a in anchors if a["set"] == name):
             used = f" ({a['n_train_used']} train)" if a["n_train_used"] < a["n_train"] else ""
-            spread = "" if not a.get("seed_roc_aucs") else \
-                f" (mean of samples: {' / '.join(_f(v) for v in a['seed_roc_aucs'])})"
-            print(f"| {name} | anomalib {a['model']}{used} | {_f(a['roc_auc'])}{spread} | {_f(a['ap'])} | {_f(a['f1_max'])} "
+            print(f"| {name} | anomalib {a['model']}{used} | {_f(a['roc_auc'])}{suite.spread(a, 'samples')} | {_f(a['ap'])} | {_f(a['f1_max'])} "
                   f"| {_f(a['pixel_roc_auc'])} | {_f(a['pixel_pro'])} | {_f(a['ms_per_image'], 0)} | {_f(a['fit_s'], 0)} "
                   f"| - | {a['n_train']} | - |")
     if anchors:

@@ -61,3 +61,25 @@ def cache_dir() -> Path:
     path = Path(os.environ.get(CACHE_VARIABLE) or Path.home() / ".cache" / "nominal-bench")
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# The figures a row of several runs (Nominal's recipe seeds, anomalib's PatchCore samples) averages.
+MEAN_FIELDS = ("roc_auc", "ap", "f1_max", "pixel_roc_auc", "pixel_pro", "ms_per_image", "fit_s")
+
+
+def mean_row(rows: list[dict], *, drop: tuple[str, ...] = ()) -> dict:
+    """One row of several runs' rows: the first row's other fields (less `drop`), each of `MEAN_FIELDS` as
+    the mean where every run has it (else None), and each run's image ROC-AUC kept as `seed_roc_aucs`."""
+    mean = {k: v for k, v in rows[0].items() if k not in drop}
+    for field in MEAN_FIELDS:
+        values = [r[field] for r in rows if r.get(field) is not None]
+        mean[field] = sum(values) / len(values) if values and len(values) == len(rows) else None
+    mean["seed_roc_aucs"] = [r["roc_auc"] for r in rows]
+    return mean
+
+
+def spread(row: dict, runs: str) -> str:
+    """Each run's image ROC-AUC, as " (mean of seeds: 0.952 / 0.959 / 0.958)", after a row of several runs'
+    mean (`mean_row`); nothing after any other row."""
+    found = row.get("seed_roc_aucs")
+    return f" (mean of {runs}: {' / '.join(f'{v:.3f}' for v in found)})" if found else ""
