@@ -9,12 +9,16 @@ ms/image (batch 1, decoded image in, score out); fit time; bank bytes per nomina
 `--anchors anchors.json` (written by `benchmarks/anchors.py`) adds anomalib's rows.
 
 Levers measured beside the product's modes, not product modes themselves:
-- `--modes positional` (also `positional-64`, `positional-256`): PaDiM-style statistics, a
-  Gaussian per patch position over the nominal images' patch vectors (`suite_positional`);
+- `--modes positional` (and the other features and covariances of `POSITIONAL`: `positional-balanced`,
+  `-rank32`, `-raw`...): PaDiM-style statistics, a Gaussian per patch position over the nominal images'
+  patch vectors (`suite_positional`);
 - `--modes global-levels`: image descriptors pooled from the stride-8, stride-16 and final
   maps, scored by kNN and by per-level Gaussians (Rippel et al. 2020; `suite_global_levels`);
 - fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
   nominal images' scores, printed for every set where those modes ran in the same suite;
+- stress sets (`suite.stress`, named "<set>-placed", only when `--datasets` names them): a visible
+  set's images pasted at random places on a plain canvas twice their size, for parts that are not
+  aligned; `patch-earlier` is the patch recipe the issue's held-out figures were measured with;
 - local-scale variants (`LOCAL_VARIANTS`), from `patch-plain`'s scores (plain distances):
   other numbers of nominal images, a partial ratio, nearest images by the pooled embedding;
 - `patch-ensemble` (both offline backbones), `patch-stride4` (Lite0's stride-4 map beside
@@ -72,6 +76,7 @@ from indexing.evaluation import compute_metrics  # noqa: E402
 from indexing.heatmap import heat_map, mask_at, pixel_pro, pixel_roc_auc  # noqa: E402
 from indexing.images import decode  # noqa: E402
 from indexing.patch_mode import PatchConfig  # noqa: E402
+from indexing.positional import PositionalStatistics  # noqa: E402
 from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN, UpperBounds  # noqa: E402
 from indexing.scoring import exact_knn  # noqa: E402
 from indexing.service import BackbonePool, NominalService  # noqa: E402
@@ -80,7 +85,7 @@ from indexing.store import EdgeStore  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import suite  # noqa: E402
 
-DATASETS = suite.available()
+DATASETS = suite.available() | suite.stress()
 BACKBONES = ["efficientnet_lite0", "mobilenet_v2"]
 KS = [1, 3, 5]
 
@@ -338,7 +343,9 @@ def print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(suite.available()), choices=list(DATASETS),
+                        help="sets to score (default: every visible set present; the '-placed' stress sets "
+                             "of benchmarks/suite.py only when named)")
     parser.add_argument("--backbones", nargs="+", default=BACKBONES)
     parser.add_argument("--ks", nargs="+", type=int, default=KS)
     parser.add_argument("--json", type=Path, help="also write the rows to this file")
@@ -600,17 +607,46 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     return rows
 
 
-def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: float = 0.01) -> list[dict]:
+# The positional levers (`suite_positional`): mode -> (patch features, covariance). "random" is the earlier
+# recipe's features (a seeded projection to `dim`), "balanced" the product's (the backbone's own channels, each
+# scale L2-normalised per position: 152-d for efficientnet_lite0), "raw" those channels unnormalised (anomalib's
+# PaDiM); "full" a covariance per position (PaDiM),
+# "diag" its diagonal only (a variance per channel and position: 2 x 152 floats a position instead of 152²),
+# a number r its r largest principal directions (the rest of the covariance is below the ridge): the distance
+# is then exact for that rank-r covariance plus the ridge, from a mean, r directions and r variances a position.
+POSITIONAL = {
+    "positional": ("random", 128, "full"),
+    "positional-64": ("random", 64, "full"),
+    "positional-256": ("random", 256, "full"),
+    "positional-balanced": ("balanced", 0, "full"),
+    "positional-diag": ("balanced", 0, "diag"),
+    "positional-rank16": ("balanced", 0, 16),
+    "positional-rank32": ("balanced", 0, 32),
+    # The same rank-32 statistics merged batch by batch (32 images at a time, as indexing adds them), without
+    # the full covariance ever being held: the product's `indexing.positional.PositionalStatistics`.
+    "positional-rank32-batches": ("balanced", 0, ("batches", 32)),
+    # The backbone's own channels as they come (no L2 normalisation, no projection), as anomalib's PaDiM takes them.
+    "positional-raw": ("raw", 0, "full"),
+    "positional-raw-rank32-batches": ("raw", 0, ("batches", 32)),
+}
+
+
+def suite_positional(name: str, data: Dataset, backbone, mode: str = "positional", ridge: float = 0.01) -> list[dict]:
     """A PaDiM-style prototype (positional statistics): a Gaussian per patch position over the nominal
-    images' patch vectors (the product's `PatchMaker` at `dim`, 224 px squashed, as anomalib's PaDiM sees
-    them), patch score = Mahalanobis distance to its position's Gaussian, image score = the largest.
+    images' patch vectors (the product's `PatchMaker`, 224 px squashed, as anomalib's PaDiM sees them),
+    patch score = Mahalanobis distance to its position's Gaussian, image score = the largest. `mode` names
+    the features and covariance (`POSITIONAL`).
 
     Not a product mode: it measures whether per-position statistics would win on the suite.
     Reference scores are the nominal images' own (in-sample) scores.
     """
     import torch
 
-    maker = PatchConfig(dim=dim, projection="random").maker()
+    projection, dim, covariance_kind = POSITIONAL[mode]
+    config = (PatchConfig(dim=dim, projection="random") if projection == "random" else
+              PatchConfig(projection="none", normalise=False).for_backbone(backbone.map_channels) if projection == "raw"
+              else PatchConfig().for_backbone(backbone.map_channels))
+    maker, dim = config.maker(), config.dim
 
     def vectors(images) -> torch.Tensor:
         parts = [maker.patchify(feature_maps(backbone, images[s : s + 64])).vectors for s in range(0, len(images), 64)]
@@ -621,13 +657,31 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
     grid = (int(round(train.shape[1] ** 0.5)),) * 2
     mean = train.mean(dim=0)
     centred = train - mean
-    covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
-    covariance += ridge * torch.eye(dim, dtype=covariance.dtype)
-    precision = torch.linalg.inv(covariance)
+    if covariance_kind == "diag":
+        inverse_variance = 1.0 / (centred.square().sum(dim=0) / max(len(train) - 1, 1) + ridge)
+    elif isinstance(covariance_kind, tuple):
+        statistics = PositionalStatistics.of(train.numpy(), rank=covariance_kind[1])
+    elif isinstance(covariance_kind, int):
+        covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
+        variances, directions = torch.linalg.eigh(covariance)  # ascending
+        variances, directions = variances[:, -covariance_kind:], directions[:, :, -covariance_kind:]
+        # (C_r + ridge I)^-1 = (I - V diag(l / (l + ridge)) V^T) / ridge
+        shrink = variances.clamp_min(0) / (variances.clamp_min(0) + ridge)
+    else:
+        covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
+        covariance += ridge * torch.eye(dim, dtype=covariance.dtype)
+        precision = torch.linalg.inv(covariance)
     fit_s = time.perf_counter() - started
 
     def distances(x: torch.Tensor) -> np.ndarray:
         d = x - mean
+        if covariance_kind == "diag":
+            return (d.square() * inverse_variance).sum(dim=-1).clamp_min(0).sqrt().numpy()
+        if isinstance(covariance_kind, tuple):
+            return statistics.distances(x.numpy(), ridge=ridge)
+        if isinstance(covariance_kind, int):
+            along = torch.einsum("npi,pir->npr", d, directions)
+            return ((d.square().sum(-1) - (along.square() * shrink).sum(-1)) / ridge).clamp_min(0).sqrt().numpy()
         return torch.einsum("npi,pij,npj->np", d, precision, d).clamp_min(0).sqrt().numpy()
 
     test_images = [t.image for t in data.test]
@@ -641,8 +695,11 @@ def suite_positional(name: str, data: Dataset, backbone, dim: int = 128, ridge: 
         heats = [heat_map(g, grid, size) for g in grids]
         masks = [mask_at(str(t.mask_path), size) if t.mask_path else np.zeros(size, bool) for t in data.test]
         pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
-    per_image = grid[0] * grid[1] * (dim + dim * dim) * 4.0 / len(data.train)  # one Gaussian per position, per setting
-    label = "positional" + ("" if dim == 128 else f"-{dim}")
+    # One Gaussian per position, per setting (float32): the mean and the covariance, its diagonal or its directions.
+    kept = (statistics.nbytes / 4 / (grid[0] * grid[1]) - dim if isinstance(covariance_kind, tuple) else
+            dim if covariance_kind == "diag" else dim * dim if covariance_kind == "full" else (dim + 1) * covariance_kind)
+    per_image = grid[0] * grid[1] * (dim + kept) * 4.0 / len(data.train)
+    label = mode
     row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s, per_image, tiled=False)
     # anomalib's PaDiM image score: the largest value of the smoothed heat map.
     size = (backbone.input_size, backbone.input_size)
@@ -667,6 +724,13 @@ SUITE_MODES = {
     "positional": None,  # the PaDiM-style prototype, `suite_positional`, 128-d patch vectors
     "positional-64": None,
     "positional-256": None,
+    "positional-balanced": None,  # the product's patch features (152-d), a full covariance per position
+    "positional-diag": None,  # the same features, a variance per channel and position (1% of the memory)
+    "positional-rank16": None,  # the same features, 16 principal directions per position (11% of the memory)
+    "positional-rank32": None,
+    "positional-rank32-batches": None,  # rank 32, merged 32 images at a time (`PositionalStatistics`)
+    "positional-raw": None,  # PaDiM's features: the backbone's channels unnormalised
+    "positional-raw-rank32-batches": None,  # those, in the product's rank-32 statistics
     "patch": PatchConfig(),
     # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
     "patch-plain": PatchConfig(local_scale=0),
@@ -682,6 +746,9 @@ SUITE_MODES = {
     # the backbone's own channels unnormalised, so the louder scale weighs more ("none").
     "patch-random": PatchConfig(projection="random"),
     "patch-none": PatchConfig(projection="none"),
+    # The patch recipe of the issue-13 held-out figures (before December 2026): 256-d seeded projection,
+    # plain distances, every image squashed to one square.
+    "patch-earlier": PatchConfig(projection="random", local_scale=0, tiling="off"),
     # Every image cut at its own pixel scale (input above 224 px where an image is larger): ELPV's
     # 300 px cells as 4 tiles. (`auto`'s one row with the aspect kept was this suite's `patch-aspect`.)
     "patch-native": PatchConfig(tiling="on"),
@@ -821,7 +888,7 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     data = data or DATASETS[name]()
                     started = time.perf_counter()
                     if mode.startswith("positional"):
-                        out = suite_positional(name, data, patch_backbone, dim=int(mode.partition("-")[2] or 128))
+                        out = suite_positional(name, data, patch_backbone, mode)
                     elif mode == "global-levels":
                         out = suite_global_levels(name, data, backbone, patch_backbone)
                     elif config is None:
@@ -862,7 +929,11 @@ def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
 
 # Score fusions measured beside the modes: each mode's score standardised by its nominal images' scores
 # (mean and standard deviation of the reference, never the test split), then averaged.
-FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional", "global"))
+FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional", "global"),
+           ("patch", "positional-balanced", "global"), ("patch", "positional-diag", "global"),
+           ("patch", "positional-rank16", "global"), ("patch", "positional-rank32", "global"),
+           ("patch", "positional-rank32-batches", "global"), ("patch", "positional-raw", "global"),
+           ("patch", "positional-raw-rank32-batches", "global"))
 
 
 def _scored_by_set(rows: list[dict]) -> dict[str, dict[str, dict]]:
