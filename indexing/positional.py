@@ -4,19 +4,21 @@ Where parts sit in the same place in every image (a solar cell, a circuit board,
 fixture), the patch at one place of a good part varies little from part to part, and a patch's
 distance to its own position's Gaussian finds what a nearest-patch bank can miss: a patch that
 would be normal elsewhere on the part. On the visible suite (`benchmarks/quality.py --modes
-positional-rank32`) these statistics alone reach image ROC-AUC 0.997 on PIPED and, averaged
-with patch and global scores, at or above every anomalib column; on parts that move from image
-to image they fall behind (the suite's `-placed` stress sets), so they are a choice for aligned
-parts, not a default.
+positional-rank32-batches`) these statistics alone reach image ROC-AUC 0.997 on PIPED, and
+averaged with the patch and global scores they are at or above every anomalib column. On parts
+that move from image to image they fall behind (the suite's `-placed` stress sets), so they
+suit aligned parts; no scoring mode uses them yet.
 
 Each position keeps its mean and its `rank` principal directions, each scaled by its singular
-value, merged one batch of images at a time as scikit-learn's `IncrementalPCA` merges (Ross et
-al. 2008). The statistics therefore grow with a bank without holding its images' patches or a
-full covariance: 784 positions x (152 + 32 x 152) float32 values, 15.9 MB a setting at 224 px
-with EfficientNet-Lite0, where PaDiM's covariances take 72.9 MB. The distance is the Mahalanobis
-distance under that rank-`rank` covariance plus PaDiM's ridge (0.01 x I), exactly, by the
-Woodbury identity; with normalised patch vectors the directions past the 32nd carry less
-variance than the ridge, and rank 32 scored as the full covariance on every visible set.
+value, merged one batch of images at a time by the rule scikit-learn's `IncrementalPCA` uses
+(Ross et al. 2008), done here for all positions in one batched SVD. The statistics therefore
+grow with a bank without holding its images' patches or a full covariance: 784 positions x
+(152 + 32 x 152) float32 values, 15.7 MB a setting at 224 px with EfficientNet-Lite0, where
+PaDiM's covariances take 72.9 MB. The variance the kept directions leave out is spread evenly
+over the others (probabilistic PCA, Tipping and Bishop 1999) and PaDiM's ridge (0.01 x I) is
+added; the distance is then exact for that covariance, by the Woodbury identity. With the
+product's normalised patch vectors the 33rd direction's variance is about 30 times below the
+ridge (ELPV mono), and rank 32 scored within 0.002 of the full covariance on every visible set.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-# Principal directions kept per position: rank 32 matched the full covariance on the visible suite
-# (rank 16 lost up to 0.005 on KolektorSDD), at 22% of its memory.
+# Principal directions kept per position: rank 32 scored within 0.002 of the full covariance on every visible
+# set (rank 16 lost 0.005 on KolektorSDD), at 22% of its memory.
 RANK = 32
 # PaDiM's regularisation of each covariance: ridge x identity.
 RIDGE = 0.01
