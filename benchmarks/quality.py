@@ -607,13 +607,14 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     return rows
 
 
-# The positional levers (`suite_positional`): mode -> (patch features, covariance). "random" is the earlier
-# recipe's features (a seeded projection to `dim`), "balanced" the product's (the backbone's own channels, each
-# scale L2-normalised per position: 152-d for efficientnet_lite0), "raw" those channels unnormalised (anomalib's
-# PaDiM); "full" a covariance per position (PaDiM),
-# "diag" its diagonal only (a variance per channel and position: 2 x 152 floats a position instead of 152²),
-# a number r its r largest principal directions (the rest of the covariance is below the ridge): the distance
-# is then exact for that rank-r covariance plus the ridge, from a mean, r directions and r variances a position.
+# The positional levers (`suite_positional`): mode -> (patch features, dim, covariance).
+# Features: "random" is the earlier recipe's (a seeded projection to `dim`); "balanced" the product's (the
+# backbone's own channels, each scale L2-normalised per position: 152-d for efficientnet_lite0); "raw" those
+# channels unnormalised, as anomalib's PaDiM takes them.
+# Covariance: "full" one per position (PaDiM); "diag" its diagonal only (2 x 152 floats a position instead of
+# 152²); a number r its r largest principal directions, every other direction at the ridge alone; ("batches", r)
+# the product's `indexing.positional.PositionalStatistics` (r directions merged 32 images at a time, the rest of
+# the variance as one floor).
 POSITIONAL = {
     "positional": ("random", 128, "full"),
     "positional-64": ("random", 64, "full"),
@@ -622,10 +623,8 @@ POSITIONAL = {
     "positional-diag": ("balanced", 0, "diag"),
     "positional-rank16": ("balanced", 0, 16),
     "positional-rank32": ("balanced", 0, 32),
-    # The same rank-32 statistics merged batch by batch (32 images at a time, as indexing adds them), without
-    # the full covariance ever being held: the product's `indexing.positional.PositionalStatistics`.
+    # Merged batch by batch, as indexing adds images, without the full covariance ever being held.
     "positional-rank32-batches": ("balanced", 0, ("batches", 32)),
-    # The backbone's own channels as they come (no L2 normalisation, no projection), as anomalib's PaDiM takes them.
     "positional-raw": ("raw", 0, "full"),
     "positional-raw-rank32-batches": ("raw", 0, ("batches", 32)),
 }
