@@ -653,31 +653,39 @@ def suite_positional(name: str, data: Dataset, backbone, mode: str = "positional
 
     started = time.perf_counter()
     train = vectors(data.train)
-    grid = (int(round(train.shape[1] ** 0.5)),) * 2
-    mean = train.mean(dim=0)
-    centred = train - mean
-    if covariance_kind == "diag":
-        inverse_variance = 1.0 / (centred.square().sum(dim=0) / max(len(train) - 1, 1) + ridge)
-    elif isinstance(covariance_kind, tuple):
+    positions = train.shape[1]
+    grid = (int(round(positions ** 0.5)),) * 2
+    # Each form keeps, per setting, `stored` float32 values: the mean and the covariance, its diagonal or its directions.
+    if isinstance(covariance_kind, tuple):  # the product's statistics hold their own mean
         statistics = PositionalStatistics.of(train.numpy(), rank=covariance_kind[1])
-    elif isinstance(covariance_kind, int):
-        covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
-        variances, directions = torch.linalg.eigh(covariance)  # ascending
-        variances, directions = variances[:, -covariance_kind:], directions[:, :, -covariance_kind:]
-        # (C_r + ridge I)^-1 = (I - V diag(l / (l + ridge)) V^T) / ridge
-        shrink = variances.clamp_min(0) / (variances.clamp_min(0) + ridge)
+        stored = statistics.nbytes / 4
     else:
-        covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
-        covariance += ridge * torch.eye(dim, dtype=covariance.dtype)
-        precision = torch.linalg.inv(covariance)
+        mean = train.mean(dim=0)
+        centred = train - mean
+        if covariance_kind == "diag":
+            inverse_variance = 1.0 / (centred.square().sum(dim=0) / max(len(train) - 1, 1) + ridge)
+            stored = positions * 2 * dim
+        elif isinstance(covariance_kind, int):
+            covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
+            variances, directions = torch.linalg.eigh(covariance)  # ascending
+            variances, directions = variances[:, -covariance_kind:], directions[:, :, -covariance_kind:]
+            # (C_r + ridge I)^-1 = (I - V diag(l / (l + ridge)) V^T) / ridge
+            shrink = variances.clamp_min(0) / (variances.clamp_min(0) + ridge)
+            stored = positions * (dim + (dim + 1) * covariance_kind)
+        else:
+            covariance = torch.einsum("npi,npj->pij", centred, centred) / max(len(train) - 1, 1)
+            covariance += ridge * torch.eye(dim, dtype=covariance.dtype)
+            precision = torch.linalg.inv(covariance)
+            stored = positions * (dim + dim * dim)
+        del centred
     fit_s = time.perf_counter() - started
 
     def distances(x: torch.Tensor) -> np.ndarray:
+        if isinstance(covariance_kind, tuple):
+            return statistics.distances(x.numpy(), ridge=ridge)
         d = x - mean
         if covariance_kind == "diag":
             return (d.square() * inverse_variance).sum(dim=-1).clamp_min(0).sqrt().numpy()
-        if isinstance(covariance_kind, tuple):
-            return statistics.distances(x.numpy(), ridge=ridge)
         if isinstance(covariance_kind, int):
             along = torch.einsum("npi,pir->npr", d, directions)
             return ((d.square().sum(-1) - (along.square() * shrink).sum(-1)) / ridge).clamp_min(0).sqrt().numpy()
@@ -694,10 +702,7 @@ def suite_positional(name: str, data: Dataset, backbone, mode: str = "positional
         heats = [heat_map(g, grid, size) for g in grids]
         masks = [mask_at(str(t.mask_path), size) if t.mask_path else np.zeros(size, bool) for t in data.test]
         pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
-    # One Gaussian per position, per setting (float32): the mean and the covariance, its diagonal or its directions.
-    kept = (statistics.nbytes / 4 / (grid[0] * grid[1]) - dim if isinstance(covariance_kind, tuple) else
-            dim if covariance_kind == "diag" else dim * dim if covariance_kind == "full" else (dim + 1) * covariance_kind)
-    per_image = grid[0] * grid[1] * (dim + kept) * 4.0 / len(data.train)
+    per_image = stored * 4.0 / len(data.train)  # one Gaussian per position, per setting
     label = mode
     row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, None, fit_s, per_image, tiled=False)
     # anomalib's PaDiM image score: the largest value of the smoothed heat map.
