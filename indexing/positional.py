@@ -7,7 +7,8 @@ would be normal elsewhere on the part. On the visible suite (`benchmarks/quality
 positional-rank32-batches`) these statistics alone reach image ROC-AUC 0.997 on PIPED, and
 averaged with the patch and global scores they are at or above every anomalib column. On parts
 that move from image to image they fall behind (the suite's `-placed` stress sets), so they
-suit aligned parts; no scoring mode uses them yet.
+suit aligned parts, and `shifts` with `aligned_share` tell from the nominal images alone whether
+a setting's parts are aligned; no scoring mode uses them yet.
 
 Each position keeps its mean and its `rank` principal directions, each scaled by its singular
 value, merged one batch of images at a time by the rule scikit-learn's `IncrementalPCA` uses
@@ -32,6 +33,18 @@ import numpy as np
 RANK = 32
 # PaDiM's regularisation of each covariance: ridge x identity.
 RIDGE = 0.01
+# How far, in grid cells, `PositionalStatistics.shifts` looks each way: a quarter of the 28-cell grid at 224 px.
+SHIFT_RADIUS = 7
+# Cells left out along each edge when registering: a backbone's zero padding marks its border cells alike in every
+# image, which pulls any two maps towards no shift (AITEX's weave: 0.54 of its images within a cell with the border,
+# 0.41 without one ring of it; aligned sets keep 0.92-1.00). Two rings cost ELPV poly, whose cells' edges are
+# most of their layout, 0.20.
+SHIFT_MARGIN = 1
+# Parts are aligned when at least this share of the nominal images register to the others' mean map within one
+# cell (`aligned_share`). On the visible suite the aligned sets gave 0.87-1.00 (ELPV, Hazelnut Toy, KolektorSDD,
+# PIPED) and the others 0.30-0.68 (AITEX's weave, DeepPCB's boards, the `-placed` stress sets), all their nominal
+# images each; below about 128 images a draw can stray by 0.2 (`benchmarks/quality.py`, README).
+ALIGNED_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -117,10 +130,52 @@ class PositionalStatistics:
                    - (np.square(along) * (1.0 / floor - 1.0 / (variances + ridge))).sum(axis=-1))
         return np.sqrt(np.maximum(squared, 0.0))
 
+    def shifts(self, vectors: np.ndarray, *, held_in: bool = False, radius: int = SHIFT_RADIUS,
+               margin: int = SHIFT_MARGIN) -> np.ndarray:
+        """(images, 2): the shift (rows, columns), in grid cells, that best registers each image's patch map onto
+        the mean map: the one whose overlapping positions have the largest mean dot product with the mean's.
+
+        An aligned part registers at (0, 0) or a cell from it; a part that moves registers where it moved to;
+        a texture or a part with no fixed layout, anywhere. `held_in`: the images were added to these
+        statistics, so each is compared with the mean of the others (its own patches would pull it to (0, 0)).
+        The `margin` outermost rings of cells are left out of the comparison. The grid must be square (a
+        squashed input, as the patch maps are).
+        """
+        vectors = _checked(vectors, self.mean.shape)
+        positions, dim = self.mean.shape
+        side = int(round(positions ** 0.5))
+        if side * side != positions:
+            raise ValueError(f"shifts need a square grid of positions, got {positions}")
+        if held_in and self.count < 2:
+            raise ValueError("shifts of held-in images need statistics of at least two images")
+        inner = slice(margin, side - margin)
+        maps = vectors.reshape(len(vectors), side, side, dim)[:, inner, inner]
+        mean = self.mean.reshape(side, side, dim)[inner, inner]
+        side -= 2 * margin
+        radius = min(radius, side - 1)
+        span = range(-radius, radius + 1)
+        agreement = np.empty((len(vectors), len(span), len(span)))
+        for i, rows in enumerate(span):
+            for j, columns in enumerate(span):
+                own = maps[:, max(-rows, 0) : side - max(rows, 0), max(-columns, 0) : side - max(columns, 0)]
+                onto = (slice(max(rows, 0), side + min(rows, 0)), slice(max(columns, 0), side + min(columns, 0)))
+                dot = np.einsum("nyxd,yxd->n", own, mean[onto])
+                if held_in:  # the others' mean: (count x mean - own) / (count - 1)
+                    dot = (self.count * dot - np.einsum("nyxd,nyxd->n", own, maps[:, onto[0], onto[1]])) / (self.count - 1)
+                agreement[:, i, j] = dot / (own.shape[1] * own.shape[2])
+        best = agreement.reshape(len(vectors), -1).argmax(axis=1)
+        return np.stack(np.unravel_index(best, agreement.shape[1:]), axis=1) - radius
+
     @property
     def nbytes(self) -> int:
         """Bytes the statistics take as float32: what a setting would keep."""
         return (self.mean.size + self.basis.size + self.scatter.size) * 4
+
+
+def aligned_share(shifts: np.ndarray) -> float:
+    """The share of images whose best shift (`PositionalStatistics.shifts`) is at most one cell either way."""
+    shifts = np.asarray(shifts)
+    return float(np.mean(np.abs(shifts).max(axis=1) <= 1)) if len(shifts) else 0.0
 
 
 def _checked(vectors: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:

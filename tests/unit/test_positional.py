@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexing.positional import RIDGE, PositionalStatistics
+from indexing.positional import ALIGNED_SHARE, RIDGE, PositionalStatistics, aligned_share
 
 
 def _vectors(n: int, positions: int = 6, dim: int = 12, seed: int = 0) -> np.ndarray:
@@ -66,3 +66,51 @@ def test_patch_vectors_of_another_shape_are_refused_with_both_shapes() -> None:
         statistics.add(_vectors(4, positions=7))
     with pytest.raises(ValueError, match="at least one image"):
         PositionalStatistics.of(np.zeros((0, 6, 12)))
+
+
+def _crops(offsets: list[tuple[int, int]], side: int = 20, dim: int = 8, seed: int = 0, noise: float = 0.2) -> np.ndarray:
+    """Patch maps of one part seen through a side x side window, at each (rows, columns) offset from the middle of
+    the scene, flattened to (images, side * side, dim), each with noise of its own (`noise` x the part's spread)."""
+    scene = np.random.default_rng(0).normal(size=(side + 8, side + 8, dim))
+    rng = np.random.default_rng(seed + 1)
+    maps = [scene[4 + r : 4 + r + side, 4 + c : 4 + c + side] + noise * rng.normal(size=(side, side, dim))
+            for r, c in offsets]
+    return np.stack(maps).reshape(len(offsets), side * side, dim)
+
+
+def test_each_image_registers_onto_the_mean_map_by_the_shift_its_part_moved() -> None:
+    statistics = PositionalStatistics.of(_crops([(0, 0)] * 30))
+    offsets = [(0, 0), (2, -3), (-4, 1), (1, 1)]
+    np.testing.assert_array_equal(statistics.shifts(_crops(offsets, seed=1)), offsets)
+
+
+def test_an_image_held_in_the_statistics_is_registered_against_the_others_alone() -> None:
+    # One image of four moved by (3, 2), each with noise twice the part's spread: in the mean of all four, the moved
+    # image's own patches (a quarter of it, at no shift) outweigh the three others' (at its shift).
+    images = _crops([(0, 0)] * 3 + [(3, 2)], noise=2.0)
+    statistics = PositionalStatistics.of(images)
+    assert statistics.shifts(images)[3].tolist() == [0, 0]
+    np.testing.assert_array_equal(statistics.shifts(images, held_in=True), [(0, 0)] * 3 + [(3, 2)])
+    with pytest.raises(ValueError, match="at least two images"):
+        PositionalStatistics.of(images[:1]).shifts(images[:1], held_in=True)
+
+
+def test_aligned_parts_pass_the_share_and_moving_parts_do_not() -> None:
+    aligned = _crops([(0, 0)] * 20 + [(1, 0)] * 5)
+    moving = _crops([(r, c) for r in (-3, 0, 3) for c in (-4, -1, 2, 4)] * 2)
+    aligned_shifts = PositionalStatistics.of(aligned).shifts(aligned, held_in=True)
+    moving_shifts = PositionalStatistics.of(moving).shifts(moving, held_in=True)
+    assert aligned_share(aligned_shifts) == 1.0  # a cell off is still aligned
+    assert aligned_share(moving_shifts) < ALIGNED_SHARE
+    with pytest.raises(ValueError, match="square grid"):
+        PositionalStatistics.of(_vectors(3)).shifts(_vectors(3))  # 6 positions
+
+
+def test_border_cells_alike_in_every_image_do_not_make_unaligned_parts_look_aligned() -> None:
+    # No part in common, but the same outermost ring in every map, as a backbone's zero padding leaves.
+    maps = np.random.default_rng(3).normal(size=(24, 20, 20, 8))
+    maps[:, 0, :], maps[:, -1, :], maps[:, :, 0], maps[:, :, -1] = 3.0, 3.0, 3.0, 3.0
+    vectors = maps.reshape(24, 400, 8)
+    statistics = PositionalStatistics.of(vectors)
+    assert aligned_share(statistics.shifts(vectors, held_in=True, margin=0)) == 1.0
+    assert aligned_share(statistics.shifts(vectors, held_in=True)) < ALIGNED_SHARE
