@@ -76,7 +76,7 @@ from indexing.evaluation import compute_metrics  # noqa: E402
 from indexing.heatmap import heat_map, mask_at, pixel_pro, pixel_roc_auc  # noqa: E402
 from indexing.images import decode  # noqa: E402
 from indexing.patch_mode import PatchConfig  # noqa: E402
-from indexing.positional import PositionalStatistics  # noqa: E402
+from indexing.positional import ALIGNED_SHARE, PositionalStatistics, aligned_share  # noqa: E402
 from indexing.patch_search import FaissNN, NumpyNN, PatchScorer, TorchNN, UpperBounds  # noqa: E402
 from indexing.scoring import exact_knn  # noqa: E402
 from indexing.service import BackbonePool, NominalService  # noqa: E402
@@ -656,9 +656,14 @@ def suite_positional(name: str, data: Dataset, backbone, mode: str = "positional
     positions = train.shape[1]
     grid = (int(round(positions ** 0.5)),) * 2
     # Each form keeps, per setting, `stored` float32 values: the mean and the covariance, its diagonal or its directions.
+    aligned = None
     if isinstance(covariance_kind, tuple):  # the product's statistics hold their own mean
         statistics = PositionalStatistics.of(train.numpy(), rank=covariance_kind[1])
         stored = statistics.nbytes / 4
+        # The label-free alignment test, on the nominal images alone (each against the others' mean map).
+        aligned = aligned_share(np.concatenate([statistics.shifts(train[s : s + 64].numpy(), held_in=True)
+                                                for s in range(0, len(train), 64)]))
+        print(f"  {name}: {aligned:.2f} of the nominal images register within one cell", file=sys.stderr)
     else:
         mean = train.mean(dim=0)
         centred = train - mean
@@ -708,6 +713,8 @@ def suite_positional(name: str, data: Dataset, backbone, mode: str = "positional
     # anomalib's PaDiM image score: the largest value of the smoothed heat map.
     size = (backbone.input_size, backbone.input_size)
     smoothed = np.array([heat_map(g, grid, size).max() for g in grids])
+    if aligned is not None:
+        row["aligned_share"] = aligned
     return [row | {"scores": scores.tolist(), "reference": reference.tolist()},
             _row(name, f"{label} smoothed max", data, compute_metrics(is_fail, smoothed), pixel, pro, None, fit_s,
                  per_image, tiled=False)]
@@ -932,8 +939,12 @@ def _seed_rows(per_seed: list[tuple[int, list[dict]]]) -> list[dict]:
 
 
 # Score fusions measured beside the modes: each mode's score standardised by its nominal images' scores
-# (mean and standard deviation of the reference, never the test split), then averaged.
-FUSIONS = (("patch", "global"), ("patch", "positional"), ("patch", "positional", "global"),
+# (mean and standard deviation of the reference, never the test split), then averaged. A mode ending in "?" is
+# fused only where its row finds the set's nominal images aligned (`aligned_share`, `ALIGNED_SHARE`) and the first
+# mode scores them whole (per-position statistics of a squashed image beside tiles would cost a verdict a second
+# backbone pass); elsewhere the fusion is of the other modes.
+FUSIONS = (("patch", "global"), ("patch", "positional-rank32-batches?", "global"),
+           ("patch", "positional"), ("patch", "positional", "global"),
            ("patch", "positional-balanced", "global"), ("patch", "positional-diag", "global"),
            ("patch", "positional-rank16", "global"), ("patch", "positional-rank32", "global"),
            ("patch", "positional-rank32-batches", "global"), ("patch", "positional-raw", "global"),
@@ -962,9 +973,15 @@ def fused_rows(rows: list[dict]) -> list[dict]:
         data = None
         seeds = sorted({int(m) for label in modes for m in re.findall(r"\[seed (\d+)\]", label)}) or [None]
         for fusion in FUSIONS:
+            gated = [m[:-1] for m in fusion if m.endswith("?")]
+            if any(m not in modes for m in gated) or not any(m.split(" [")[0] == fusion[0] for m in modes):
+                continue
+            whole = not modes[next(m for m in modes if m.split(" [")[0] == fusion[0])]["tiled"]
+            fused = [m for m in fusion if not m.endswith("?")] + [
+                m for m in gated if whole and modes[m].get("aligned_share", 0.0) >= ALIGNED_SHARE]
             per_seed = []
             for seed in seeds:
-                labels = [m if seed is None or f"{m} [seed {seed}]" not in modes else f"{m} [seed {seed}]" for m in fusion]
+                labels = [m if seed is None or f"{m} [seed {seed}]" not in modes else f"{m} [seed {seed}]" for m in fused]
                 if not all(label in modes for label in labels):
                     continue
                 data = data or DATASETS[name]()
@@ -978,6 +995,8 @@ def fused_rows(rows: list[dict]) -> list[dict]:
                 continue
             first = modes[next(label for label in modes if label.split(" [")[0] == fusion[0])]
             row = _row(name, "+".join(fusion), data, per_seed[0], None, None, None, None, None, tiled=first["tiled"])
+            if gated:
+                row["fused"] = "+".join(fused)
             if len(per_seed) > 1:
                 for field, attribute in (("roc_auc", "roc_auc"), ("ap", "average_precision"), ("f1_max", "f1_max")):
                     row[field] = float(np.mean([getattr(m, attribute) for m in per_seed]))
@@ -1060,6 +1079,7 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
     for name, mine in by_set.items():
         for r in mine:
             star = " (default)" if r["mode"].split(" (")[0] == default_mode else ""
+            star += f": {r['fused']}" if r.get("fused") else ""  # what a gated fusion fused on this set
             pixels = "" if not r.get("pixel_images") or r["pixel_images"] >= r["n_test_pass"] + r["n_test_fail"] else \
                 f" ({r['pixel_images']} images)"
             size = "-" if r["bytes_per_nominal_image"] is None else f"{r['bytes_per_nominal_image']:,.0f}"
