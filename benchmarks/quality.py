@@ -15,7 +15,9 @@ Levers measured beside the product's modes, not product modes themselves:
 - `--modes global-levels`: image descriptors pooled from the stride-8, stride-16 and final
   maps, scored by kNN and by per-level Gaussians (Rippel et al. 2020; `suite_global_levels`);
 - fusions (`FUSIONS`): the mean of two or three modes' scores, each standardised by its own
-  nominal images' scores, printed for every set where those modes ran in the same suite;
+  nominal images' scores, printed for every set where those modes ran in the same suite; one
+  is gated, adding positional statistics only where the set's nominal images pass the
+  label-free alignment test (`indexing.positional.aligned_share`) and patch scoring takes them whole;
 - stress sets (`suite.stress`, named "<set>-placed", only when `--datasets` names them): a visible
   set's images pasted at random places on a plain canvas twice their size, for parts that are not
   aligned; `patch-earlier` is the patch recipe the issue's held-out figures were measured with;
