@@ -37,7 +37,7 @@ RIDGE = 0.01
 SHIFT_RADIUS = 7
 # Cells left out along each edge when registering: a backbone's zero padding marks its border cells alike in every
 # image, which pulls any two maps towards no shift (AITEX's weave: 0.54 of its images within a cell with the border,
-# 0.41 without one ring of it; aligned sets keep 0.92-1.00). Two rings cost ELPV poly, whose cells' edges are
+# 0.41 without one ring of it; aligned sets keep 0.87-1.00). Two rings cost ELPV poly, whose cells' edges are
 # most of their layout, 0.20.
 SHIFT_MARGIN = 1
 # Parts are aligned when at least this share of the nominal images register to the others' mean map within one
