@@ -25,6 +25,7 @@ ridge (ELPV mono), and rank 32 scored within 0.002 of the full covariance on eve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -119,12 +120,10 @@ class PositionalStatistics:
         along each kept direction, the residual variance + ridge along every other (probabilistic PCA, Tipping
         and Bishop 1999, with PaDiM's ridge); all directions kept, PaDiM's own covariance."""
         vectors = _checked(vectors, self.mean.shape)
-        norms = np.linalg.norm(self.basis, axis=-1)
-        directions = self.basis / np.maximum(norms, 1e-12)[..., None]
-        variances = np.square(norms) / max(self.count - 1, 1)
-        floor = (self.residual + ridge)[:, None]  # (positions, 1)
+        directions, variances, residual = self._spectrum
+        floor = (residual + ridge)[:, None]  # (positions, 1)
         centred = vectors - self.mean
-        along = np.einsum("npd,pkd->npk", centred, directions)
+        along = np.einsum("npd,pdk->npk", centred, directions)
         # C^-1 = I / floor - V diag(1 / floor - 1 / (l + ridge)) V^T
         squared = (np.square(centred).sum(axis=-1) / floor[:, 0]
                    - (np.square(along) * (1.0 / floor - 1.0 / (variances + ridge))).sum(axis=-1))
@@ -165,6 +164,14 @@ class PositionalStatistics:
                 agreement[:, i, j] = dot / (own.shape[1] * own.shape[2])
         best = agreement.reshape(len(vectors), -1).argmax(axis=1)
         return np.stack(np.unravel_index(best, agreement.shape[1:]), axis=1) - radius
+
+    @cached_property
+    def _spectrum(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(positions, dim, kept) unit directions, (positions, kept) variances, (positions,) residual variance:
+        worked out once per statistics (they are immutable), not on every verdict (14 ms of a 23 ms distance)."""
+        norms = np.linalg.norm(self.basis, axis=-1)
+        directions = np.ascontiguousarray(np.swapaxes(self.basis / np.maximum(norms, 1e-12)[..., None], 1, 2))
+        return directions, self.variances, self.residual
 
     @property
     def nbytes(self) -> int:
