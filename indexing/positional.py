@@ -103,12 +103,12 @@ class PositionalStatistics:
         scatter = self.scatter + np.square(centred).sum(axis=(0, 2)) + np.square(shift).sum(axis=-1)
         return PositionalStatistics(total, mean, _top(rows, self.rank), scatter, self.rank)
 
-    @property
+    @cached_property
     def variances(self) -> np.ndarray:
         """(positions, kept) variance along each kept direction."""
         return np.square(np.linalg.norm(self.basis, axis=-1)) / max(self.count - 1, 1)
 
-    @property
+    @cached_property
     def residual(self) -> np.ndarray:
         """(positions,) mean variance along the directions not kept (probabilistic PCA's noise variance)."""
         kept = self.basis.shape[1]
@@ -120,8 +120,8 @@ class PositionalStatistics:
         along each kept direction, the residual variance + ridge along every other (probabilistic PCA, Tipping
         and Bishop 1999, with PaDiM's ridge); all directions kept, PaDiM's own covariance."""
         vectors = _checked(vectors, self.mean.shape)
-        directions, variances, residual = self._spectrum
-        floor = (residual + ridge)[:, None]  # (positions, 1)
+        directions, variances = self._directions, self.variances
+        floor = (self.residual + ridge)[:, None]  # (positions, 1)
         centred = vectors - self.mean
         along = np.einsum("npd,pdk->npk", centred, directions)
         # C^-1 = I / floor - V diag(1 / floor - 1 / (l + ridge)) V^T
@@ -166,12 +166,11 @@ class PositionalStatistics:
         return np.stack(np.unravel_index(best, agreement.shape[1:]), axis=1) - radius
 
     @cached_property
-    def _spectrum(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(positions, dim, kept) unit directions, (positions, kept) variances, (positions,) residual variance:
-        worked out once per statistics (they are immutable), not on every verdict (14 ms of a 23 ms distance)."""
+    def _directions(self) -> np.ndarray:
+        """(positions, dim, kept) unit directions. It, the variances and the residual are worked out once per
+        statistics (they are immutable), not on every verdict (14 ms of a 23 ms distance)."""
         norms = np.linalg.norm(self.basis, axis=-1)
-        directions = np.ascontiguousarray(np.swapaxes(self.basis / np.maximum(norms, 1e-12)[..., None], 1, 2))
-        return directions, self.variances, self.residual
+        return np.ascontiguousarray(np.swapaxes(self.basis / np.maximum(norms, 1e-12)[..., None], 1, 2))
 
     @property
     def nbytes(self) -> int:
