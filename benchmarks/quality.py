@@ -734,16 +734,7 @@ def _row(name, mode, data, m, pixel, pro, ms, fit_s, bytes_per_image, *, tiled, 
 SUITE_MODES = {
     "global": None,
     "global-levels": None,  # pooled stride-8, stride-16 and final features (`suite_global_levels`): kNN and Gaussians
-    "positional": None,  # the PaDiM-style prototype, `suite_positional`, 128-d patch vectors
-    "positional-64": None,
-    "positional-256": None,
-    "positional-balanced": None,  # the product's patch features (152-d), a full covariance per position
-    "positional-diag": None,  # the same features, a variance per channel and position (1% of the memory)
-    "positional-rank16": None,  # the same features, 16 principal directions per position (11% of the memory)
-    "positional-rank32": None,
-    "positional-rank32-batches": None,  # rank 32, merged 32 images at a time (`PositionalStatistics`)
-    "positional-raw": None,  # PaDiM's features: the backbone's channels unnormalised
-    "positional-raw-rank32-batches": None,  # those, in the product's rank-32 statistics
+    **dict.fromkeys(POSITIONAL),  # per-position statistics (`suite_positional`), each form of `POSITIONAL`
     "patch": PatchConfig(),
     # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
     "patch-plain": PatchConfig(local_scale=0),
@@ -976,11 +967,11 @@ def fused_rows(rows: list[dict]) -> list[dict]:
         seeds = sorted({int(m) for label in modes for m in re.findall(r"\[seed (\d+)\]", label)}) or [None]
         for fusion in FUSIONS:
             gated = [m[:-1] for m in fusion if m.endswith("?")]
-            if any(m not in modes for m in gated) or not any(m.split(" [")[0] == fusion[0] for m in modes):
+            first = next((modes[label] for label in modes if label.split(" [")[0] == fusion[0]), None)
+            if first is None or any(m not in modes for m in gated):
                 continue
-            whole = not modes[next(m for m in modes if m.split(" [")[0] == fusion[0])]["tiled"]
             fused = [m for m in fusion if not m.endswith("?")] + [
-                m for m in gated if whole and modes[m].get("aligned_share", 0.0) >= ALIGNED_SHARE]
+                m for m in gated if not first["tiled"] and modes[m].get("aligned_share", 0.0) >= ALIGNED_SHARE]
             per_seed = []
             for seed in seeds:
                 labels = [m if seed is None or f"{m} [seed {seed}]" not in modes else f"{m} [seed {seed}]" for m in fused]
@@ -995,7 +986,6 @@ def fused_rows(rows: list[dict]) -> list[dict]:
                 per_seed.append(compute_metrics(is_fail, np.mean(standardised, axis=0)))
             if not per_seed:
                 continue
-            first = modes[next(label for label in modes if label.split(" [")[0] == fusion[0])]
             row = _row(name, "+".join(fusion), data, per_seed[0], None, None, None, None, None, tiled=first["tiled"])
             if gated:
                 row["fused"] = "+".join(fused)
