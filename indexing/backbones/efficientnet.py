@@ -69,6 +69,15 @@ class LiteEncoder(nn.Module):
                 map8 = x
         return map8, x
 
+    def pooled_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`pooled` and `maps` of one forward pass: the blocks after the stride-16 tap and the head run on from it."""
+        map8, map16 = self.maps(x)
+        x = map16
+        for block in self.model._blocks[self._tap16 + 1 :]:
+            x = block(x)
+        m = self.model
+        return m._swish(m._bn1(m._conv_head(x))).mean(dim=(2, 3)), map8, map16
+
 
 def prepare_for_inference(model: EfficientNet) -> None:
     """Rewrite the loaded network for speed; outputs stay equal to float rounding.

@@ -92,6 +92,11 @@ class MobileNetEncoder(nn.Module):
                 map8 = x
         return map8, x
 
+    def pooled_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`pooled` and `maps` of one forward pass: the stages after the stride-16 tap run on from it."""
+        map8, map16 = self.maps(x)
+        return self.features[self._tap16 + 1 :](map16).mean(dim=(2, 3)), map8, map16
+
 
 def _stride(stage: nn.Module) -> int:
     if hasattr(stage, "stride"):  # torchvision InvertedResidual

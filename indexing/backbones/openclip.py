@@ -55,6 +55,9 @@ class ClipEncoder(nn.Module):
     def maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise UnknownBackbone("CLIP image towers have no stride-8/16 maps: patch scoring needs a CNN backbone")
 
+    def pooled_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.maps(x)  # type: ignore[return-value] - refuses, as `maps` does
+
 
 def parse(name: str) -> tuple[str, str]:
     """`openclip:<model>:<pretrained>` -> (model, pretrained); a path may itself contain ':'.

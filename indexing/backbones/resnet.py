@@ -68,6 +68,11 @@ class ResNetEncoder(nn.Module):
         """(n, 3, 224, 224) -> layer2 (n, 512, 28, 28), layer3 (n, 1024, 14, 14)."""
         return self._to_layer3(x)
 
+    def pooled_and_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`pooled` and `maps` of one forward pass."""
+        layer2, layer3 = self._to_layer3(x)
+        return self.model.layer4(layer3).mean(dim=(2, 3)), layer2, layer3
+
 
 def fuse_for_inference(model: ResNet) -> None:
     """Fold every batch norm into its convolution (see fusion); outputs equal to float rounding."""

@@ -183,6 +183,24 @@ def test_resnet50_from_a_local_file(random_resnet50: Backbone, photos: dict[str,
     assert backbone.name == "resnet50" and backbone.dim == 2048
     assert backbone.embed([photos["chelsea"]]).shape == (1, 2048)
     _check_maps(backbone.feature_maps([photos["chelsea"]]), n=1, channels=(512, 1024), side=224)
+    _check_one_pass(backbone, [photos["chelsea"], photos["rocket"]])
+
+
+@pytest.mark.parametrize("name", OFFLINE)
+def test_one_pass_gives_the_embedding_and_the_maps_of_two(
+    backbones: dict[str, Backbone], photos: dict[str, Image.Image], name: str
+) -> None:
+    """A fused verdict's single forward pass answers what `embed` and `feature_maps` answer apart."""
+    _check_one_pass(backbones[name], [photos["chelsea"], photos["rocket"], photos["coffee"]])
+
+
+def _check_one_pass(backbone: Backbone, images: list[Image.Image]) -> None:
+    pooled, maps = backbone.embed_with_maps(images, batch_size=2)
+    assert pooled.dtype == np.float32 and np.abs(pooled - backbone.embed(images)).max() < 1e-5
+    apart = backbone.feature_maps(images)
+    assert torch.allclose(maps.stride8, apart.stride8, atol=1e-5) and torch.allclose(maps.stride16, apart.stride16, atol=1e-5)
+    empty, no_maps = backbone.embed_with_maps([])
+    assert empty.shape == (0, backbone.dim) and no_maps.stride8.shape[0] == 0
 
 
 def _check_maps(maps: FeatureMaps, *, n: int, channels: tuple[int, int], side: int) -> None:
