@@ -8,7 +8,8 @@ positional-rank32-batches`) these statistics alone reach image ROC-AUC 0.997 on 
 averaged with the patch and global scores they are at or above every anomalib column. On parts
 that move from image to image they fall behind (the suite's `-placed` stress sets), so they
 suit aligned parts, and `shifts` with `aligned_share` tell from the nominal images alone whether
-a setting's parts are aligned; no scoring mode uses them yet.
+a setting's parts are aligned. The fused scoring mode (`indexing.fused`) adds their score to the patch and
+global scores of a setting whose parts are aligned.
 
 Each position keeps its mean and its `rank` principal directions, each scaled by its singular
 value, merged one batch of images at a time by the rule scikit-learn's `IncrementalPCA` uses
@@ -24,10 +25,16 @@ ridge (ELPV mono), and rank 32 scored within 0.002 of the full covariance on eve
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import base64
+import threading
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
 from functools import cached_property
+from typing import Any
 
 import numpy as np
+
+from indexing.store.base import Records
 
 # Principal directions kept per position: rank 32 scored within 0.002 of the full covariance on every visible
 # set (rank 16 lost 0.005 on KolektorSDD), at 22% of its memory.
@@ -46,6 +53,9 @@ SHIFT_MARGIN = 1
 # PIPED) and the others 0.30-0.68 (AITEX's weave, DeepPCB's boards, the `-placed` stress sets), all their nominal
 # images each; below about 128 images a draw can stray by 0.2 (`benchmarks/quality.py`, README).
 ALIGNED_SHARE = 0.8
+# Nominal images a setting registers before it decides, once, whether its parts are aligned: from about 128
+# images the share is stable (README, "A label-free alignment test").
+ALIGNMENT_IMAGES = 128
 
 
 @dataclass(frozen=True)
@@ -197,3 +207,180 @@ def _top(rows: np.ndarray, rank: int) -> np.ndarray:
     """(positions, kept, dim): the `rank` largest right singular vectors of each position's rows, scaled."""
     _, singular, right = np.linalg.svd(rows, full_matrices=False)
     return singular[:, :rank, None] * right[:, :rank]
+
+
+# The record of a version's positional statistics (`PositionalRecord`), keyed by its patch collection, and the
+# records holding the arrays of each generation of them (`PositionalMemory`).
+POSITIONAL_KIND = "positional"
+POSITIONAL_PART_KIND = "positional-part"
+# Nominal images whose own positional score a record keeps by id (the first ones merged): a fused setting's
+# nominal scores, for its percentiles and a calibration without PASS images, are those of these images.
+SCORED_IMAGES = 4096
+# Characters of base64 per part record: a server store's request stays well under Qdrant's 32 MB limit.
+PART_CHARS = 4_000_000
+
+
+@dataclass(frozen=True)
+class PositionalRecord:
+    """What a version's positional statistics have seen, beside the arrays themselves.
+
+    Attributes:
+        collection: the patch collection the statistics belong to (one per version).
+        count: images merged.
+        generation: which stored arrays are current (0: none yet); a merge writes the next generation's
+            parts before this record names it, so a process that dies mid-write leaves the last one whole.
+        parts: part records of the current generation.
+        checked, within: nominal images registered so far, and those within one cell (`shifts`), counted
+            until `ALIGNMENT_IMAGES` have been.
+        aligned: None until decided; then whether the parts are aligned (`ALIGNED_SHARE`), never revised.
+        tiled: an image was cut into tiles: per-position statistics of a squashed image beside the tiles would
+            take a second backbone pass, so the statistics stop and never join a fused score.
+        reference: (images, sum, sum of squares) of nominal images' scores, each batch scored right after its
+            merge: what a fused score standardises the positional score by.
+        scores: those scores by image id, for the first `SCORED_IMAGES` images.
+    """
+
+    collection: str
+    count: int = 0
+    generation: int = 0
+    parts: int = 0
+    checked: int = 0
+    within: int = 0
+    aligned: bool | None = None
+    tiled: bool = False
+    reference: tuple[int, float, float] = (0, 0.0, 0.0)
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def joins(self) -> bool:
+        """Whether positional scores join a fused score: the parts were found aligned and no image was tiled."""
+        return bool(self.aligned) and not self.tiled
+
+    @property
+    def standard(self) -> tuple[float, float]:
+        """(mean, standard deviation) of the reference scores."""
+        n, total, squares = self.reference
+        if n == 0:
+            return 0.0, 1.0
+        mean = total / n
+        return mean, float(np.sqrt(max(squares / n - mean * mean, 0.0)))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self) | {"reference": list(self.reference)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "PositionalRecord":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if "reference" in known:
+            known["reference"] = tuple(known["reference"])
+        return cls(**known)
+
+
+class PositionalMemory:
+    """The positional statistics of the store's patch collections: merged as nominal images are indexed,
+    kept in the store's records, read once per generation per process.
+
+    Args:
+        store: the records of the open store.
+        rank: directions kept at each position for statistics begun here.
+    """
+
+    def __init__(self, store: Records, *, rank: int = RANK) -> None:
+        self.store = store
+        self.rank = rank
+        self._loaded: dict[str, tuple[int, PositionalStatistics | None]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, collection: str) -> PositionalRecord:
+        found = self.store.get_record(POSITIONAL_KIND, collection)
+        return PositionalRecord.from_dict(found) if found else PositionalRecord(collection)
+
+    def statistics(self, record: PositionalRecord) -> PositionalStatistics | None:
+        """The statistics `record` names (None before the first merge), read from the store once per generation."""
+        if record.generation == 0:
+            return None
+        with self._lock:
+            cached = self._loaded.get(record.collection)
+            if cached is not None and cached[0] == record.generation:
+                return cached[1]
+        text = "".join(self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, number))["data"]
+                       for number in range(record.parts))
+        statistics = _from_bytes(base64.b64decode(text), record.count, self.rank)
+        with self._lock:
+            self._loaded[record.collection] = (record.generation, statistics)
+        return statistics
+
+    def add(self, collection: str, vectors: np.ndarray | None, ids: Sequence[str] = (), *,
+            tiled: bool = False) -> PositionalRecord:
+        """Merge (images, positions, dim) patch vectors of nominal images scored whole, whose image ids are `ids`;
+        `tiled`: an image of the batch was cut into tiles, which stops the statistics for good. Returns the
+        record written.
+
+        The caller holds the setting's lock: one merge at a time per collection.
+        """
+        record = self.record(collection)
+        if record.tiled:
+            return record
+        if tiled:
+            record = replace(record, tiled=True)
+            self.store.put_record(POSITIONAL_KIND, collection, record.to_dict())
+            return record
+        if vectors is None or not len(vectors):
+            return record
+        before = self.statistics(record)
+        statistics = PositionalStatistics.of(vectors, rank=self.rank) if before is None else before.add(vectors)
+        scores = statistics.distances(vectors).max(axis=1)
+        n, total, squares = record.reference
+        kept = dict(list(zip(ids, scores.tolist()))[: max(SCORED_IMAGES - len(record.scores), 0)])
+        record = replace(record, count=statistics.count, scores={**record.scores, **kept},
+                         reference=(n + len(scores), total + float(scores.sum()), squares + float(np.square(scores).sum())))
+        if record.aligned is None and statistics.count >= 2:
+            within = np.abs(statistics.shifts(vectors, held_in=True)).max(axis=1) <= 1
+            record = replace(record, checked=record.checked + len(within), within=record.within + int(within.sum()))
+            if record.checked >= ALIGNMENT_IMAGES:
+                record = replace(record, aligned=record.within / record.checked >= ALIGNED_SHARE)
+        text = base64.b64encode(_to_bytes(statistics)).decode("ascii")
+        pieces = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)]
+        written = replace(record, generation=record.generation + 1, parts=len(pieces))
+        for number, piece in enumerate(pieces):
+            self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, number), {"data": piece})
+        self.store.put_record(POSITIONAL_KIND, collection, written.to_dict())  # the switch to the new generation
+        self._drop_parts(record)
+        with self._lock:
+            self._loaded[collection] = (written.generation, statistics)
+        return written
+
+    def delete(self, collection: str) -> None:
+        """The record and arrays of a deleted patch collection."""
+        record = self.record(collection)
+        self.store.delete_record(POSITIONAL_KIND, collection)
+        self._drop_parts(record)
+        with self._lock:
+            self._loaded.pop(collection, None)
+
+    def _drop_parts(self, record: PositionalRecord) -> None:
+        for number in range(record.parts):
+            self.store.delete_record(POSITIONAL_PART_KIND, _part_key(record, number))
+
+
+def _part_key(record: PositionalRecord, number: int) -> str:
+    return f"{record.collection}.g{record.generation}.p{number}"
+
+
+def _to_bytes(statistics: PositionalStatistics) -> bytes:
+    """The arrays as float32, in one buffer: the shape header, mean, basis, scatter."""
+    positions, dim = statistics.mean.shape
+    head = np.array([positions, dim, statistics.basis.shape[1]], dtype=np.int64)
+    return b"".join(a.tobytes() for a in (head, statistics.mean.astype(np.float32),
+                                          statistics.basis.astype(np.float32), statistics.scatter.astype(np.float64)))
+
+
+def _from_bytes(data: bytes, count: int, rank: int) -> PositionalStatistics:
+    positions, dim, kept = (int(v) for v in np.frombuffer(data[:24], dtype=np.int64))
+    at = 24
+    mean = np.frombuffer(data, np.float32, positions * dim, at).reshape(positions, dim)
+    at += mean.nbytes
+    basis = np.frombuffer(data, np.float32, positions * kept * dim, at).reshape(positions, kept, dim)
+    at += basis.nbytes
+    scatter = np.frombuffer(data, np.float64, positions, at)
+    return PositionalStatistics(count, mean.astype(np.float64), basis.astype(np.float64), scatter.copy(), rank)

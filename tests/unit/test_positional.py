@@ -5,7 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexing.positional import ALIGNED_SHARE, RIDGE, PositionalStatistics, aligned_share
+from indexing import positional
+from indexing.positional import (
+    ALIGNED_SHARE, POSITIONAL_KIND, POSITIONAL_PART_KIND, RIDGE, PositionalMemory, PositionalStatistics, aligned_share,
+)
+from indexing.store import EdgeStore
 
 
 def _vectors(n: int, positions: int = 6, dim: int = 12, seed: int = 0) -> np.ndarray:
@@ -114,3 +118,71 @@ def test_border_cells_alike_in_every_image_do_not_make_unaligned_parts_look_alig
     statistics = PositionalStatistics.of(vectors)
     assert aligned_share(statistics.shifts(vectors, held_in=True, margin=0)) == 1.0
     assert aligned_share(statistics.shifts(vectors, held_in=True)) < ALIGNED_SHARE
+
+
+def test_statistics_kept_in_the_store_are_those_merged_and_another_process_reads_them(tmp_path) -> None:
+    first, second = _crops([(0, 0)] * 10), _crops([(0, 0)] * 7, seed=1)
+    with EdgeStore(tmp_path / "store") as store:
+        memory = PositionalMemory(store, rank=4)
+        memory.add("bank", first, [f"a{i}" for i in range(10)])
+        record = memory.add("bank", second, [f"b{i}" for i in range(7)])
+        assert (record.count, record.generation) == (17, 2)
+        # one generation's arrays in the store: the previous one's parts go once the record names the new one
+        assert len(store.list_records(POSITIONAL_PART_KIND)) == record.parts
+        read = PositionalMemory(store, rank=4).statistics(PositionalMemory(store).record("bank"))
+        merged = PositionalStatistics.of(np.concatenate([first, second]), rank=4, batch=10)
+        np.testing.assert_allclose(read.mean, merged.mean, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(read.distances(second), merged.distances(second), rtol=1e-4)
+        # the reference: each batch scored right after its merge
+        scores = np.concatenate([PositionalStatistics.of(first, rank=4).distances(first).max(axis=1),
+                                 merged.distances(second).max(axis=1)])
+        np.testing.assert_allclose(record.standard, (scores.mean(), scores.std()), rtol=1e-6)
+        np.testing.assert_allclose([record.scores[f"b{i}"] for i in range(7)], scores[10:], rtol=1e-9)
+        memory.delete("bank")
+        assert store.list_records(POSITIONAL_PART_KIND) == [] and store.list_records(POSITIONAL_KIND) == []
+
+
+def test_a_merge_that_dies_before_its_record_is_written_leaves_the_last_statistics_whole(tmp_path, monkeypatch) -> None:
+    first = _crops([(0, 0)] * 6)
+    with EdgeStore(tmp_path / "store") as store:
+        memory = PositionalMemory(store, rank=4)
+        memory.add("bank", first)
+        put = store.put_record
+
+        def dies_at_the_switch(kind, key, record):
+            if kind == POSITIONAL_KIND:
+                raise OSError("killed")
+            put(kind, key, record)
+
+        monkeypatch.setattr(store, "put_record", dies_at_the_switch)
+        with pytest.raises(OSError):
+            memory.add("bank", _crops([(2, 2)] * 6, seed=1))
+        monkeypatch.undo()
+        fresh = PositionalMemory(store, rank=4)
+        record = fresh.record("bank")
+        assert (record.count, record.generation) == (6, 1)
+        np.testing.assert_allclose(fresh.statistics(record).mean, PositionalStatistics.of(first, rank=4).mean, atol=1e-6)
+
+
+@pytest.mark.parametrize("offsets, aligned", [([(0, 0)] * 9 + [(1, 0)] * 3, True),
+                                              ([(r, c) for r in (-3, 3) for c in (-4, 0, 4)] * 2, False)])
+def test_a_setting_decides_once_whether_its_parts_are_aligned(tmp_path, monkeypatch, offsets, aligned) -> None:
+    monkeypatch.setattr(positional, "ALIGNMENT_IMAGES", 10)
+    images = _crops(offsets)
+    with EdgeStore(tmp_path / "store") as store:
+        memory = PositionalMemory(store, rank=4)
+        assert memory.add("bank", images[:6]).aligned is None  # too few images to decide
+        record = memory.add("bank", images[6:])
+        assert record.aligned is aligned and record.joins is aligned and record.checked == 12
+        # decided once: later images, however they sit, never revise it
+        later = memory.add("bank", _crops([(0, 0)] * 4 if not aligned else [(4, 4), (-4, 3), (3, -4), (-3, -3)], seed=2))
+        assert later.aligned is aligned and later.checked == 12 and later.count == 16
+
+
+def test_a_tiled_image_stops_the_statistics_for_good(tmp_path) -> None:
+    with EdgeStore(tmp_path / "store") as store:
+        memory = PositionalMemory(store, rank=4)
+        memory.add("bank", _crops([(0, 0)] * 4))
+        record = memory.add("bank", None, tiled=True)
+        assert record.tiled and not record.joins
+        assert memory.add("bank", _crops([(0, 0)] * 4, seed=1)).count == 4
