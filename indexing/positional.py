@@ -28,7 +28,7 @@ from __future__ import annotations
 import base64
 import threading
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import cached_property
 from typing import Any
 
@@ -236,8 +236,8 @@ class PositionalRecord:
         tiled: an image was cut into tiles: per-position statistics of a squashed image beside the tiles would
             take a second backbone pass, so the statistics stop and never join a fused score.
         reference: (images, sum, sum of squares) of nominal images' scores, each batch scored right after its
-            merge: what a fused score standardises the positional score by.
-        scores: those scores by image id, for the first `SCORED_IMAGES` images.
+            merge: what a fused score standardises the positional score by. The first `SCORED_IMAGES` images'
+            scores are kept by id with the arrays (`PositionalMemory.scores`).
     """
 
     collection: str
@@ -249,7 +249,6 @@ class PositionalRecord:
     aligned: bool | None = None
     tiled: bool = False
     reference: tuple[int, float, float] = (0, 0.0, 0.0)
-    scores: dict[str, float] = field(default_factory=dict)
 
     @property
     def joins(self) -> bool:
@@ -288,7 +287,8 @@ class PositionalMemory:
     def __init__(self, store: Records, *, rank: int = RANK) -> None:
         self.store = store
         self.rank = rank
-        self._loaded: dict[str, tuple[int, PositionalStatistics | None]] = {}
+        # collection -> (generation, statistics, nominal scores by image id) last read or written here
+        self._loaded: dict[str, tuple[int, PositionalStatistics, dict[str, float]]] = {}
         self._lock = threading.Lock()
 
     def record(self, collection: str) -> PositionalRecord:
@@ -297,18 +297,28 @@ class PositionalMemory:
 
     def statistics(self, record: PositionalRecord) -> PositionalStatistics | None:
         """The statistics `record` names (None before the first merge), read from the store once per generation."""
+        loaded = self._read(record)
+        return loaded[0] if loaded else None
+
+    def scores(self, record: PositionalRecord) -> dict[str, float]:
+        """The first `SCORED_IMAGES` nominal images' positional scores, each scored right after its batch's merge."""
+        loaded = self._read(record)
+        return loaded[1] if loaded else {}
+
+    def _read(self, record: PositionalRecord) -> tuple[PositionalStatistics, dict[str, float]] | None:
         if record.generation == 0:
             return None
         with self._lock:
             cached = self._loaded.get(record.collection)
             if cached is not None and cached[0] == record.generation:
-                return cached[1]
+                return cached[1], cached[2]
         text = "".join(self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, number))["data"]
                        for number in range(record.parts))
         statistics = _from_bytes(base64.b64decode(text), record.count, self.rank)
+        scores = self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, "scores"))["scores"]
         with self._lock:
-            self._loaded[record.collection] = (record.generation, statistics)
-        return statistics
+            self._loaded[record.collection] = (record.generation, statistics, scores)
+        return statistics, scores
 
     def add(self, collection: str, vectors: np.ndarray | None, ids: Sequence[str] = (), *,
             tiled: bool = False) -> PositionalRecord:
@@ -327,12 +337,13 @@ class PositionalMemory:
             return record
         if vectors is None or not len(vectors):
             return record
-        before = self.statistics(record)
-        statistics = PositionalStatistics.of(vectors, rank=self.rank) if before is None else before.add(vectors)
+        before = self._read(record)
+        statistics, scored = ((PositionalStatistics.of(vectors, rank=self.rank), {}) if before is None
+                              else (before[0].add(vectors), before[1]))
         scores = statistics.distances(vectors).max(axis=1)
         n, total, squares = record.reference
-        kept = dict(list(zip(ids, scores.tolist()))[: max(SCORED_IMAGES - len(record.scores), 0)])
-        record = replace(record, count=statistics.count, scores={**record.scores, **kept},
+        scored = {**scored, **dict(list(zip(ids, scores.tolist()))[: max(SCORED_IMAGES - len(scored), 0)])}
+        record = replace(record, count=statistics.count,
                          reference=(n + len(scores), total + float(scores.sum()), squares + float(np.square(scores).sum())))
         if record.aligned is None and statistics.count >= 2:
             within = np.abs(statistics.shifts(vectors, held_in=True)).max(axis=1) <= 1
@@ -344,10 +355,11 @@ class PositionalMemory:
         written = replace(record, generation=record.generation + 1, parts=len(pieces))
         for number, piece in enumerate(pieces):
             self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, number), {"data": piece})
+        self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, "scores"), {"scores": scored})
         self.store.put_record(POSITIONAL_KIND, collection, written.to_dict())  # the switch to the new generation
         self._drop_parts(record)
         with self._lock:
-            self._loaded[collection] = (written.generation, statistics)
+            self._loaded[collection] = (written.generation, statistics, scored)
         return written
 
     def delete(self, collection: str) -> None:
@@ -359,11 +371,13 @@ class PositionalMemory:
             self._loaded.pop(collection, None)
 
     def _drop_parts(self, record: PositionalRecord) -> None:
-        for number in range(record.parts):
+        if record.generation == 0:
+            return
+        for number in [*range(record.parts), "scores"]:
             self.store.delete_record(POSITIONAL_PART_KIND, _part_key(record, number))
 
 
-def _part_key(record: PositionalRecord, number: int) -> str:
+def _part_key(record: PositionalRecord, number: int | str) -> str:
     return f"{record.collection}.g{record.generation}.p{number}"
 
 

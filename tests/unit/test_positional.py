@@ -128,7 +128,7 @@ def test_statistics_kept_in_the_store_are_those_merged_and_another_process_reads
         record = memory.add("bank", second, [f"b{i}" for i in range(7)])
         assert (record.count, record.generation) == (17, 2)
         # one generation's arrays in the store: the previous one's parts go once the record names the new one
-        assert len(store.list_records(POSITIONAL_PART_KIND)) == record.parts
+        assert len(store.list_records(POSITIONAL_PART_KIND)) == record.parts + 1  # + the scores by image
         read = PositionalMemory(store, rank=4).statistics(PositionalMemory(store).record("bank"))
         merged = PositionalStatistics.of(np.concatenate([first, second]), rank=4, batch=10)
         np.testing.assert_allclose(read.mean, merged.mean, rtol=1e-5, atol=1e-6)
@@ -137,7 +137,8 @@ def test_statistics_kept_in_the_store_are_those_merged_and_another_process_reads
         scores = np.concatenate([PositionalStatistics.of(first, rank=4).distances(first).max(axis=1),
                                  merged.distances(second).max(axis=1)])
         np.testing.assert_allclose(record.standard, (scores.mean(), scores.std()), rtol=1e-6)
-        np.testing.assert_allclose([record.scores[f"b{i}"] for i in range(7)], scores[10:], rtol=1e-9)
+        by_image = PositionalMemory(store).scores(record)
+        np.testing.assert_allclose([by_image[f"b{i}"] for i in range(7)], scores[10:], rtol=1e-9)
         memory.delete("bank")
         assert store.list_records(POSITIONAL_PART_KIND) == [] and store.list_records(POSITIONAL_KIND) == []
 
