@@ -245,12 +245,16 @@ class PatchIndex:
         decoded: Sequence[Image.Image],
         *,
         batch_size: int = 32,
+        whole: list[tuple[str, np.ndarray | None]] | None = None,
     ) -> int:
         """Add the coreset of these nominal images' patches to the bank; returns patches stored.
 
         The coreset is taken against the bank so far (see `indexing.sampler`), so
         this batch adds the patches the bank does not cover yet. The caller leaves
-        out images already indexed: their patches are in the bank.
+        out images already indexed: their patches are in the bank. `whole`, when given,
+        gets (image id, every one of its (positions, dim) patch vectors) for each image
+        scored whole, and (image id, None) for each cut into tiles: what positional
+        statistics are merged from (`indexing.positional`).
         """
         if not images:
             return 0
@@ -261,11 +265,16 @@ class PatchIndex:
             for image, pixels in zip(images, decoded)
             for index, piece in enumerate(_tiles(pixels, backbone, config))
         ]
+        tiled = {image.id for image, pixels in zip(images, decoded)
+                 if layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) is not None}
         maker, sampler, stored = config.maker(), config.sampler(), 0
         for start in range(0, len(tiles), batch_size):
             chunk = tiles[start : start + batch_size]
             patches = self._patchify(maker, backbone, [piece for _, _, piece in chunk], batch_size)
             per_tile = patches.vectors.shape[1]
+            if whole is not None:
+                whole += [(image.id, patches.vectors[number] if index == 0 and image.id not in tiled else None)
+                          for number, (image, index, _) in enumerate(chunk) if index == 0]
             flat = patches.vectors.reshape(-1, config.dim)
             with bank.lock:
                 keep = self.compute.run(_coreset, sampler, bank, flat)
@@ -296,6 +305,7 @@ class PatchIndex:
         maps: bool = False,
         batch_size: int = 32,
         hybrid: HybridCombiner | None = None,
+        patches: Patches | None = None,
     ) -> list[PatchResult]:
         """Score images against the bank; a nominal image is scored without its own patches (leave-one-out).
 
@@ -308,6 +318,8 @@ class PatchIndex:
             grids: also return each image's patch-distance grid (a full search).
             maps: also return each image's grid and smoothed heat map.
             hybrid: a trained DenseHybrid head: patch scores are its hybrid scores (grids and maps too).
+            patches: the images' patch vectors, made already (`PatchConfig.maker`) from their feature maps
+                (a fused verdict's one backbone pass); only for images scored whole, never tiled.
         """
         bank = self.bank(setting, collection, config.dim)
         if len(bank) == 0:
@@ -316,7 +328,8 @@ class PatchIndex:
             )
         # Everything from here is computation on a loaded bank: one hop to the compute thread for the call.
         return self.compute.run(
-            self._score_loaded, bank, config, backbone, images, decoded, neighbours, grids, maps, batch_size, hybrid
+            self._score_loaded, bank, config, backbone, images, decoded, neighbours, grids, maps, batch_size, hybrid,
+            patches,
         )
 
     def scored_patches(
@@ -366,14 +379,18 @@ class PatchIndex:
         maps: bool,
         batch_size: int,
         hybrid: HybridCombiner | None = None,
+        patches: Patches | None = None,
     ) -> list[PatchResult]:
         layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
         if any(found is not None for found in layouts):
+            if patches is not None:
+                raise ValueError("patch vectors made in advance are of whole images: a tiled image makes its own")
             return [
                 self._score_tiled(bank, config, backbone, image, pixels, found, neighbours, grids, maps, batch_size, hybrid)
                 for image, pixels, found in zip(images, decoded, layouts)
             ]
-        patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
+        if patches is None:
+            patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
         scorer = _scorer(config, bank, hybrid)
         rows, cols = patches.grid
         results = []
