@@ -219,6 +219,9 @@ def f1_max_threshold(is_fail: Labels, scores: Scores) -> tuple[float, float]:
 # a global setting's embeddings) or "hybrid:<id>" (a DenseHybrid head over a patch setting's patches).
 TRAINED_PREFIX = "trained:"
 HYBRID_PREFIX = "hybrid:"
+# ... and of a fused setting's scores: "fused:" and the scores it fuses ("fused:patch+positional+global",
+# `indexing.fused.scorer_name`).
+FUSED_PREFIX = "fused:"
 
 
 def scoring_mode(scoring: str) -> str:
@@ -227,6 +230,8 @@ def scoring_mode(scoring: str) -> str:
         return "global"
     if scoring.startswith(HYBRID_PREFIX):
         return "patch"
+    if scoring.startswith(FUSED_PREFIX):
+        return "fused"
     return scoring
 
 

@@ -26,6 +26,7 @@ from indexing.conformal import References, p_value
 from indexing.datasets import Dataset
 from indexing.embedder import BackbonePool, EmbeddedBatch, Embedder, Skipped  # noqa: F401 - re-exported
 from indexing.evaluation import Metrics, compute_metrics
+from indexing.fused import FusedResult, FusedScorer, parts_of, scorer_name
 from indexing.errors import (
     BackboneChangeNeedsReindex,
     BackboneMismatch,
@@ -43,6 +44,7 @@ from indexing.bank_cache import BankCache, CacheStats
 from indexing.compare import compare_scorers
 from indexing.metric_learning import ScoredPatches
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
+from indexing.positional import PositionalMemory
 from indexing.scoring import DEFAULT_K, knn_score, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
@@ -191,9 +193,14 @@ class NominalService:
         # Every read-modify-write of a setting's records, numbering and alias holds its lock;
         # `RedisLocks` when several processes share the store (see indexing/locks.py).
         self.locks: SettingLocks = locks or LocalLocks()
+        self.positional = PositionalMemory(store)
         self.versions = Versions(
             store, embedder=self.embedder, patches=self.patches, patch_config=self.patch_config, locks=self.locks,
+            positional=self.positional,
         )
+        # Fused settings' scores (`indexing.fused`): the patch bank's, the global kNN's and the positional statistics'.
+        self.fused = FusedScorer(store, self.patches, self.positional,
+                                 lambda version, vectors, ids, k: self._nearest(version, vectors, ids, k))
         # A calibration never changes once written, so a verdict reads it from the store once per process.
         self._calibrations: dict[tuple[str, str], Calibration] = {}
 
@@ -298,12 +305,15 @@ class NominalService:
     def _reindex_reason(self, setting: MachineSetting, version: CollectionVersion) -> str | None:
         """How the version's patch bank differs from what a re-index would build: missing, cut into tiles otherwise,
         made of the earlier patch features, or scored without the local scale."""
-        if setting.scoring != "patch":
+        if not setting.keeps_patches:
             return None
         try:
             patch = self.versions.require_patch(version)
         except EmptyCollection as missing:  # verdicts refuse with the same words until a re-index
             return str(missing)
+        if setting.scoring == "fused" and not patch.get("positional"):
+            return ("the version was built while the setting scored by patches alone: a re-index builds the "
+                    "positional statistics a fused score needs")
         built = PatchConfig.from_dict(patch.get("patch_config"))
         current = self.versions.patch_recipe(setting, map_channels(version.backbone))
         if built.tiling != current.tiling:
@@ -447,7 +457,7 @@ class NominalService:
         context = self.context(name)
         setting, version = context.setting, context.version
         k = k or setting.k
-        if setting.scoring == "patch":
+        if setting.keeps_patches:
             verdicts = self._inspect_patch(context, images, k=k, heatmap=heatmap, started=started)
         else:
             verdicts = self._inspect_global(context, images, k=k, started=started)
@@ -555,30 +565,41 @@ class NominalService:
             raise BadImage("request", "no images given")
         decoded, _, _ = self.embedder.decode_batch(images, skip_bad=False)
         assert context.patch is not None
-        results = self.patches.score(
-            context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
-            self.embedder.backbone_for(context.version), images, decoded,
-            neighbours=k, maps=heatmap, batch_size=self.batch_size, hybrid=_hybrid(context.trained),
-        )
+        backbone = self.embedder.backbone_for(context.version)
+        fused: list[FusedResult | None] = [None] * len(images)
+        if context.setting.scoring == "fused":
+            fused = list(self.fused.score(context.version, context.patch, backbone, images, decoded, k=context.setting.k,
+                                          neighbours=k, maps=heatmap, batch_size=self.batch_size))
+            results = [found.patch for found in fused if found is not None]
+        else:
+            results = self.patches.score(
+                context.setting.name, context.patch["collection"], PatchConfig.from_dict(context.patch.get("patch_config")),
+                backbone, images, decoded,
+                neighbours=k, maps=heatmap, batch_size=self.batch_size, hybrid=_hybrid(context.trained),
+            )
         elapsed_ms = (time.perf_counter() - started) * 1000.0 / max(len(images), 1)
         verdicts = []
-        for image, pixels, found in zip(images, decoded, results):
-            outcome, threshold, calibration_id = decide(found.score, calibration)
+        for image, pixels, found, whole in zip(images, decoded, results, fused):
+            score = whole.score if whole is not None else found.score
+            outcome, threshold, calibration_id = decide(score, calibration)
             heat = None
             if heatmap and found.heat is not None:
-                heat = HeatMap.build(found, pixels, threshold=threshold)
+                # A fused threshold is on another scale than the patch distances the map shows: no threshold line.
+                heat = HeatMap.build(found, pixels, threshold=threshold if whole is None else None)
             verdicts.append(
                 Verdict(
                     source=image.source,
                     image_id=image.id,
                     verdict=outcome,
-                    score=found.score,
+                    score=score,
                     threshold=threshold,
                     calibration_id=calibration_id,
                     neighbours=found.neighbours,
                     elapsed_ms=elapsed_ms,
                     heatmap=heat,
                     scorer=context.scorer,
+                    parts=whole.parts if whole is not None else None,
+                    embedding=whole.embedding if whole is not None else None,
                 )
             )
         return verdicts
@@ -599,6 +620,19 @@ class NominalService:
         """
         setting = self.get_setting(name)
         version = self._require_active(name)
+        if setting.scoring == "fused":
+            patch = self.versions.require_patch(version)
+            backbone = self.embedder.backbone_for(version)
+            fused: list[tuple[float, PatchResult | None]] = []
+            progress("scoring", 0, len(images))
+            for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
+                results = self.fused.score(version, patch, backbone, kept, decoded, k=setting.k, grids=grids,
+                                           batch_size=self.batch_size)
+                if vectors is not None:
+                    vectors.append(np.stack([result.embedding for result in results]))
+                fused += [(result.score, result.patch) for result in results]
+                progress("scoring", len(fused), len(images))
+            return fused
         if setting.scoring == "patch":
             found: list[tuple[float, PatchResult | None]] = []
             progress("scoring", 0, len(images))
@@ -636,6 +670,13 @@ class NominalService:
             # The head was trained on these very images: their own scores would be too low. Its training kept
             # their out-of-fold scores instead (`TrainedScorer.reference`).
             return np.asarray(trained.reference, dtype=np.float64)
+        if setting.scoring == "fused":
+            patch = self.versions.require_patch(version)
+            progress("scoring nominal set", 0, 1)
+            standards = self.fused.standards(version, patch, self.fused.record(patch), k=setting.k,
+                                             batch_size=self.batch_size)
+            progress("scoring nominal set", 1, 1)
+            return np.fromiter(standards.nominal.values(), dtype=np.float64)
         if setting.scoring == "patch":
             patch = self.versions.require_patch(version)
             progress("scoring nominal set", 0, 1)
@@ -724,7 +765,7 @@ class NominalService:
         result = calibrate(
             pass_scores, fail_scores, policy, backbone=version.backbone_identity,
             collection=self._scored_collection(name, version),
-            scoring=trained.scoring if trained else self.get_setting(name).scoring,
+            scoring=trained.scoring if trained else self._unsupervised_scorer(self.get_setting(name), version),
         )
         if comparison is not None:
             result = replace(result, comparison=comparison)
@@ -749,7 +790,7 @@ class NominalService:
 
         Global kNN with k = 1, 3, 5 (the setting's own k too); where the active version
         keeps a patch bank, the largest patch distance ("patch") and the mean of the
-        3 and 10 largest (from the same distance grid).
+        3 and 10 largest (from the same distance grid); in a fused setting, its fused score ("fused").
         """
         from indexing.patch_search import top_mean
 
@@ -785,6 +826,10 @@ class NominalService:
                 candidates[label] = (scores[:split], scores[split:])
             if setting.scoring == "patch":
                 current = "trained" if trained is not None else "patch"
+        if setting.scoring == "fused":
+            scores = np.asarray([score for score, _ in self._scored(name, images)])
+            candidates["fused"] = (scores[:split], scores[split:])
+            current = "fused"
         progress("scoring candidates", len(images), len(images))
         return candidates, current
 
@@ -799,6 +844,10 @@ class NominalService:
             UnknownSetting, EmptyCollection: as everywhere.
             InvalidTraining: fewer than `min_fail` FAIL images (`field` "fail").
         """
+        if self.get_setting(name).scoring == "fused":
+            raise InvalidTraining(
+                "a fused setting has no trained scorer yet: training learns from labelled defects for global and "
+                "patch settings (nominal settings set <name> --scoring patch, then re-index)", field="scoring")
         self._require_active(name)
         fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
         # (an image both given and labelled counts twice here; `train` counts distinct images and refuses then)
@@ -1086,8 +1135,8 @@ class NominalService:
                 dataset = replace(dataset, train=[image for i, image in enumerate(dataset.train) if i not in held])
         self.index(setting, dataset.train, progress=progress)
         test_images = [t.image for t in dataset.test]
-        # Patch settings write a heat map per test image, so their full distance grids are needed.
-        patch_mode = self.get_setting(setting).scoring == "patch"
+        # Patch and fused settings write a heat map per test image, so their full distance grids are needed.
+        patch_mode = self.get_setting(setting).keeps_patches
         embedded: list[np.ndarray] = []
         scored = self._scored(setting, test_images, grids=patch_mode, vectors=embedded, progress=progress)
         scores = np.asarray([score for score, _ in scored], dtype=np.float64)
@@ -1099,7 +1148,7 @@ class NominalService:
         result = calibrate(
             scores[~is_fail], scores[is_fail], policy,
             backbone=version.backbone_identity, collection=self._scored_collection(setting, version),
-            scoring="patch" if patch_mode else "global",
+            scoring=self._unsupervised_scorer(self.get_setting(setting), version),
         )
         self.references.save(setting, result.id, scores[~is_fail])
         result = self.save_calibration(setting, result)
@@ -1108,13 +1157,14 @@ class NominalService:
         heat_files: dict[str, Path] = {}
         pixel_auc: float | None = None
         pixel_pro: float | None = None
-        if configured.scoring == "patch":
+        if configured.keeps_patches:
             patch = self.versions.require_patch(version)
             pixel_auc, pixel_pro, heat_files = write_heatmaps(
                 Path(out_dir) / "heatmaps", dataset.test, [found for _, found in scored],
                 size=self.embedder.backbone_for(version).input_size,
                 sigma=PatchConfig.from_dict(patch.get("patch_config")).sigma,
-                threshold=result.threshold, max_pixels=self.max_pixels, progress=progress,
+                threshold=result.threshold if configured.scoring == "patch" else None,
+                max_pixels=self.max_pixels, progress=progress,
             )
         extra = {
             "dataset": dataset.name,
@@ -1125,7 +1175,7 @@ class NominalService:
             "groups": sorted({t.group for t in dataset.test}),
             "seconds": round(time.perf_counter() - started, 2),
         }
-        if configured.scoring == "patch":
+        if configured.keeps_patches:
             extra["pixel_roc_auc"] = pixel_auc
             extra["pixel_pro"] = pixel_pro
             extra["heatmaps"] = len(heat_files)
@@ -1143,6 +1193,8 @@ class NominalService:
             title=(
                 f"{dataset.name}: patch scoring (PatchCore-style) with {version.backbone}"
                 if configured.scoring == "patch"
+                else f"{dataset.name}: fused scoring ({result.scoring[len('fused:'):]}) with {version.backbone}"
+                if configured.scoring == "fused"
                 else f"{dataset.name}: {configured.scoring} kNN (k={configured.k}) with {version.backbone}"
             ),
             is_fail=is_fail,
@@ -1271,9 +1323,20 @@ class NominalService:
         if calibration is not None and calibration.trained_id and trained is None:
             calibration = None  # its scorer's record is gone: its threshold judges nothing this process can score
         patch = None
-        if setting.scoring == "patch":
+        if setting.keeps_patches:
             patch = self.versions.require_patch(version, cached=True)
-        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch, trained=trained)
+        scorer = trained.scoring if trained else self._unsupervised_scorer(setting, version, patch)
+        return CallContext(setting=setting, version=version, calibration=calibration, patch=patch, trained=trained,
+                           scorer=scorer)
+
+    def _unsupervised_scorer(self, setting: MachineSetting, version: CollectionVersion,
+                             patch: dict[str, Any] | None = None) -> str:
+        """The scorer a setting's own scores come from, as a calibration records it: its mode, and for a fused
+        setting the parts its score fuses now ("fused:patch+positional+global", `indexing.fused`)."""
+        if setting.scoring != "fused":
+            return setting.scoring
+        patch = patch or self.versions.require_patch(version)
+        return scorer_name(parts_of(self.fused.record(patch)))
 
     def _trained_of(self, name: str, calibration: Calibration | None) -> TrainedScorer | None:
         """The trained scorer a calibration was made with (read once per process), or None."""
@@ -1312,7 +1375,13 @@ class NominalService:
     def _stale_reason(self, setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
         reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
-        if reason is None and setting.scoring == "patch":
+        if reason is None and setting.scoring == "fused":
+            now = self._unsupervised_scorer(setting, version)
+            if calibration.scoring != now:
+                return (f"calibration {calibration.id} was made on {calibration.scoring} scores and the setting's "
+                        f"score is {now} now (the alignment test decided once enough nominal images were indexed); "
+                        "calibrate again")
+        if reason is None and setting.keeps_patches:
             made = calibration.patch_recipe or self.versions.recorded_recipe(calibration.collection)
             now = self.versions.recorded_recipe(
                 collection_name(version.setting, version.backbone, version.version, kind="patch"))
@@ -1326,8 +1395,8 @@ class NominalService:
                 f"the setting scores {setting.scoring}; calibrate again")
 
     def _scored_collection(self, name: str, version: CollectionVersion) -> str:
-        """The collection a score of this setting comes from: the patch bank in patch mode."""
-        if self.get_setting(name).scoring == "patch":
+        """The collection a score of this setting comes from: the patch bank in patch and fused mode."""
+        if self.get_setting(name).keeps_patches:
             return self.versions.require_patch(version)["collection"]
         return version.collection
 
@@ -1410,11 +1479,8 @@ class CallContext:
     calibration: Calibration | None  # the active calibration, if it fits the version and scoring mode
     patch: dict[str, Any] | None  # the patch bank's version record, in patch mode
     trained: TrainedScorer | None = None  # the trained scorer the calibration was made with
-
-    @property
-    def scorer(self) -> str:
-        """Which scorer answers: "global", "patch" or "trained:<id>" (as `Calibration.scoring` names it)."""
-        return self.trained.scoring if self.trained else self.setting.scoring
+    # Which scorer answers, as `Calibration.scoring` names it: "global", "patch", "fused:<parts>" or a trained one's.
+    scorer: str = "global"
 
 
 def _hybrid(trained: TrainedScorer | None) -> Any:

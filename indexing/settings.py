@@ -22,8 +22,11 @@ CALIBRATION_KIND = "calibration"
 # Operator feedback: an image labelled PASS or FAIL after a verdict.
 LABEL_KIND = "label"
 
-Scoring = Literal["global", "patch"]
-SCORING_MODES: tuple[str, ...] = ("global", "patch")
+Scoring = Literal["global", "patch", "fused"]
+SCORING_MODES: tuple[str, ...] = ("global", "patch", "fused")
+# The modes whose versions keep a patch bank beside their global vectors (`indexing.versions`): a fused setting
+# scores by its patches too (`indexing.fused`).
+PATCH_BANK_MODES: tuple[str, ...] = ("patch", "fused")
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
@@ -84,6 +87,11 @@ class MachineSetting:
             raise ValueError(f"scoring must be one of {', '.join(SCORING_MODES)}, got {self.scoring!r}")
         if self.tiling not in TILING_MODES:
             raise ValueError(f"tiling must be one of {', '.join(TILING_MODES)}, got {self.tiling!r}")
+
+    @property
+    def keeps_patches(self) -> bool:
+        """Whether the setting's versions keep a patch bank (`PATCH_BANK_MODES`)."""
+        return self.scoring in PATCH_BANK_MODES
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

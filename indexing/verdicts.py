@@ -69,8 +69,11 @@ class Verdict:
     heatmap: HeatMap | None = None
     nominal_percentile: float | None = None
     p_value: float | None = None
-    # Which scorer answered: "global", "patch", or "trained:<id>" (a scorer trained on labelled defects).
+    # Which scorer answered: "global", "patch", "fused:<parts>" (`indexing.fused`), or "trained:<id>" / "hybrid:<id>"
+    # (a scorer trained on labelled defects).
     scorer: str = "global"
+    # A fused verdict's parts: each scorer's own score ("patch", "global", "positional"), before standardising.
+    parts: dict[str, float] | None = None
     embedding: "np.ndarray | None" = field(default=None, compare=False, repr=False)
 
 

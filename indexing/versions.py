@@ -29,6 +29,7 @@ from indexing.errors import EmptyCollection, NoPreviousVersion
 from indexing.images import ImageInput
 from indexing.locks import SettingLocks
 from indexing.patch_mode import PatchConfig, PatchIndex
+from indexing.positional import PositionalMemory
 from indexing.prefetch import prefetched
 from indexing.settings import (
     SETTING_KIND,
@@ -39,6 +40,10 @@ from indexing.settings import (
     collection_name,
 )
 from indexing.store.base import Point, VectorStore
+
+# Nominal images a `fill` gathers before merging them into a fused version's positional statistics: a merge
+# costs about as much for 128 images as for 32 (one batched SVD at each of 784 positions).
+MERGE_IMAGES = 128
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
 Progress = Callable[[str, int, int], None]
@@ -72,13 +77,15 @@ class Versions:
         patches: the patch banks (one per patch-scoring version).
         patch_config: the recipe new patch banks are built with; a bank keeps the recipe it was built with.
         locks: the setting locks, shared with the service.
+        positional: the positional statistics of fused versions (`indexing.positional`).
     """
 
     def __init__(
         self, store: VectorStore, *, embedder: Embedder, patches: PatchIndex, patch_config: PatchConfig,
-        locks: SettingLocks,
+        locks: SettingLocks, positional: PositionalMemory | None = None,
     ) -> None:
         self.store = store
+        self.positional = positional or PositionalMemory(store)
         self.embedder = embedder
         self.patches = patches
         self.patch_config = patch_config
@@ -185,7 +192,7 @@ class Versions:
         """
         name = setting.name
         model = self.embedder.backbones.get(backbone or setting.backbone)
-        if setting.scoring == "patch":
+        if setting.keeps_patches:
             model.feature_maps([])  # a backbone without feature maps (CLIP) fails here, before anything is created
         with self.lock(name):
             number = max((v.version for v in self.list(name)), default=0) + 1
@@ -199,14 +206,16 @@ class Versions:
             )
             self.store.create_collection(version.collection, model.dim)
             self.store.put_record(VERSION_KIND, version.collection, version.to_dict())
-            if setting.scoring == "patch":
+            if setting.keeps_patches:
                 recipe = self.patch_recipe(setting, model.map_channels)
                 patch = CollectionVersion.from_dict({
                     **version.to_dict(), "kind": "patch", "dim": recipe.dim,
                     "collection": collection_name(name, model.name, number, kind="patch"),
                 })
                 self.store.create_collection(patch.collection, patch.dim)
-                self.store.put_record(VERSION_KIND, patch.collection, {**patch.to_dict(), "patch_config": recipe.to_dict()})
+                # A fused setting's bank also merges its images' positional statistics (`indexing.fused`).
+                self.store.put_record(VERSION_KIND, patch.collection, {
+                    **patch.to_dict(), "patch_config": recipe.to_dict(), "positional": setting.scoring == "fused"})
         return version
 
     def fill(
@@ -224,15 +233,20 @@ class Versions:
         progress("embedding", 0, len(images))
         # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
         size = max(1, min(self.embedder.batch_size, math.ceil(len(images) / 50)))
+        pending: list[tuple[str, np.ndarray | None]] = []  # whole images' patch vectors, for positional statistics
         for batch in self.decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embedder.embed_decoded(version.setting, backbone, batch)
             if patch is not None:
-                self._extend_patches(version, patch, backbone, batch)
+                self._extend_patches(version, patch, backbone, batch, pending)
+                if len(pending) >= MERGE_IMAGES:
+                    self._merge_positional(version, patch, pending)
             if embedded.points:
                 self.store.upsert(version.collection, embedded.points)
             indexed += len(embedded.points)
             skipped.extend(embedded.skipped)
             progress("embedding", indexed + len(skipped), len(images))
+        if pending:
+            self._merge_positional(version, patch, pending)
         # An upload that takes the collection past NOMINAL_APPROXIMATE_ABOVE builds its approximate
         # index here, not in the next verdict.
         self.store.prepare_search(version.collection)
@@ -257,9 +271,26 @@ class Versions:
         """
         patch = self.patch_record(version)
         if patch is not None:
-            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch)
+            pending: list[tuple[str, np.ndarray | None]] = []
+            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch, pending)
+            if pending:
+                self._merge_positional(version, patch, pending)
 
-    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: _Decoded) -> None:
+    def _merge_positional(self, version: CollectionVersion, patch: dict[str, Any] | None,
+                          pending: list[tuple[str, np.ndarray | None]]) -> None:
+        """Merge gathered images' patch vectors into the version's positional statistics (one merge at a time
+        per setting, across processes), and empty `pending`."""
+        assert patch is not None
+        whole = [(image, vectors) for image, vectors in pending if vectors is not None]
+        with self.locks.hold(f"positional:{version.setting}"):
+            self.positional.add(
+                patch["collection"], np.stack([vectors for _, vectors in whole]) if whole else None,
+                [image for image, _ in whole], tiled=len(whole) < len(pending))
+        pending.clear()
+
+    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: _Decoded,
+                        pending: list[tuple[str, np.ndarray | None]]) -> None:
+        """Add a batch's new images to the patch bank; a fused version's whole images' patch vectors go to `pending`."""
         decoded, kept, _ = batch
         present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
         fresh = {}
@@ -271,6 +302,7 @@ class Versions:
             self.patches.extend(
                 version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
                 backbone, list(images), list(pixels), batch_size=self.embedder.batch_size,
+                whole=pending if patch.get("positional") else None,
             )
 
     def decoded_batches(
@@ -355,6 +387,7 @@ class Versions:
             if patch is not None:
                 self.store.delete_collection(patch["collection"])
                 self.store.delete_record(VERSION_KIND, patch["collection"])
+                self.positional.delete(patch["collection"])
                 self.forget(patch["collection"])  # a discarded number may be built again, maybe another way
             self.store.delete_collection(version.collection)
             self.store.delete_record(VERSION_KIND, version.collection)
@@ -382,6 +415,8 @@ class Versions:
                 for version in self.list(name, kind=kind):
                     self.store.delete_collection(version.collection)
                     self.store.delete_record(VERSION_KIND, version.collection)
+                    if kind == "patch":
+                        self.positional.delete(version.collection)
                     self.forget(version.collection)
             self.patches.cache.forget(name)
 

@@ -28,7 +28,9 @@ class SettingPut(BaseModel):
 
     backbone: str | None = Field(None, description="Backbone name (see GET /v1/backbones); fixed once the setting has a version: a change of backbone is a re-index (409 here).")
     k: int | None = Field(None, ge=1, le=1000, description="Nearest nominal neighbours averaged into the score.")
-    scoring: Literal["global", "patch"] | None = Field(None, description="global: one embedding per image; patch: PatchCore-style.")
+    scoring: Literal["global", "patch", "fused"] | None = Field(
+        None, description="global: one embedding per image; patch: PatchCore-style; fused: the patch, global and (for "
+        "aligned parts) per-position scores, each standardised by its nominal images' own, averaged.")
     description: str | None = Field(None, max_length=2000)
     tiling: Literal["auto", "on", "off"] | None = Field(
         None,
@@ -165,9 +167,13 @@ class VerdictPublic(BaseModel):
         None, description=("Conformal p-value: (1 + reference scores at or above this score) / (n + 1), the reference "
                            "being the PASS scores of the calibration in use (without one: the nominal images' "
                            "leave-one-out scores). 0.002 reads 'about 1 good part in 500 scores this high'."))
-    scorer: str = Field(description="Which scorer answered: global, patch, or trained:<id> (learned from labelled defects).")
+    scorer: str = Field(description="Which scorer answered: global, patch, fused:<parts> (e.g. fused:patch+positional+"
+                              "global), or trained:<id> / hybrid:<id> (learned from labelled defects).")
+    parts: dict[str, float] | None = Field(
+        None, description="Fused settings: each part's own score (patch, global, positional) before standardising.")
     neighbors: list[NeighbourPublic]
-    heatmap: HeatMapPublic | None = Field(None, description="Patch-scoring settings, when asked for with heatmap=true.")
+    heatmap: HeatMapPublic | None = Field(None, description="Patch and fused settings, when asked for with heatmap=true "
+                                          "(the patch distances; a fused verdict's map has no threshold line).")
 
     @classmethod
     def of(cls, setting: str, verdict: Verdict) -> "VerdictPublic":
@@ -175,7 +181,7 @@ class VerdictPublic(BaseModel):
             source=verdict.source, image_id=verdict.image_id, verdict=verdict.verdict, score=verdict.score,
             threshold=verdict.threshold, calibration_id=verdict.calibration_id, elapsed_ms=verdict.elapsed_ms,
             nominal_percentile=verdict.nominal_percentile, p_value=verdict.p_value, scorer=verdict.scorer,
-            neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
+            parts=verdict.parts, neighbors=[NeighbourPublic.of(setting, n) for n in verdict.neighbours],
             heatmap=HeatMapPublic.of(verdict.heatmap) if verdict.heatmap else None,
         )
 

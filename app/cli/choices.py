@@ -10,10 +10,13 @@ class Scoring(str, Enum):
 
     global_ = "global"
     patch = "patch"
+    fused = "fused"
 
 
 SCORING_HELP = ("global: kNN on one embedding per image; patch: PatchCore-style patch distances, taken relative to "
-                "the nearest nominal images' own, with heat maps.")
+                "the nearest nominal images' own, with heat maps; fused: the patch and global scores and, once the "
+                "parts are found aligned, per-position statistics, each standardised by the nominal images' own "
+                "scores and averaged, with heat maps.")
 
 
 class Tiling(str, Enum):

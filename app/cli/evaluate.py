@@ -45,9 +45,9 @@ def evaluate(
     PASS training images are indexed into a scratch store (your own store is not
     touched), every test image is scored, a threshold is calibrated on the test
     set, and ROC-AUC, AP (FAIL positive), F1-max and a confusion matrix are
-    written with plots to --out. With --scoring patch, heat-map PNGs of every
-    test image go to --out/heatmaps/, and the pixel ROC-AUC is reported where
-    the dataset has defect masks (MVTec ground_truth).
+    written with plots to --out. With --scoring patch or fused, heat-map PNGs of
+    every test image go to --out/heatmaps/, and the pixel ROC-AUC and PRO are
+    reported where the dataset has defect masks (MVTec ground_truth).
 
     Examples:
 
@@ -56,6 +56,8 @@ def evaluate(
       nominal evaluate elpv --layout elpv --subset poly --k 3 --out report-poly/
 
       nominal evaluate tests/fixtures/hazelnut_toy --scoring patch --out report-patch/
+
+      nominal evaluate tests/fixtures/hazelnut_toy --scoring fused --out report-fused/
 
       nominal evaluate elpv --layout elpv --subset poly --labelled-fail --out report-trained/
     """
@@ -86,7 +88,7 @@ def evaluate(
     )
     c = m.confusion
     out.line(f"confusion: TP {c['tp']}  FP {c['fp']}  TN {c['tn']}  FN {c['fn']}")
-    if scoring is Scoring.patch:
+    if scoring in (Scoring.patch, Scoring.fused):
         pixel = "n/a (no masks)" if result.pixel_roc_auc is None else f"{result.pixel_roc_auc:.3f}"
         pro = "n/a (no masks)" if result.pixel_pro is None else f"{result.pixel_pro:.3f}"
         out.line(f"pixel ROC-AUC: {pixel}; PRO (to 30% FPR): {pro}; heat maps: {Path(out_dir) / 'heatmaps'}")

@@ -230,7 +230,9 @@ async function refreshSetting() {
     ["Neighbours (k)", String(s.k)],
     ["Scoring", s.scoring],
     // A scorer trained on labelled defects answers instead of the plain mode once its calibration is in use.
-    ...(s.scorer && s.scorer !== s.scoring ? [["Scorer", `${s.scorer} (trained on labelled defects)`]] : []),
+    // A fused setting's calibration names the scores it fuses; a trained scorer answers instead of the plain mode.
+    ...(s.scorer && s.scorer.startsWith("fused:") ? [["Scores fused", s.scorer.slice("fused:".length).split("+").join(", ")]]
+      : s.scorer && s.scorer !== s.scoring ? [["Scorer", `${s.scorer} (trained on labelled defects)`]] : []),
     ...(s.description ? [["Description", s.description]] : []),
     // The active patch bank is missing, cut into tiles otherwise, or made of the earlier patch features.
     ...(s.reindex_note ? [["Re-index needed", s.reindex_note]] : []),
@@ -444,13 +446,14 @@ function resultCard(result, file) {
   $(".verdict", card).textContent = result.verdict;
   $(".source", card).textContent = `${result.source} · ${Math.round(result.elapsed_ms)} ms`
     + (result.calibration_id ? ` · calibration ${result.calibration_id.slice(0, 8)}` : "")
-    + (result.scorer && result.scorer !== state.scoring ? ` · scorer ${result.scorer}` : "");
+    + (result.parts ? ` · ${Object.entries(result.parts).map(([part, score]) => `${part} ${score.toFixed(3)}`).join(", ")}`
+      : result.scorer && result.scorer !== state.scoring ? ` · scorer ${result.scorer}` : "");
   drawScore(card, result);
 
   const photo = $(".photo", card);
   photo.alt = `The inspected image ${result.source}`;
   photo.src = keepUrl(URL.createObjectURL(file));
-  $(".no-heat", card).textContent = state.scoring === "patch"
+  $(".no-heat", card).textContent = state.scoring === "patch" || state.scoring === "fused"
     ? "No heat map came with this result."
     : "No heat map: this setting compares whole images (global scoring).";
   drawHeatmap(card, result);

@@ -1,0 +1,212 @@
+"""Fused scoring: one score from the patch, global and (for aligned parts) positional scores of an image.
+
+No one scorer wins on every kind of image (README, "Detection quality"): the largest patch distance
+finds small defects, the global kNN distance finds a part that is wrong as a whole, and per-position
+statistics (`indexing.positional`) find a patch that would be normal elsewhere on an aligned part.
+A fused setting keeps all three and scores an image by the mean of the three scores, each
+standardised by its own nominal images' scores (z-scores: the score minus their mean, over their
+standard deviation), so that no scorer's scale outweighs another's.
+
+The positional part joins only once a setting has decided, from its first `ALIGNMENT_IMAGES`
+nominal images, that its parts are aligned (`PositionalRecord.joins`), and never for images cut
+into tiles; otherwise the score is the patch and global parts' mean. The scorer a calibration
+records names the parts (`scorer_name`: "fused:patch+positional+global"), so a threshold made
+before the decision is not applied after it.
+
+The three scores come from one backbone pass per image scored whole (`Backbone.embed_with_maps`).
+
+On the visible suite (`benchmarks/quality.py`, README) the fused score was at or above the best
+anomalib column on all eight sets, and at or above the better of patch and global on the stress
+sets whose parts move.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from indexing.backbones import Backbone
+from indexing.calibration import FUSED_PREFIX
+from indexing.images import ImageInput
+from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult
+from indexing.positional import PositionalMemory, PositionalRecord
+from indexing.scoring import knn_score
+from indexing.settings import CollectionVersion
+from indexing.store.base import Neighbour, VectorStore
+from indexing.tiling import layout_for
+
+
+# nearest(version, vectors, image ids, k): each vector's k nearest nominal images, its own left out.
+Nearest = Callable[[CollectionVersion, np.ndarray, Sequence[str], int], list[list[Neighbour]]]
+
+
+@dataclass(frozen=True)
+class Standard:
+    """A scorer's nominal scores, summarised: a score's z-score is (score - mean) / spread."""
+
+    mean: float
+    spread: float
+
+    @classmethod
+    def of(cls, reference: Sequence[float] | np.ndarray) -> "Standard":
+        values = np.asarray(reference, dtype=np.float64)
+        values = values[np.isfinite(values)]
+        if values.size == 0:
+            return cls(0.0, 1.0)
+        return cls(float(values.mean()), float(values.std()))
+
+    def __call__(self, score: float) -> float:
+        return (score - self.mean) / max(self.spread, 1e-12)
+
+
+def parts_of(positional: PositionalRecord) -> tuple[str, ...]:
+    """The scorers a fused score averages: positional statistics join once the parts were found aligned."""
+    return ("patch", "positional", "global") if positional.joins else ("patch", "global")
+
+
+def scorer_name(parts: Sequence[str]) -> str:
+    """What a calibration of these fused scores records as its scorer (`Calibration.scoring`)."""
+    return FUSED_PREFIX + "+".join(parts)
+
+
+@dataclass(frozen=True)
+class FusedResult:
+    """One image's fused score, its parts' own scores, and the patch result (grid, heat map, neighbours)."""
+
+    score: float
+    parts: dict[str, float]
+    patch: PatchResult
+    embedding: np.ndarray
+
+
+@dataclass(frozen=True)
+class Standards:
+    """Each part's `Standard` for one state of a version, and the fused scores of its nominal images."""
+
+    parts: tuple[str, ...]
+    by_part: dict[str, Standard]
+    nominal: dict[str, float]  # image id -> fused leave-one-out score, for images every part scored
+
+    def fuse(self, scores: dict[str, float]) -> float:
+        return float(np.mean([self.by_part[part](scores[part]) for part in self.parts]))
+
+
+class FusedScorer:
+    """Scores images of fused settings: the patch bank's scores, the version's kNN and its positional statistics.
+
+    Args:
+        store: the open store (the version's global vectors).
+        patches: the patch banks.
+        positional: the positional statistics.
+        nearest: the service's kNN (`Nearest`), so a fused score's global part is the global mode's score.
+    """
+
+    def __init__(self, store: VectorStore, patches: PatchIndex, positional: PositionalMemory, nearest: Nearest) -> None:
+        self.store = store
+        self.patches = patches
+        self.positional = positional
+        self.nearest = nearest
+        self._standards: dict[str, tuple[tuple, Standards]] = {}
+        self._lock = threading.Lock()
+
+    def record(self, patch: dict[str, Any]) -> PositionalRecord:
+        return self.positional.record(patch["collection"])
+
+    def score(
+        self,
+        version: CollectionVersion,
+        patch: dict[str, Any],
+        backbone: Backbone,
+        images: Sequence[ImageInput],
+        decoded: Sequence[Image.Image],
+        *,
+        k: int,
+        neighbours: int = 0,
+        grids: bool = False,
+        maps: bool = False,
+        batch_size: int = 32,
+    ) -> list[FusedResult]:
+        """Fused scores of images (leave-one-out for nominal ones, as every part's is)."""
+        config = PatchConfig.from_dict(patch.get("patch_config"))
+        record = self.record(patch)
+        standards = self.standards(version, patch, record, k=k, batch_size=batch_size)
+        whole = all(layout_for(p, backbone.input_size, config.tiling, config.tiling_rule) is None for p in decoded)
+        made = None
+        if whole:  # one backbone pass for all three parts
+            embeddings, feature_maps = backbone.embed_with_maps(list(decoded), batch_size=batch_size)
+            made = config.maker().patchify(feature_maps)
+        else:
+            embeddings = backbone.embed(list(decoded), batch_size=batch_size)
+        found = self.patches.score(version.setting, patch["collection"], config, backbone, images, decoded,
+                                   neighbours=neighbours, grids=grids, maps=maps, batch_size=batch_size, patches=made)
+        ids = [image.id for image in images]
+        near = self.nearest(version, embeddings, ids, k)
+        positional = None
+        if "positional" in standards.parts:
+            if made is None:  # a tiled image in a setting found aligned: the statistics stop at the next merge
+                raise ValueError("an image of this fused setting was cut into tiles: re-index it")
+            statistics = self.positional.statistics(record)
+            assert statistics is not None
+            positional = statistics.distances(made.vectors).max(axis=1)
+        out = []
+        for number, (result, neighbours_found) in enumerate(zip(found, near)):
+            scores = {"patch": result.score, "global": knn_score([n.distance for n in neighbours_found], k)}
+            if positional is not None:
+                scores["positional"] = float(positional[number])
+            out.append(FusedResult(standards.fuse(scores), scores, result, embeddings[number]))
+        return out
+
+    def standards(self, version: CollectionVersion, patch: dict[str, Any], record: PositionalRecord, *, k: int,
+                  batch_size: int = 32) -> Standards:
+        """Each part's standard, from the nominal images' own scores: the patch bank's leave-one-out scores,
+        the global kNN's leave-one-out scores and the positional statistics' reference. Worked out once per
+        state of the version (its counts, the positional generation, k) and kept."""
+        bank = self.patches.bank(version.setting, patch["collection"], patch["dim"])
+        key = (self.store.count(version.collection), len(bank), record.generation, k)
+        with self._lock:
+            found = self._standards.get(version.collection)
+        if found is not None and found[0] == key:
+            return found[1]
+        config = PatchConfig.from_dict(patch.get("patch_config"))
+        by_image = {"patch": self.patches.nominal_scores_by_image(version.setting, patch["collection"], config),
+                    "global": self._global_reference(version, k, batch_size)}
+        parts = parts_of(record)
+        by_part = {part: Standard.of(list(scores.values())) for part, scores in by_image.items()}
+        if "positional" in parts:
+            mean, spread = record.standard
+            by_part["positional"] = Standard(mean, spread)
+            by_image["positional"] = self.positional.scores(record)
+        standards = Standards(parts, by_part, {})
+        common = set.intersection(*(set(by_image[part]) for part in parts))
+        nominal = {image: standards.fuse({part: by_image[part][image] for part in parts})
+                   for image in by_image["patch"] if image in common}
+        standards = Standards(parts, by_part, nominal)
+        with self._lock:
+            self._standards[version.collection] = (key, standards)  # a grown version's are worked out afresh
+        return standards
+
+    def _global_reference(self, version: CollectionVersion, k: int, batch_size: int) -> dict[str, float]:
+        """Each nominal image's leave-one-out kNN score among the version's global vectors."""
+        out: dict[str, float] = {}
+        batch: list = []
+
+        def flush() -> None:
+            vectors = np.stack([p.vector for p in batch]).astype(np.float32)
+            for point, near in zip(batch, self.nearest(version, vectors, [p.id for p in batch], k)):
+                score = knn_score([n.distance for n in near], k)
+                if np.isfinite(score):
+                    out[point.id] = score
+            batch.clear()
+
+        for point in self.store.scroll(version.collection, with_vectors=True):
+            batch.append(point)
+            if len(batch) == batch_size:
+                flush()
+        if batch:
+            flush()
+        return out

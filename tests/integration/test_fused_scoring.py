@@ -1,0 +1,92 @@
+"""Fused scoring end to end: real weights, real Hazelnut Toy images, the embedded store."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from indexing import positional
+from indexing.backbones.base import Backbone
+from indexing.errors import InvalidTraining
+from indexing.positional import POSITIONAL_KIND, POSITIONAL_PART_KIND
+from indexing.service import BackbonePool, NominalService
+from indexing.store import EdgeStore
+
+pytestmark = pytest.mark.slow
+
+SETTING = "nuts"
+
+
+def _standardised(service: NominalService, parts: dict[str, float]) -> float:
+    version = service.versions.active(SETTING)
+    patch = service.versions.patch_record(version)
+    standards = service.fused.standards(version, patch, service.fused.record(patch), k=1)
+    return float(np.mean([standards.by_part[part](score) for part, score in parts.items()]))
+
+
+def test_a_fused_verdict_is_the_mean_of_its_parts_standardised_by_the_nominal_images(service, hazelnut_sets) -> None:
+    service.put_setting(SETTING, scoring="fused")
+    service.index(SETTING, hazelnut_sets["train"])  # 28 images: too few to decide alignment, so no positional part
+    good, defect = hazelnut_sets["good"], hazelnut_sets["defect"]
+    verdicts = service.inspect(SETTING, [*good, *defect])
+    assert {v.scorer for v in verdicts} == {"fused:patch+global"} and {v.verdict for v in verdicts} == {"UNCALIBRATED"}
+    for verdict in verdicts:
+        assert set(verdict.parts) == {"patch", "global"}
+        assert verdict.score == pytest.approx(_standardised(service, verdict.parts), rel=1e-9)
+        assert verdict.neighbours and verdict.p_value is not None
+    # each part is the score its own mode gives the image
+    service.put_setting(SETTING, scoring="patch")
+    patch = service.inspect(SETTING, defect[:3])
+    service.put_setting(SETTING, scoring="global")
+    plain = service.inspect(SETTING, defect[:3])
+    for fused, alone, kNN in zip(verdicts[len(good):], patch, plain):
+        assert fused.parts["patch"] == pytest.approx(alone.score, rel=1e-5)
+        assert fused.parts["global"] == pytest.approx(kNN.score, rel=1e-5)
+    is_fail = [False] * len(good) + [True] * len(defect)
+    assert roc_auc_score(is_fail, [v.score for v in verdicts]) > 0.95
+    # a calibration without PASS images takes the nominal images' own fused scores
+    service.put_setting(SETTING, scoring="fused")
+    calibrated = service.calibrate(SETTING, policy="quantile:0.01").calibration
+    assert calibrated.scoring == "fused:patch+global" and calibrated.n_pass == len(hazelnut_sets["train"])
+    with_map = service.inspect(SETTING, defect[:1], heatmap=True)[0]
+    assert with_map.verdict == "FAIL" and with_map.heatmap is not None
+    with pytest.raises(InvalidTraining, match="fused"):
+        service.train(SETTING, fail_images=defect[:4])
+
+
+def test_aligned_parts_add_positional_statistics_that_outlive_the_process(tmp_path, pool, hazelnut_sets,
+                                                                        monkeypatch) -> None:
+    monkeypatch.setattr(positional, "ALIGNMENT_IMAGES", 12)  # Hazelnut Toy's 28 images, decided after 12
+    train, defect = hazelnut_sets["train"], hazelnut_sets["defect"]
+    with EdgeStore(tmp_path / "store") as store:
+        service = NominalService(store, backbones=pool)
+        service.put_setting(SETTING, scoring="fused")
+        service.index(SETTING, train[:8])
+        before = service.calibrate(SETTING, policy="quantile:0.05").calibration
+        assert before.scoring == "fused:patch+global"
+        service.index(SETTING, train[8:])  # the setting decides: its nuts sit in one place
+        status = service.status(SETTING)
+        assert status.calibration is None and "calibrate again" in status.calibration_note
+        verdicts = service.inspect(SETTING, defect[:4])
+        assert {v.scorer for v in verdicts} == {"fused:patch+positional+global"}
+        assert all(set(v.parts) == {"patch", "positional", "global"} for v in verdicts)
+        record = service.fused.record(service.versions.patch_record(service.versions.active(SETTING)))
+        assert record.count == len(train) and record.aligned and record.reference[0] == len(train)
+    with EdgeStore(tmp_path / "store") as store:  # another process, reading what the first one wrote
+        again = NominalService(store, backbones=BackbonePool())
+        for first, second in zip(verdicts, again.inspect(SETTING, defect[:4])):
+            assert second.parts == pytest.approx(first.parts, rel=1e-5) and second.score == pytest.approx(first.score)
+        again.delete_setting(SETTING)
+        assert store.list_records(POSITIONAL_KIND) == [] and store.list_records(POSITIONAL_PART_KIND) == []
+
+
+def test_a_fused_verdict_runs_the_network_once(service, hazelnut_sets, monkeypatch) -> None:
+    service.put_setting(SETTING, scoring="fused")
+    service.index(SETTING, hazelnut_sets["train"][:6])
+    calls: list[str] = []
+    for method in ("embed", "feature_maps", "embed_with_maps"):
+        original = getattr(Backbone, method)
+        monkeypatch.setattr(Backbone, method, lambda self, *a, _o=original, _m=method, **k: calls.append(_m) or _o(self, *a, **k))
+    service.inspect(SETTING, hazelnut_sets["defect"][:2])
+    assert calls == ["embed_with_maps"]
