@@ -385,7 +385,7 @@ def main() -> None:
     if not args.grid:
         # --scoring keeps its meaning: which of the two families of modes to run.
         modes = [m for m in args.modes if (m.startswith("global") and "global" in args.scoring)
-                 or (m.startswith(("patch", "positional")) and "patch" in args.scoring)]
+                 or (m.startswith(("patch", "positional", "fused")) and "patch" in args.scoring)]
         rows = run_suite(args.datasets, args.backbones[0], modes, fresh=args.fresh, seeds=tuple(args.seeds))
         rows += fused_rows(rows) + local_rows(rows)
         anchors = json.loads(args.anchors.read_text()) if args.anchors else []
@@ -609,6 +609,64 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     return rows
 
 
+def suite_fused(name: str, data: Dataset, backbone, config: PatchConfig) -> list[dict]:
+    """The fused scoring mode through the service itself (`indexing.fused`): a setting created with
+    scoring="fused" on an embedded store, indexed with the training images, every test image scored as
+    `calibrate` and `evaluate` score them; the patch recipe `config`. Heat maps (the patch grids) where
+    masks exist, on at most `PIXEL_CAP` test images of a tiled set, as `suite_patch` does."""
+    from indexing.tiling import layout_for
+
+    tiled = layout_for(decode(data.train[0]), backbone.input_size, config.tiling) is not None
+    has_masks = any(t.mask_path for t in data.test)
+    n = len(data.test)
+    step = max(1, -(-n // PIXEL_CAP)) if tiled else 1
+    with_grid = set(range(0, n, step)) if has_masks else set()
+    with tempfile.TemporaryDirectory() as scratch:
+        store = EdgeStore(Path(scratch) / "store")
+        try:
+            service = NominalService(store, backbones=BackbonePool(lambda _: backbone), patch_config=config)
+            service.put_setting("bench", backbone=backbone.name, scoring="fused")
+            started = time.perf_counter()
+            service.index("bench", data.train)
+            fit_s = time.perf_counter() - started
+            found: list = [None] * n
+            for grids in (True, False):
+                numbers = [i for i in range(n) if (i in with_grid) == grids]
+                scored = service._scored("bench", [data.test[i].image for i in numbers], grids=grids)
+                for i, result in zip(numbers, scored):
+                    found[i] = result
+            probes = [data.test[i].image for i in range(0, n, max(1, n // TIMING_PROBES))][:TIMING_PROBES]
+            service.inspect("bench", probes[:1])
+            timed = time.perf_counter()
+            for image in probes:
+                service.inspect("bench", [image])
+            ms = (time.perf_counter() - timed) / len(probes) * 1000.0
+            version = service.versions.active("bench")
+            patch = service.versions.patch_record(version)
+            record = service.fused.record(patch)
+            scorer = service.context("bench").scorer
+            per_image = (store.count(patch["collection"]) * patch["dim"] * 4 + version.dim * len(data.train) * 4
+                         + (record.parts and service.positional.statistics(record).nbytes)) / len(data.train)
+        finally:
+            store.close()
+    is_fail = np.array([t.is_fail for t in data.test])
+    scores = np.array([score for score, _ in found])
+    pixel = pro = None
+    if with_grid:
+        heats, masks = [], []
+        for i in sorted(with_grid):
+            heat = found[i][1].heat_at(backbone.input_size, config.sigma)
+            test = data.test[i]
+            heats.append(heat)
+            masks.append(mask_at(str(test.mask_path), heat.shape) if test.mask_path else np.zeros(heat.shape, bool))
+        pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
+    label = "fused" + (" (tiled)" if tiled else "")
+    row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, ms, fit_s, per_image, tiled=tiled,
+               pixel_images=len(with_grid) if has_masks else None)
+    return [row | {"scores": scores.tolist(), "fused": scorer.removeprefix("fused:"),
+                   "aligned_share": record.within / record.checked if record.checked else None}]
+
+
 # The positional levers (`suite_positional`): mode -> (patch features, dim, covariance).
 # Features: "random" is the earlier recipe's (a seeded projection to `dim`); "balanced" the product's (the
 # backbone's own channels, each scale L2-normalised per position: 152-d for efficientnet_lite0); "raw" those
@@ -736,6 +794,8 @@ SUITE_MODES = {
     "global-levels": None,  # pooled stride-8, stride-16 and final features (`suite_global_levels`): kNN and Gaussians
     **dict.fromkeys(POSITIONAL),  # per-position statistics (`suite_positional`), each form of `POSITIONAL`
     "patch": PatchConfig(),
+    # The product's fused scoring (`indexing.fused`), through the service (`suite_fused`), on the patch recipe.
+    "fused": PatchConfig(),
     # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
     "patch-plain": PatchConfig(local_scale=0),
     "patch-notile": PatchConfig(tiling="off"),
@@ -893,6 +953,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     started = time.perf_counter()
                     if mode.startswith("positional"):
                         out = suite_positional(name, data, patch_backbone, mode)
+                    elif mode == "fused":
+                        out = suite_fused(name, data, backbone, config)
                     elif mode == "global-levels":
                         out = suite_global_levels(name, data, backbone, patch_backbone)
                     elif config is None:
