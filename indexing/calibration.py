@@ -339,11 +339,14 @@ class Calibration:
         The one compatibility rule: a threshold is a distance on one backbone's vectors
         (its identity: name and weights file), and global and patch scores have different
         scales. Both are recorded on the calibration when it is made. A trained scorer
-        projects a global setting's embeddings, so its calibration fits global mode.
+        projects a global setting's embeddings, so its calibration fits global mode; a
+        trained DenseHybrid head scores a patch bank, so its calibration fits patch and fused mode.
         """
         if self.backbone != backbone:
             return f"calibration {self.id} was made on {self.backbone} vectors, not {backbone} vectors"
-        if scoring_mode(self.scoring) != scoring:
+        made = scoring_mode(self.scoring)
+        # A fused setting's trained head scores its patch bank, as a patch setting's does (`indexing.fused`).
+        if made != scoring and not (made == "patch" and scoring == "fused" and self.trained_id is not None):
             return f"calibration {self.id} was made on {self.scoring} scores, not {scoring} scores"
         return None
 

@@ -567,7 +567,7 @@ class NominalService:
         assert context.patch is not None
         backbone = self.embedder.backbone_for(context.version)
         fused: list[FusedResult | None] = [None] * len(images)
-        if context.setting.scoring == "fused":
+        if context.setting.scoring == "fused" and context.trained is None:
             fused = list(self.fused.score(context.version, context.patch, backbone, images, decoded, k=context.setting.k,
                                           neighbours=k, maps=heatmap, batch_size=self.batch_size))
             results = [found.patch for found in fused if found is not None]
@@ -620,7 +620,7 @@ class NominalService:
         """
         setting = self.get_setting(name)
         version = self._require_active(name)
-        if setting.scoring == "fused":
+        if setting.scoring == "fused" and trained is None:  # a trained head answers alone, as in a patch setting
             patch = self.versions.require_patch(version)
             backbone = self.embedder.backbone_for(version)
             fused: list[tuple[float, PatchResult | None]] = []
@@ -633,7 +633,7 @@ class NominalService:
                 fused += [(result.score, result.patch) for result in results]
                 progress("scoring", len(fused), len(images))
             return fused
-        if setting.scoring == "patch":
+        if setting.keeps_patches:
             found: list[tuple[float, PatchResult | None]] = []
             progress("scoring", 0, len(images))
             for decoded, kept, _ in self.versions.decoded_batches(images, skip_bad=False):
@@ -829,7 +829,7 @@ class NominalService:
         if setting.scoring == "fused":
             scores = np.asarray([score for score, _ in self._scored(name, images)])
             candidates["fused"] = (scores[:split], scores[split:])
-            current = "fused"
+            current = "trained" if trained is not None else "fused"
         progress("scoring candidates", len(images), len(images))
         return candidates, current
 
@@ -844,10 +844,6 @@ class NominalService:
             UnknownSetting, EmptyCollection: as everywhere.
             InvalidTraining: fewer than `min_fail` FAIL images (`field` "fail").
         """
-        if self.get_setting(name).scoring == "fused":
-            raise InvalidTraining(
-                "a fused setting has no trained scorer yet: training learns from labelled defects for global and "
-                "patch settings (nominal settings set <name> --scoring patch, then re-index)", field="scoring")
         self._require_active(name)
         fails = fail_given + (len(self.labels(name, "FAIL")) if use_feedback and self.images is not None else 0)
         # (an image both given and labelled counts twice here; `train` counts distinct images and refuses then)
@@ -874,8 +870,9 @@ class NominalService:
         It learns from the labelled FAIL images (given, and those operators marked FAIL when
         `use_feedback`) and CutPaste defects made from PASS images (`pass_images`, else the
         nominal images this process can read back): a global setting a metric projection of
-        the backbone's embeddings (`_train_metric`), a patch setting a DenseHybrid head
-        (`_train_hybrid`). The gate compares it with the unsupervised scorer by cross-validation
+        the backbone's embeddings (`_train_metric`), a patch or fused setting a DenseHybrid head
+        (`_train_hybrid`; in a fused setting the gate weighs it against the fused score, and once in
+        use it answers alone). The gate compares it with the unsupervised scorer by cross-validation
         on the labelled images alone. The trained scorer is always recorded; when the gate
         passes, a threshold is calibrated on the gate's out-of-fold scores (`policy`, else the
         policy of the calibration in use) and goes live by the rule of `calibrate`, so that
@@ -901,7 +898,7 @@ class NominalService:
         points, total = list(self.nominal_sample(version.collection, NOMINAL_SAMPLE)), self.store.count(version.collection)
         sources = list(pass_images[:SYNTHETIC]) or list(nominal_pixels(self.images, points, SYNTHETIC))
         margin = DEFAULT_MARGIN if margin is None else margin
-        if setting.scoring == "patch":
+        if setting.keeps_patches:
             learned = self._train_hybrid(name, version, backbone, fail_images, sources, margin, progress)
             steps = 0  # a logistic regression, not a number of gradient steps
         else:
@@ -969,10 +966,16 @@ class NominalService:
 
         patch = self.versions.require_patch(version)
         collection, config = patch["collection"], PatchConfig.from_dict(patch.get("patch_config"))
+        setting = self.get_setting(name)
 
         def scored(decoded: list[Image.Image], kept: list[ImageInput], done: int) -> list[ScoredPatches]:
-            return self.patches.scored_patches(name, collection, config, backbone, kept, decoded,
-                                               batch_size=self.batch_size)
+            found = self.patches.scored_patches(name, collection, config, backbone, kept, decoded,
+                                                batch_size=self.batch_size)
+            if setting.scoring != "fused":
+                return found
+            # A fused setting's gate weighs the head against the fused score its verdicts give now.
+            fused = self.fused.score(version, patch, backbone, kept, decoded, k=setting.k, batch_size=self.batch_size)
+            return [replace(item, score=whole.score) for item, whole in zip(found, fused)]
 
         def pasted(decoded: list[Image.Image], kept: list[ImageInput], done: int) -> list[np.ndarray]:
             images, boxes = cut_paste_boxes(decoded, seed=done)
@@ -1127,7 +1130,7 @@ class NominalService:
 
             labelled, remaining = labelled_fail_split(dataset.test)
             dataset = replace(dataset, test=remaining)
-            if self.get_setting(setting).scoring == "patch":
+            if self.get_setting(setting).keeps_patches:
                 # A patch setting's gate needs PASS images from outside its nominal set (`_train_hybrid`):
                 # every 5th training image, at most SYNTHETIC of them, stays out of the bank.
                 held = set(range(0, len(dataset.train), 5)[:SYNTHETIC])
@@ -1375,7 +1378,7 @@ class NominalService:
     def _stale_reason(self, setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
         """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
         reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
-        if reason is None and setting.scoring == "fused":
+        if reason is None and setting.scoring == "fused" and calibration.trained_id is None:
             now = self._unsupervised_scorer(setting, version)
             if calibration.scoring != now:
                 return (f"calibration {calibration.id} was made on {calibration.scoring} scores and the setting's "

@@ -8,7 +8,6 @@ from sklearn.metrics import roc_auc_score
 
 from indexing import positional
 from indexing.backbones.base import Backbone
-from indexing.errors import InvalidTraining
 from indexing.positional import POSITIONAL_KIND, POSITIONAL_PART_KIND
 from indexing.service import BackbonePool, NominalService
 from indexing.store import EdgeStore
@@ -51,8 +50,6 @@ def test_a_fused_verdict_is_the_mean_of_its_parts_standardised_by_the_nominal_im
     assert calibrated.scoring == "fused:patch+global" and calibrated.n_pass == len(hazelnut_sets["train"])
     with_map = service.inspect(SETTING, defect[:1], heatmap=True)[0]
     assert with_map.verdict == "FAIL" and with_map.heatmap is not None
-    with pytest.raises(InvalidTraining, match="fused"):
-        service.train(SETTING, fail_images=defect[:4])
 
 
 def test_aligned_parts_add_positional_statistics_that_outlive_the_process(tmp_path, pool, hazelnut_sets,

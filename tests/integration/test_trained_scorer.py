@@ -214,3 +214,26 @@ def test_nominal_train_runs_the_job_and_refuses_too_few_defects_in_one_line(
     assert main([*data, "inspect", "hz", str(hazelnut / "test" / "good"), "--json"]) == 0
     verdicts = json.loads(capsys.readouterr().out)["results"]
     assert {v["scorer"] for v in verdicts} == {f"trained:{result['trained']['id']}" if result["active"] else "global"}
+
+
+def test_a_fused_setting_weighs_a_trained_head_against_its_fused_score(
+    tmp_path: Path, pool: BackbonePool, poly: dict[str, list[ImageInput]]
+) -> None:
+    from sklearn.metrics import average_precision_score
+
+    with EdgeStore(tmp_path / "store") as store:
+        service = NominalService(store, backbones=pool)
+        service.put_setting(SETTING, scoring="fused")
+        service.index(SETTING, poly["v1"][:40])
+        held = poly["v2"][:20]
+        fused = service.scores(SETTING, held + poly["labelled"])  # what verdicts score now
+        trained = service.train(SETTING, fail_images=poly["labelled"], pass_images=held)
+        gate = trained.scorer.gate
+        # the gate's unsupervised side is the fused score (images in label order: PASS, then FAIL), not the patch score
+        labels = [0] * len(held) + [1] * len(poly["labelled"])
+        assert gate["unsupervised_ap"] == pytest.approx(average_precision_score(labels, fused), abs=1e-6)
+        assert trained.active, trained.reason  # 40 nominal cells: the head beats the fused score by far
+        # it answers alone, on the patch bank, as a patch setting's head does; its calibration fits a fused setting
+        answered = service.inspect(SETTING, poly["held_out"])
+        assert {v.scorer for v in answered} == {trained.scorer.scoring} and all(v.parts is None for v in answered)
+        assert service.status(SETTING).calibration_note is None
