@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import base64
 import threading
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from functools import cached_property
@@ -216,6 +217,9 @@ POSITIONAL_PART_KIND = "positional-part"
 # Nominal images whose own positional score a record keeps by id (the first ones merged): a fused setting's
 # nominal scores, for its percentiles and a calibration without PASS images, are those of these images.
 SCORED_IMAGES = 4096
+# Statistics a process keeps loaded, the least recently used dropped past it (15.7 MB each with the default
+# backbone at 224 px): a verdict of a setting whose statistics were dropped reads them again (about 0.1 s).
+LOADED_STATISTICS = 16
 # Characters of base64 per part record: a server store's request stays well under Qdrant's 32 MB limit.
 PART_CHARS = 4_000_000
 
@@ -287,8 +291,9 @@ class PositionalMemory:
     def __init__(self, store: Records, *, rank: int = RANK) -> None:
         self.store = store
         self.rank = rank
-        # collection -> (generation, statistics, nominal scores by image id) last read or written here
-        self._loaded: dict[str, tuple[int, PositionalStatistics, dict[str, float]]] = {}
+        # collection -> (generation, statistics, nominal scores by image id) last read or written here, least
+        # recently used first
+        self._loaded: OrderedDict[str, tuple[int, PositionalStatistics, dict[str, float]]] = OrderedDict()
         self._lock = threading.Lock()
 
     def record(self, collection: str) -> PositionalRecord:
@@ -311,13 +316,13 @@ class PositionalMemory:
         with self._lock:
             cached = self._loaded.get(record.collection)
             if cached is not None and cached[0] == record.generation:
+                self._loaded.move_to_end(record.collection)
                 return cached[1], cached[2]
         text = "".join(self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, number))["data"]
                        for number in range(record.parts))
         statistics = _from_bytes(base64.b64decode(text), record.count, self.rank)
         scores = self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, "scores"))["scores"]
-        with self._lock:
-            self._loaded[record.collection] = (record.generation, statistics, scores)
+        self._keep(record.collection, (record.generation, statistics, scores))
         return statistics, scores
 
     def add(self, collection: str, vectors: np.ndarray | None, ids: Sequence[str] = (), *,
@@ -358,9 +363,15 @@ class PositionalMemory:
         self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, "scores"), {"scores": scored})
         self.store.put_record(POSITIONAL_KIND, collection, written.to_dict())  # the switch to the new generation
         self._drop_parts(record)
-        with self._lock:
-            self._loaded[collection] = (written.generation, statistics, scored)
+        self._keep(collection, (written.generation, statistics, scored))
         return written
+
+    def _keep(self, collection: str, loaded: tuple[int, PositionalStatistics, dict[str, float]]) -> None:
+        with self._lock:
+            self._loaded[collection] = loaded
+            self._loaded.move_to_end(collection)
+            while len(self._loaded) > LOADED_STATISTICS:
+                self._loaded.popitem(last=False)
 
     def delete(self, collection: str) -> None:
         """The record and arrays of a deleted patch collection."""

@@ -187,3 +187,14 @@ def test_a_tiled_image_stops_the_statistics_for_good(tmp_path) -> None:
         record = memory.add("bank", None, tiled=True)
         assert record.tiled and not record.joins
         assert memory.add("bank", _crops([(0, 0)] * 4, seed=1)).count == 4
+
+
+def test_a_process_keeps_a_bounded_number_of_statistics_loaded_and_reads_the_others_again(tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(positional, "LOADED_STATISTICS", 2)
+    with EdgeStore(tmp_path / "store") as store:
+        memory = PositionalMemory(store, rank=4)
+        records = {name: memory.add(name, _crops([(0, 0)] * 3, seed=seed)) for seed, name in enumerate("abc")}
+        assert list(memory._loaded) == ["b", "c"]  # "a" dropped: the least recently used
+        reread = memory.statistics(records["a"])
+        np.testing.assert_allclose(reread.mean, PositionalStatistics.of(_crops([(0, 0)] * 3), rank=4).mean, atol=1e-6)
+        assert list(memory._loaded) == ["c", "a"]
