@@ -25,8 +25,8 @@ ridge (ELPV mono), and rank 32 scored within 0.002 of the full covariance on eve
 
 from __future__ import annotations
 
-import base64
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.store.base import Records
+from indexing.store.base import Point, VectorStore
 
 # Principal directions kept per position: rank 32 scored within 0.002 of the full covariance on every visible
 # set (rank 16 lost 0.005 on KolektorSDD), at 22% of its memory.
@@ -210,18 +210,20 @@ def _top(rows: np.ndarray, rank: int) -> np.ndarray:
     return singular[:, :rank, None] * right[:, :rank]
 
 
-# The record of a version's positional statistics (`PositionalRecord`), keyed by its patch collection, and the
-# records holding the arrays of each generation of them (`PositionalMemory`).
+# The record of a version's positional statistics (`PositionalRecord`), keyed by its patch collection, and the record
+# of each generation of them: the nominal images' scores and the scatter (`PositionalMemory`). The arrays themselves
+# are vectors of a collection of their own per generation (`arrays_collection`).
 POSITIONAL_KIND = "positional"
-POSITIONAL_PART_KIND = "positional-part"
-# Nominal images whose own positional score a record keeps by id (the first ones merged): a fused setting's
-# nominal scores, for its percentiles and a calibration without PASS images, are those of these images.
-SCORED_IMAGES = 4096
+GENERATION_KIND = "positional-generation"
+# Nominal images whose own positional score a generation's record keeps by id (the first ones merged): a fused
+# setting's nominal scores, for its percentiles and a calibration without PASS images, are those of these images.
+SCORED_IMAGES = 2048
 # Statistics a process keeps loaded, the least recently used dropped past it (15.7 MB each with the default
-# backbone at 224 px): a verdict of a setting whose statistics were dropped reads them again (about 0.1 s).
+# backbone at 224 px): a verdict of a setting whose statistics were dropped reads them again.
 LOADED_STATISTICS = 16
-# Characters of base64 per part record: a server store's request stays well under Qdrant's 32 MB limit.
-PART_CHARS = 4_000_000
+# Points written per store call when a generation's arrays are stored.
+WRITE_BATCH = 4096
+ARRAYS_NAMESPACE = uuid.UUID("6f1d3c52-8a1e-4c4e-9a57-0b9d2f6c1e11")
 
 
 @dataclass(frozen=True)
@@ -232,8 +234,8 @@ class PositionalRecord:
         collection: the patch collection the statistics belong to (one per version).
         count: images merged.
         generation: which stored arrays are current (0: none yet); a merge writes the next generation's
-            parts before this record names it, so a process that dies mid-write leaves the last one whole.
-        parts: part records of the current generation.
+            arrays and record before this record names it, so a process that dies mid-write leaves the last
+            one whole.
         checked, within: nominal images registered so far, and those within one cell (`shifts`), counted
             until `ALIGNMENT_IMAGES` have been.
         aligned: None until decided; then whether the parts are aligned (`ALIGNED_SHARE`), never revised.
@@ -241,13 +243,12 @@ class PositionalRecord:
             take a second backbone pass, so the statistics stop and never join a fused score.
         reference: (images, sum, sum of squares) of nominal images' scores, each batch scored right after its
             merge: what a fused score standardises the positional score by. The first `SCORED_IMAGES` images'
-            scores are kept by id with the arrays (`PositionalMemory.scores`).
+            scores are kept by id with the generation (`PositionalMemory.scores`).
     """
 
     collection: str
     count: int = 0
     generation: int = 0
-    parts: int = 0
     checked: int = 0
     within: int = 0
     aligned: bool | None = None
@@ -281,14 +282,19 @@ class PositionalRecord:
 
 class PositionalMemory:
     """The positional statistics of the store's patch collections: merged as nominal images are indexed,
-    kept in the store's records, read once per generation per process.
+    kept in the store, read once per generation per process.
+
+    Each generation's arrays are the vectors of a collection of its own (`arrays_collection`): at each
+    position its mean and its scaled principal directions, each stored as its direction (a store's
+    cosine collection keeps unit vectors) with its length in the payload. Its scatter and its nominal
+    images' scores are a record (`GENERATION_KIND`), and the setting's record names the current one.
 
     Args:
-        store: the records of the open store.
+        store: the open store.
         rank: directions kept at each position for statistics begun here.
     """
 
-    def __init__(self, store: Records, *, rank: int = RANK) -> None:
+    def __init__(self, store: VectorStore, *, rank: int = RANK) -> None:
         self.store = store
         self.rank = rank
         # collection -> (generation, statistics, nominal scores by image id) last read or written here, least
@@ -318,10 +324,18 @@ class PositionalMemory:
             if cached is not None and cached[0] == record.generation:
                 self._loaded.move_to_end(record.collection)
                 return cached[1], cached[2]
-        text = "".join(self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, number))["data"]
-                       for number in range(record.parts))
-        statistics = _from_bytes(base64.b64decode(text), record.count, self.rank)
-        scores = self.store.get_record(POSITIONAL_PART_KIND, _part_key(record, "scores"))["scores"]
+        about = self.store.get_record(GENERATION_KIND, _generation_key(record.collection, record.generation))
+        if about is None:
+            raise ValueError(f"the positional statistics of {record.collection} (generation {record.generation}) "
+                             "are missing from the store: re-index the setting")
+        scatter = np.asarray(about["scatter"], dtype=np.float64)
+        positions, dim, kept = len(scatter), int(about["dim"]), int(about["kept"])
+        rows = np.zeros((positions, kept + 1, dim))
+        for point in self.store.scroll(arrays_collection(record.collection, record.generation), with_vectors=True,
+                                       batch_size=WRITE_BATCH):
+            rows[point.payload["p"], point.payload["r"]] = point.vector * point.payload["n"]
+        statistics = PositionalStatistics(record.count, rows[:, 0], rows[:, 1:], scatter, self.rank)
+        scores = about["scores"]
         self._keep(record.collection, (record.generation, statistics, scores))
         return statistics, scores
 
@@ -331,7 +345,7 @@ class PositionalMemory:
         `tiled`: an image of the batch was cut into tiles, which stops the statistics for good. Returns the
         record written.
 
-        The caller holds the setting's lock: one merge at a time per collection.
+        The caller holds the setting's positional lock: one merge at a time per collection.
         """
         record = self.record(collection)
         if record.tiled:
@@ -355,16 +369,32 @@ class PositionalMemory:
             record = replace(record, checked=record.checked + len(within), within=record.within + int(within.sum()))
             if record.checked >= ALIGNMENT_IMAGES:
                 record = replace(record, aligned=record.within / record.checked >= ALIGNED_SHARE)
-        text = base64.b64encode(_to_bytes(statistics)).decode("ascii")
-        pieces = [text[i : i + PART_CHARS] for i in range(0, len(text), PART_CHARS)]
-        written = replace(record, generation=record.generation + 1, parts=len(pieces))
-        for number, piece in enumerate(pieces):
-            self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, number), {"data": piece})
-        self.store.put_record(POSITIONAL_PART_KIND, _part_key(written, "scores"), {"scores": scored})
+        written = replace(record, generation=record.generation + 1)
+        self._write_arrays(written, statistics, scored)
         self.store.put_record(POSITIONAL_KIND, collection, written.to_dict())  # the switch to the new generation
-        self._drop_parts(record)
+        self._drop_generation(record)
         self._keep(collection, (written.generation, statistics, scored))
         return written
+
+    def _write_arrays(self, record: PositionalRecord, statistics: PositionalStatistics, scored: dict[str, float]) -> None:
+        name = arrays_collection(record.collection, record.generation)
+        if name in self.store.collections():  # left by a merge that died before its switch: never named
+            self.store.delete_collection(name)
+        positions, kept, dim = statistics.basis.shape
+        self.store.create_collection(name, dim)
+        rows = np.concatenate([statistics.mean[:, None, :], statistics.basis], axis=1).reshape(-1, dim)
+        norms = np.linalg.norm(rows, axis=1)
+        unit = np.zeros_like(rows)
+        unit[:, 0] = 1.0  # a row of length 0 (a direction the images do not span yet): any unit vector, length 0
+        nonzero = norms > 0
+        unit[nonzero] = rows[nonzero] / norms[nonzero, None]
+        points = [Point(id=str(uuid.uuid5(ARRAYS_NAMESPACE, f"{number}")), vector=unit[number].astype(np.float32),
+                        payload={"p": number // (kept + 1), "r": number % (kept + 1), "n": float(norms[number])})
+                  for number in range(len(rows))]
+        for start in range(0, len(points), WRITE_BATCH):
+            self.store.upsert(name, points[start : start + WRITE_BATCH])
+        self.store.put_record(GENERATION_KIND, _generation_key(record.collection, record.generation), {
+            "dim": dim, "kept": kept, "scatter": statistics.scatter.tolist(), "scores": scored})
 
     def _keep(self, collection: str, loaded: tuple[int, PositionalStatistics, dict[str, float]]) -> None:
         with self._lock:
@@ -377,35 +407,23 @@ class PositionalMemory:
         """The record and arrays of a deleted patch collection."""
         record = self.record(collection)
         self.store.delete_record(POSITIONAL_KIND, collection)
-        self._drop_parts(record)
+        self._drop_generation(record)
         with self._lock:
             self._loaded.pop(collection, None)
 
-    def _drop_parts(self, record: PositionalRecord) -> None:
+    def _drop_generation(self, record: PositionalRecord) -> None:
         if record.generation == 0:
             return
-        for number in [*range(record.parts), "scores"]:
-            self.store.delete_record(POSITIONAL_PART_KIND, _part_key(record, number))
+        name = arrays_collection(record.collection, record.generation)
+        if name in self.store.collections():
+            self.store.delete_collection(name)
+        self.store.delete_record(GENERATION_KIND, _generation_key(record.collection, record.generation))
 
 
-def _part_key(record: PositionalRecord, number: int | str) -> str:
-    return f"{record.collection}.g{record.generation}.p{number}"
+def arrays_collection(collection: str, generation: int) -> str:
+    """The collection holding one generation of a patch collection's positional statistics."""
+    return f"{collection}__positional__g{generation}"
 
 
-def _to_bytes(statistics: PositionalStatistics) -> bytes:
-    """The arrays as float32, in one buffer: the shape header, mean, basis, scatter."""
-    positions, dim = statistics.mean.shape
-    head = np.array([positions, dim, statistics.basis.shape[1]], dtype=np.int64)
-    return b"".join(a.tobytes() for a in (head, statistics.mean.astype(np.float32),
-                                          statistics.basis.astype(np.float32), statistics.scatter.astype(np.float64)))
-
-
-def _from_bytes(data: bytes, count: int, rank: int) -> PositionalStatistics:
-    positions, dim, kept = (int(v) for v in np.frombuffer(data[:24], dtype=np.int64))
-    at = 24
-    mean = np.frombuffer(data, np.float32, positions * dim, at).reshape(positions, dim)
-    at += mean.nbytes
-    basis = np.frombuffer(data, np.float32, positions * kept * dim, at).reshape(positions, kept, dim)
-    at += basis.nbytes
-    scatter = np.frombuffer(data, np.float64, positions, at)
-    return PositionalStatistics(count, mean.astype(np.float64), basis.astype(np.float64), scatter.copy(), rank)
+def _generation_key(collection: str, generation: int) -> str:
+    return f"{collection}.g{generation}"

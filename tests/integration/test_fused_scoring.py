@@ -8,7 +8,7 @@ from sklearn.metrics import roc_auc_score
 
 from indexing import positional
 from indexing.backbones.base import Backbone
-from indexing.positional import POSITIONAL_KIND, POSITIONAL_PART_KIND
+from indexing.positional import GENERATION_KIND, POSITIONAL_KIND
 from indexing.service import BackbonePool, NominalService
 from indexing.store import EdgeStore
 
@@ -75,7 +75,8 @@ def test_aligned_parts_add_positional_statistics_that_outlive_the_process(tmp_pa
         for first, second in zip(verdicts, again.inspect(SETTING, defect[:4])):
             assert second.parts == pytest.approx(first.parts, rel=1e-5) and second.score == pytest.approx(first.score)
         again.delete_setting(SETTING)
-        assert store.list_records(POSITIONAL_KIND) == [] and store.list_records(POSITIONAL_PART_KIND) == []
+        assert store.list_records(POSITIONAL_KIND) == store.list_records(GENERATION_KIND) == []
+        assert not [name for name in store.collections() if "__positional__" in name]
 
 
 def test_a_fused_verdict_runs_the_network_once(service, hazelnut_sets, monkeypatch) -> None:

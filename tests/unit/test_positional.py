@@ -7,7 +7,8 @@ import pytest
 
 from indexing import positional
 from indexing.positional import (
-    ALIGNED_SHARE, POSITIONAL_KIND, POSITIONAL_PART_KIND, RIDGE, PositionalMemory, PositionalStatistics, aligned_share,
+    ALIGNED_SHARE, GENERATION_KIND, POSITIONAL_KIND, RIDGE, PositionalMemory, PositionalStatistics, aligned_share,
+    arrays_collection,
 )
 from indexing.store import EdgeStore
 
@@ -127,8 +128,8 @@ def test_statistics_kept_in_the_store_are_those_merged_and_another_process_reads
         memory.add("bank", first, [f"a{i}" for i in range(10)])
         record = memory.add("bank", second, [f"b{i}" for i in range(7)])
         assert (record.count, record.generation) == (17, 2)
-        # one generation's arrays in the store: the previous one's parts go once the record names the new one
-        assert len(store.list_records(POSITIONAL_PART_KIND)) == record.parts + 1  # + the scores by image
+        # one generation's arrays in the store: the previous one's go once the record names the new one
+        assert store.collections() == [arrays_collection("bank", 2)] and len(store.list_records(GENERATION_KIND)) == 1
         read = PositionalMemory(store, rank=4).statistics(PositionalMemory(store).record("bank"))
         merged = PositionalStatistics.of(np.concatenate([first, second]), rank=4, batch=10)
         np.testing.assert_allclose(read.mean, merged.mean, rtol=1e-5, atol=1e-6)
@@ -140,7 +141,7 @@ def test_statistics_kept_in_the_store_are_those_merged_and_another_process_reads
         by_image = PositionalMemory(store).scores(record)
         np.testing.assert_allclose([by_image[f"b{i}"] for i in range(7)], scores[10:], rtol=1e-9)
         memory.delete("bank")
-        assert store.list_records(POSITIONAL_PART_KIND) == [] and store.list_records(POSITIONAL_KIND) == []
+        assert store.collections() == [] and store.list_records(GENERATION_KIND) == store.list_records(POSITIONAL_KIND) == []
 
 
 def test_a_merge_that_dies_before_its_record_is_written_leaves_the_last_statistics_whole(tmp_path, monkeypatch) -> None:
@@ -163,6 +164,9 @@ def test_a_merge_that_dies_before_its_record_is_written_leaves_the_last_statisti
         record = fresh.record("bank")
         assert (record.count, record.generation) == (6, 1)
         np.testing.assert_allclose(fresh.statistics(record).mean, PositionalStatistics.of(first, rank=4).mean, atol=1e-6)
+        # the next merge writes over what the dead one left, never beside it
+        assert fresh.add("bank", _crops([(0, 0)] * 6, seed=2)).generation == 2
+        assert store.collections() == [arrays_collection("bank", 2)]
 
 
 @pytest.mark.parametrize("offsets, aligned", [([(0, 0)] * 9 + [(1, 0)] * 3, True),
