@@ -49,7 +49,9 @@ class OneServer:
         def call(*args: Any, **kwargs: Any) -> Any:
             with self._lock:
                 result = method(*args, **kwargs)
-                return list(result) if name == "scroll" else result
+                # A scroll is read whole under the lock, and handed back as the iterator the protocol promises
+                # (a list would restart every `islice` of it from the first point).
+                return iter(list(result)) if name == "scroll" else result
 
         return call
 
