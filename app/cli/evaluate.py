@@ -37,7 +37,7 @@ def evaluate(
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
     tiling: Annotated[Tiling, typer.Option(help=TILING_HELP)] = Tiling.auto,
     policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
-    labelled_fail: Annotated[bool, typer.Option("--labelled-fail", help="Fixed protocol for learning from defects: FAIL test images j (0-based, dataset order) with j % 10 in {3, 4} train a metric projection and leave the test set; both scorers are reported on the rest (\"trained\" in metrics.json).")] = False,
+    labelled_fail: Annotated[bool, typer.Option("--labelled-fail", help="Fixed protocol for learning from defects: FAIL test images j (0-based, dataset order) with j % 10 in {3, 4} train the setting's scorer (a metric projection in global mode, a DenseHybrid head in patch and fused mode) and leave the test set; both scorers are reported on the rest (\"trained\" in metrics.json).")] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate a backbone on a labelled dataset the industry-standard way.
@@ -69,7 +69,8 @@ def evaluate(
         store = EdgeStore(Path(scratch) / "store")
         try:
             service = build_service(config, store, backbone_pool(config))
-            service.put_setting("evaluation", backbone=backbone or config.backbone, k=k, scoring=scoring.value, tiling=tiling.value)
+            setting = service.put_setting("evaluation", backbone=backbone or config.backbone, k=k,
+                                          scoring=scoring.value, tiling=tiling.value)
             with out.progress() as bars:
                 result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy,
                                           labelled_fail=labelled_fail, progress=bars)
@@ -88,7 +89,7 @@ def evaluate(
     )
     c = m.confusion
     out.line(f"confusion: TP {c['tp']}  FP {c['fp']}  TN {c['tn']}  FN {c['fn']}")
-    if scoring in (Scoring.patch, Scoring.fused):
+    if setting.keeps_patches:
         pixel = "n/a (no masks)" if result.pixel_roc_auc is None else f"{result.pixel_roc_auc:.3f}"
         pro = "n/a (no masks)" if result.pixel_pro is None else f"{result.pixel_pro:.3f}"
         out.line(f"pixel ROC-AUC: {pixel}; PRO (to 30% FPR): {pro}; heat maps: {Path(out_dir) / 'heatmaps'}")
