@@ -284,9 +284,10 @@ def verdict_timing(dataset_name: str = "elpv-combined", backbone: str = "efficie
                 for image in probes:
                     service.inspect("timing", [image], heatmap=heatmap)
                 times[mode + ("_heatmap" if heatmap else "")] = (time.perf_counter() - started) / len(probes) * 1000.0
+                if mode == "fused":
+                    fused = service.context("timing").scorer  # what was fused: "fused:patch+positional+global"
             version = service.versions.active("timing")
             patch_count = store.count(service.versions.patch_record(version)["collection"])
-            fused = service.context("timing").scorer
         finally:
             store.close()
     return {"dataset": dataset_name, "backbone": backbone, "patch_ms": times["patch"], "global_ms": times["global"],
