@@ -35,7 +35,7 @@ from indexing.calibration import FUSED_PREFIX
 from indexing.images import ImageInput
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult
 from indexing.positional import PositionalMemory, PositionalRecord
-from indexing.scoring import knn_score
+from indexing.scoring import knn_score, leave_one_out_scores
 from indexing.settings import CollectionVersion
 from indexing.store.base import Neighbour, VectorStore
 from indexing.tiling import layout_for
@@ -192,21 +192,5 @@ class FusedScorer:
 
     def _global_reference(self, version: CollectionVersion, k: int, batch_size: int) -> dict[str, float]:
         """Each nominal image's leave-one-out kNN score among the version's global vectors."""
-        out: dict[str, float] = {}
-        batch: list = []
-
-        def flush() -> None:
-            vectors = np.stack([p.vector for p in batch]).astype(np.float32)
-            for point, near in zip(batch, self.nearest(version, vectors, [p.id for p in batch], k)):
-                score = knn_score([n.distance for n in near], k)
-                if np.isfinite(score):
-                    out[point.id] = score
-            batch.clear()
-
-        for point in self.store.scroll(version.collection, with_vectors=True):
-            batch.append(point)
-            if len(batch) == batch_size:
-                flush()
-        if batch:
-            flush()
-        return out
+        return leave_one_out_scores(self.store.scroll(version.collection, with_vectors=True),
+                                    lambda vectors, ids: self.nearest(version, vectors, ids, k), k, batch_size=batch_size)

@@ -8,11 +8,11 @@ since an image is always at distance 0 from itself.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from indexing.store.base import Neighbour
+from indexing.store.base import Neighbour, Point
 
 # Chosen by benchmarks/quality.py: see the README's quality table.
 DEFAULT_K = 1
@@ -33,6 +33,41 @@ def knn_score(distances: Sequence[float], k: int) -> float:
         raise ValueError(f"k must be at least 1, got {k}")
     values = np.sort(np.asarray(distances, dtype=np.float64))[:k]
     return float(values.mean()) if values.size else float("nan")
+
+
+def leave_one_out_scores(
+    points: Iterable[Point], nearest: Callable[[np.ndarray, list[str]], list[list[Neighbour]]], k: int, *,
+    batch_size: int, done: Callable[[int], None] | None = None,
+) -> dict[str, float]:
+    """Each stored nominal point's kNN score among the others, by id in the order given.
+
+    `nearest(vectors, ids)` answers each vector's k nearest with its own point left out (`without_self`);
+    points are searched `batch_size` at a time, and `done(points so far)` is called after each batch. A point
+    with no other point to compare with (NaN) is left out.
+    """
+    scores: dict[str, float] = {}
+    batch: list[Point] = []
+    seen = 0
+
+    def flush() -> None:
+        nonlocal seen
+        vectors = np.stack([p.vector for p in batch]).astype(np.float32)
+        for point, near in zip(batch, nearest(vectors, [p.id for p in batch])):
+            score = knn_score([n.distance for n in near], k)
+            if not np.isnan(score):
+                scores[point.id] = score
+        seen += len(batch)
+        batch.clear()
+        if done is not None:
+            done(seen)
+
+    for point in points:
+        batch.append(point)
+        if len(batch) == batch_size:
+            flush()
+    if batch:
+        flush()
+    return scores
 
 
 def exact_knn(bank: np.ndarray, queries: np.ndarray, k: int, *, chunk_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:

@@ -45,7 +45,7 @@ from indexing.compare import compare_scorers
 from indexing.metric_learning import ScoredPatches
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
 from indexing.positional import PositionalMemory
-from indexing.scoring import DEFAULT_K, knn_score, without_self
+from indexing.scoring import DEFAULT_K, knn_score, leave_one_out_scores, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
     LABEL_KIND,
@@ -684,24 +684,12 @@ class NominalService:
             progress("scoring nominal set", 1, 1)
             return scores
         total = self.store.count(version.collection)
-        out: list[float] = []
         progress("scoring nominal set", 0, total)
-        batch: list[Point] = []
-
-        def flush() -> None:
-            vectors = np.stack([p.vector for p in batch]).astype(np.float32)
-            for near in self._nearest(version, vectors, [p.id for p in batch], setting.k, trained=trained):
-                out.append(knn_score([n.distance for n in near], setting.k))
-            batch.clear()
-            progress("scoring nominal set", len(out), total)
-
-        for point in self.store.scroll(version.collection, with_vectors=True):
-            batch.append(point)
-            if len(batch) == self.batch_size:
-                flush()
-        if batch:
-            flush()
-        return np.asarray([s for s in out if not np.isnan(s)], dtype=np.float64)
+        scores = leave_one_out_scores(
+            self.store.scroll(version.collection, with_vectors=True),
+            lambda vectors, ids: self._nearest(version, vectors, ids, setting.k, trained=trained), setting.k,
+            batch_size=self.batch_size, done=lambda seen: progress("scoring nominal set", seen, total))
+        return np.fromiter(scores.values(), dtype=np.float64, count=len(scores))
 
     # -------------------------------------------------------------- calibration
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from indexing.scoring import exact_knn, knn_score, without_self
-from indexing.store.base import Neighbour
+from indexing.scoring import exact_knn, knn_score, leave_one_out_scores, without_self
+from indexing.store.base import Neighbour, Point
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -44,3 +44,24 @@ def test_leave_one_out_drops_the_image_itself_and_keeps_k() -> None:
     hits = [Neighbour("self", 0.0), Neighbour("a", 0.1), Neighbour("b", 0.2)]
     assert [n.id for n in without_self(hits, "self", 2)] == ["a", "b"]
     assert [n.id for n in without_self(hits, "new", 2)] == ["self", "a"]
+
+
+def test_leave_one_out_scores_score_each_stored_point_against_the_others_batch_by_batch() -> None:
+    rng = np.random.default_rng(0)
+    bank = rng.normal(size=(7, 4)).astype(np.float32)
+    bank /= np.linalg.norm(bank, axis=1, keepdims=True)
+    points = [Point(id=f"p{i}", vector=row, payload={}) for i, row in enumerate(bank)]
+
+    def nearest(vectors, ids):  # the store's search, k + 1 asked, the point itself left out
+        distances, rows = exact_knn(bank, vectors, 3)
+        return [without_self([Neighbour(id=f"p{r}", distance=float(d), payload={}) for d, r in zip(ds, rs)], own, 2)
+                for ds, rs, own in zip(distances, rows, ids)]
+
+    seen: list[int] = []
+    scores = leave_one_out_scores(iter(points), nearest, 2, batch_size=3, done=seen.append)
+    others = 1.0 - bank @ bank.T
+    np.fill_diagonal(others, np.inf)
+    assert list(scores) == [p.id for p in points] and seen == [3, 6, 7]
+    np.testing.assert_allclose(list(scores.values()), np.sort(others, axis=1)[:, :2].mean(axis=1), rtol=1e-5)
+    lonely = leave_one_out_scores([points[0]], lambda vectors, ids: [[]], 1, batch_size=8)
+    assert lonely == {}  # no other point to compare with: no score
