@@ -260,20 +260,20 @@ class PatchIndex:
             return 0
         bank = self.bank(setting, collection, config.dim)
         # An image scored whole is its own single tile, so one loop serves both.
+        layouts = [layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) for pixels in decoded]
         tiles = [
             (image, index, piece)
-            for image, pixels in zip(images, decoded)
-            for index, piece in enumerate(_tiles(pixels, backbone, config))
+            for image, pixels, found in zip(images, decoded, layouts)
+            for index, piece in enumerate(_pieces(pixels, found))
         ]
-        tiled = {image.id for image, pixels in zip(images, decoded)
-                 if layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule) is not None}
+        tiled = {image.id for image, found in zip(images, layouts) if found is not None}
         maker, sampler, stored = config.maker(), config.sampler(), 0
         for start in range(0, len(tiles), batch_size):
             chunk = tiles[start : start + batch_size]
             patches = self._patchify(maker, backbone, [piece for _, _, piece in chunk], batch_size)
             per_tile = patches.vectors.shape[1]
             if whole is not None:
-                whole += [(image.id, patches.vectors[number] if index == 0 and image.id not in tiled else None)
+                whole += [(image.id, None if image.id in tiled else patches.vectors[number])
                           for number, (image, index, _) in enumerate(chunk) if index == 0]
             flat = patches.vectors.reshape(-1, config.dim)
             with bank.lock:
@@ -364,7 +364,7 @@ class PatchIndex:
         if all(found is None for found in layouts):
             patches = config.maker().patchify(backbone.feature_maps(list(decoded), batch_size=batch_size))
             return [(vectors, False) for vectors in patches.vectors]
-        return [(_tile_patches(config, backbone, found.cut(pixels) if found is not None else [pixels], batch_size)[0],
+        return [(_tile_patches(config, backbone, _pieces(pixels, found), batch_size)[0],
                  found is not None) for pixels, found in zip(decoded, layouts)]
 
     def _score_loaded(
@@ -424,7 +424,7 @@ class PatchIndex:
     ) -> PatchResult:
         """One image scored over all its tiles' patches: the score and the worst patch are over every tile."""
         tile_layout = found_layout or _one_tile(pixels, backbone.input_size)
-        pieces = tile_layout.cut(pixels) if found_layout is not None else [pixels]
+        pieces = _pieces(pixels, found_layout)
         vectors, grid_shape = _tile_patches(config, backbone, pieces, batch_size)
         own = bank.rows_of(image.id)
         found = _scorer(config, bank, hybrid).run(vectors, exclude=own or None, grid=grids or maps)
@@ -600,9 +600,8 @@ def write_heatmaps(
     return pixel_roc_auc(maps, masks), pixel_pro(maps, masks), files
 
 
-def _tiles(pixels: Image.Image, backbone: Backbone, config: PatchConfig) -> list[Image.Image]:
-    """The pieces `config` scores an image as: its tiles, or the whole image as the one piece."""
-    found = layout_for(pixels, backbone.input_size, config.tiling, config.tiling_rule)
+def _pieces(pixels: Image.Image, found: TileLayout | None) -> list[Image.Image]:
+    """The pieces an image is scored as: its tiles under `found` (`layout_for`), or the whole image as the one piece."""
     return found.cut(pixels) if found is not None else [pixels]
 
 
