@@ -650,7 +650,7 @@ def suite_fused(name: str, data: Dataset, backbone, config: PatchConfig) -> list
             record = service.fused.record(patch)
             scorer = service.context("bench").scorer
             per_image = (store.count(patch["collection"]) * patch["dim"] * 4 + version.dim * len(data.train) * 4
-                         + (record.parts and service.positional.statistics(record).nbytes)) / len(data.train)
+                         + (service.positional.statistics(record).nbytes if record.generation else 0)) / len(data.train)
         finally:
             store.close()
     is_fail = np.array([t.is_fail for t in data.test])
