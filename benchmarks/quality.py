@@ -1170,9 +1170,10 @@ def print_suite(rows: list[dict], anchors: list[dict], default_mode: str) -> Non
 
 def default_mode() -> str:
     """The scoring a setting created without `scoring` gets."""
-    from indexing.settings import MachineSetting
+    from indexing.backbones import DEFAULT_BACKBONE, map_channels
+    from indexing.settings import default_scoring
 
-    return MachineSetting(name="probe", backbone="x", k=1).scoring
+    return default_scoring(map_channels(DEFAULT_BACKBONE))
 
 
 def print_timing(t: dict, patch: str = "patch") -> None:

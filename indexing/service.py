@@ -55,6 +55,7 @@ from indexing.settings import (
     alias_name,
     check_setting_name,
     collection_name,
+    default_scoring,
     utc_now,
 )
 from indexing.store.base import Neighbour, Point, VectorStore
@@ -229,15 +230,15 @@ class NominalService:
         with self._lock(check_setting_name(name)):
             record = self.store.get_record(SETTING_KIND, name)
             if record is None:
+                model = self.backbones.get(backbone or self.default_backbone)  # an unknown one fails before anything is stored
                 setting = MachineSetting(
                     name=name,
                     backbone=backbone or self.default_backbone,
                     k=k or DEFAULT_K,
-                    scoring=scoring or "global",  # type: ignore[arg-type]
+                    scoring=scoring or default_scoring(model.map_channels),  # type: ignore[arg-type]
                     description=description or "",
                     tiling=tiling or "auto",  # type: ignore[arg-type]
                 )
-                self.backbones.get(setting.backbone)  # an unknown backbone fails here, before anything is stored
             else:
                 current = MachineSetting.from_dict(record)
                 active = self.versions.active(name)

@@ -30,7 +30,8 @@ class SettingPut(BaseModel):
     k: int | None = Field(None, ge=1, le=1000, description="Nearest nominal neighbours averaged into the score.")
     scoring: Literal["global", "patch", "fused"] | None = Field(
         None, description="global: one embedding per image; patch: PatchCore-style; fused: the patch, global and (for "
-        "aligned parts) per-position scores, each standardised by its nominal images' own, averaged.")
+        "aligned parts) per-position scores, each standardised by its nominal images' own, averaged. A new setting "
+        "without it gets fused, or global on a backbone without feature maps (CLIP).")
     description: str | None = Field(None, max_length=2000)
     tiling: Literal["auto", "on", "off"] | None = Field(
         None,

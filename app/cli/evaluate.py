@@ -33,7 +33,7 @@ def evaluate(
     layout: Annotated[Layout, typer.Option(help="mvtec: train/good, test/good, test/<defect>; folders: pass/, fail/; elpv: the elpv-dataset package.")] = Layout.mvtec,
     backbone: Annotated[Optional[str], typer.Option(help="Backbone (default: NOMINAL_BACKBONE or the built-in default).")] = None,
     k: Annotated[int, typer.Option(min=1, help="Nearest nominal neighbours averaged into the score.")] = 1,
-    scoring: Annotated[Scoring, typer.Option(help=SCORING_HELP)] = Scoring.global_,
+    scoring: Annotated[Optional[Scoring], typer.Option(help=SCORING_HELP + " Default: a new setting's (fused; global on CLIP).")] = None,
     subset: Annotated[Optional[str], typer.Option(help="elpv only: mono, poly or combined.")] = None,
     tiling: Annotated[Tiling, typer.Option(help=TILING_HELP)] = Tiling.auto,
     policy: Annotated[Optional[str], typer.Option(help="Threshold policy for the confusion matrix (see `nominal calibrate --help`); default f1.")] = None,
@@ -45,7 +45,7 @@ def evaluate(
     PASS training images are indexed into a scratch store (your own store is not
     touched), every test image is scored, a threshold is calibrated on the test
     set, and ROC-AUC, AP (FAIL positive), F1-max and a confusion matrix are
-    written with plots to --out. With --scoring patch or fused, heat-map PNGs of
+    written with plots to --out. In patch and fused scoring (fused is the default), heat-map PNGs of
     every test image go to --out/heatmaps/, and the pixel ROC-AUC and PRO are
     reported where the dataset has defect masks (MVTec ground_truth).
 
@@ -57,7 +57,7 @@ def evaluate(
 
       nominal evaluate tests/fixtures/hazelnut_toy --scoring patch --out report-patch/
 
-      nominal evaluate tests/fixtures/hazelnut_toy --scoring fused --out report-fused/
+      nominal evaluate tests/fixtures/hazelnut_toy --scoring global --out report-global/
 
       nominal evaluate elpv --layout elpv --subset poly --labelled-fail --out report-trained/
     """
@@ -70,7 +70,7 @@ def evaluate(
         try:
             service = build_service(config, store, backbone_pool(config))
             setting = service.put_setting("evaluation", backbone=backbone or config.backbone, k=k,
-                                          scoring=scoring.value, tiling=tiling.value)
+                                          scoring=scoring.value if scoring else None, tiling=tiling.value)
             with out.progress() as bars:
                 result = service.evaluate(data, setting="evaluation", out_dir=out_dir, policy=policy,
                                           labelled_fail=labelled_fail, progress=bars)

@@ -77,7 +77,7 @@ def show(ctx: typer.Context, setting: Annotated[str, typer.Argument()], json_out
 def set_setting(
     ctx: typer.Context,
     setting: Annotated[str, typer.Argument(help="Machine setting name (created when it does not exist).")],
-    scoring: Annotated[Scoring | None, typer.Option(help=SCORING_HELP + " New settings: global.")] = None,
+    scoring: Annotated[Scoring | None, typer.Option(help=SCORING_HELP + " New settings: fused (global on CLIP, which has no feature maps).")] = None,
     tiling: Annotated[Tiling | None, typer.Option(help=TILING_HELP + " New settings: auto.")] = None,
     k: Annotated[int | None, typer.Option(help="Nearest nominal neighbours averaged into a global score.")] = None,
     backbone: Annotated[str | None, typer.Option(help="For a new setting (see `nominal backbones`); an indexed "

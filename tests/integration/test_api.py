@@ -90,8 +90,12 @@ def test_a_line_camera_gets_verdicts_with_their_evidence(filled: TestClient, haz
     thumbnail = client.get(neighbour["url"], params={"size": 64})
     assert max(Image.open(io.BytesIO(thumbnail.content)).size) == 64
 
+    # A new setting scores fused: its verdict names the nominal images holding the patches nearest the worst one,
+    # and where in them; /neighbors answers the nearest whole images, nearest first.
+    assert results[1]["scorer"].startswith("fused:") and all({"row", "col"} <= set(n["payload"]) for n in results[1]["neighbors"])
     near = client.post("/v1/settings/hz/neighbors", files=files_of([good]), data={"k": "2"}).json()["results"][0]
-    assert [n["id"] for n in near["neighbors"]] == [n["id"] for n in results[1]["neighbors"][:2]]
+    distances = [n["distance"] for n in near["neighbors"]]
+    assert len(distances) == 2 and distances == sorted(distances) and "row" not in near["neighbors"][0]["payload"]
 
     summary = client.get("/v1/settings/hz").json()
     assert (summary["images"], summary["active_version"], summary["calibration"]["id"]) == (28, 1, calibration["id"])

@@ -3,6 +3,9 @@
 Each test has its own Redis key prefix in DB 5 (Redis is shared with other
 work), deleted at the end. Workers are subprocesses started as a user would,
 in their own process group so a test can SIGKILL one whole worker.
+
+The settings here score globally: their batches are what workers embed. A setting with a patch bank
+(patch or fused, the default) is re-indexed by the process that writes its bank (`indexing.reindex`).
 """
 
 from __future__ import annotations
@@ -145,6 +148,7 @@ def nominal(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
 
 def test_cli_reindex_with_a_worker_against_the_embedded_store(deployment, start_worker, source, hazelnut) -> None:
     worker = start_worker()
+    assert nominal(deployment, "settings", "set", "hz", "--scoring", "global").returncode == 0
     seeded = nominal(deployment, "index", "hz", str(hazelnut / "test" / "good"))
     assert seeded.returncode == 0, seeded.stderr
     worker.wait_ready()
@@ -169,6 +173,7 @@ def test_cli_reindex_with_a_worker_against_the_embedded_store(deployment, start_
 def test_a_worker_killed_mid_reindex_loses_nothing(
     deployment, start_worker, service: NominalService, source, hazelnut_sets, redis_space
 ) -> None:
+    service.put_setting("hz", scoring="global")
     service.index("hz", hazelnut_sets["good"])
     service.batch_size = 2  # 15 batch tasks: the kill lands mid-way
     first = start_worker("first")
@@ -213,6 +218,7 @@ def test_a_worker_killed_mid_reindex_loses_nothing(
 
 
 def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, service, source, hazelnut_sets) -> None:
+    service.put_setting("hz", scoring="global")
     service.index("hz", hazelnut_sets["good"])
     service.batch_size = 1
     worker = start_worker()
@@ -231,6 +237,7 @@ def test_cancel_through_workers_keeps_the_old_version(deployment, start_worker, 
 
 def test_closing_the_runner_cancels_a_reindex_no_worker_will_ever_serve(deployment, service, source, hazelnut_sets) -> None:
     """The API stopping (or `nominal reindex` ending) while its re-index waits on batches: cancelled, not waited on for ever."""
+    service.put_setting("hz", scoring="global")
     service.index("hz", hazelnut_sets["good"])
     runner = build_runner(Config(_env_file=None, **_config_from(deployment)), service)  # and no worker started
     job = runner.submit_reindex("hz", str(source))

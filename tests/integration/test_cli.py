@@ -64,8 +64,10 @@ def test_index_calibrate_inspect_across_separate_commands(capsys, data_dir: Path
         "--pass", str(hazelnut / "test" / "good"), "--fail", str(hazelnut / "test" / "colour"),
     )
     found = compared["comparison"]
-    assert found["current"] == "global k=1" and found["n_pass"] == 6 and found["n_fail"] == 17 and found["folds"] == 5
-    assert {r["name"] for r in found["results"]} == {"global k=1", "global k=3", "global k=5"}
+    # A setting made by `index` scores fused, the default: its candidates are its parts' scorers and itself.
+    assert found["current"] == "fused" and found["n_pass"] == 6 and found["n_fail"] == 17 and found["folds"] == 5
+    assert {r["name"] for r in found["results"]} == {
+        "fused", "global k=1", "global k=3", "global k=5", "patch", "patch top-3 mean", "patch top-10 mean"}
     assert found["winner"] == found["results"][0]["name"]
     # The threshold stays the current scorer's: the same as the plain calibration's.
     assert compared["threshold"] == calibration["threshold"]
@@ -87,6 +89,7 @@ def test_settings_set_configures_a_patch_setting_and_says_when_a_re_index_is_nee
     code, _, err = run(capsys, data_dir, "settings", "set", "line-4", "--k", "0")
     assert code == 1 and err.strip() == "error: k must be at least 1, got 0"
     # A setting indexed while it scored globally has no patch bank to score by patches with.
+    run_json(capsys, data_dir, "settings", "set", "line-5", "--scoring", "global")
     run_json(capsys, data_dir, "index", "line-5", str(hazelnut / "train" / "good"))
     switched = run_json(capsys, data_dir, "settings", "set", "line-5", "--scoring", "patch")
     assert "no patch bank" in switched["reindex_note"]

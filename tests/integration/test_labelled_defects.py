@@ -31,7 +31,7 @@ def test_an_evaluation_with_labelled_fail_reports_both_scorers_on_the_same_remai
 ) -> None:
     dataset = load_dataset(hazelnut, "mvtec")
     labelled, _ = labelled_fail_split(dataset.test)
-    service.put_setting("evaluation")
+    service.put_setting("evaluation", scoring="global")  # a metric projection: the global mode's trained scorer
     result = service.evaluate(dataset, setting="evaluation", out_dir=tmp_path / "report", labelled_fail=True)
 
     document = json.loads((tmp_path / "report" / "metrics.json").read_text())

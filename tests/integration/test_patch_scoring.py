@@ -225,6 +225,7 @@ def test_calibrated_patch_verdicts_and_a_new_version_moves_both_aliases(patch_se
 
 
 def test_a_global_version_has_no_patch_bank_to_score_with(service, hazelnut_sets) -> None:
+    service.put_setting("plain", scoring="global")
     service.index("plain", hazelnut_sets["train"][:3])
     service.put_setting("plain", scoring="patch")
     with pytest.raises(EmptyCollection, match="re-index"):

@@ -25,7 +25,7 @@ def test_queued_verdicts_are_labelled_once_and_feed_the_next_calibration(tmp_pat
     defects = sorted((hazelnut / "test" / "colour").glob("*.jpg"))
     config = Config(NOMINAL_DATA=data, NOMINAL_REVIEW_PER_HOUR=8)  # at most 4 an hour for each reason
     with TestClient(create_app(config)) as client:
-        client.put("/v1/settings/hz", json={"k": 1})
+        client.put("/v1/settings/hz", json={"k": 1, "scoring": "global"})  # the counts below are of its global scores
         assert wait_job(client, client.post("/v1/settings/hz/images", files=files_of(train)).json()["job_id"])["state"] == "succeeded"
         made = client.post("/v1/settings/hz/calibrations", files=files_of(good, "pass") + files_of(defects[:4], "fail"))
         assert made.status_code == 200 and made.json()["active"] and made.json()["n_fail"] == 4

@@ -34,7 +34,8 @@ def test_index_stores_each_image_once_with_its_payload(service: NominalService, 
 def test_verdicts_are_uncalibrated_until_calibrated_then_separate_pass_from_fail(service, hazelnut_sets) -> None:
     service.index("hazelnut", hazelnut_sets["train"])
     before = service.inspect("hazelnut", hazelnut_sets["good"][:1])[0]
-    assert before.verdict == "UNCALIBRATED" and before.threshold is None and before.score > 0
+    assert before.verdict == "UNCALIBRATED" and before.threshold is None and np.isfinite(before.score)
+    assert before.scorer == "fused:patch+global", "a new setting scores fused (28 images: too few to decide alignment)"
 
     calibration = service.calibrate("hazelnut", pass_images=hazelnut_sets["good"], fail_images=hazelnut_sets["defect"]).calibration
     assert calibration.roc_auc is not None and calibration.roc_auc > 0.9
@@ -49,10 +50,10 @@ def test_verdicts_are_uncalibrated_until_calibrated_then_separate_pass_from_fail
 
 def test_a_stored_image_is_scored_leave_one_out(service, hazelnut_sets) -> None:
     train = hazelnut_sets["train"]
-    service.put_setting("hazelnut", k=3)
+    service.put_setting("hazelnut", k=3, scoring="global")
     service.index("hazelnut", train)
     verdict = service.inspect("hazelnut", train[:1])[0]
-    assert verdict.score > 0.0
+    assert verdict.score > 0.0, "its own vector, at distance 0, is left out"
     assert train[0].id not in [n.id for n in verdict.neighbours] and len(verdict.neighbours) == 3
 
 

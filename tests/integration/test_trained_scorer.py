@@ -48,7 +48,7 @@ def test_a_trained_scorer_answers_verdicts_and_keeps_them_across_a_restart_a_rei
 ) -> None:
     store = EdgeStore(tmp_path / "store")
     service = NominalService(store, backbones=pool)
-    service.put_setting(SETTING)
+    service.put_setting(SETTING, scoring="global")  # its trained scorer is a metric projection
     service.index(SETTING, poly["v1"])
     unsupervised = service.calibrate(SETTING, policy="quantile:0.01").calibration
     before = service.inspect(SETTING, poly["held_out"])
@@ -126,7 +126,7 @@ def test_training_over_http_is_a_job_and_says_which_scorer_answers(
     config = Config(_env_file=None, NOMINAL_DATA=tmp_path / "data")
     files = lambda field, images: [(field, (f"{i}.png", image.data)) for i, image in enumerate(images)]  # noqa: E731
     with TestClient(create_app(config)) as client:
-        assert client.put(f"/v1/settings/{SETTING}", json={"k": 1}).status_code == 201
+        assert client.put(f"/v1/settings/{SETTING}", json={"k": 1, "scoring": "global"}).status_code == 201
         unindexed = client.post(f"/v1/settings/{SETTING}/train", files=files("fail", poly["labelled"][:2]))
         assert unindexed.status_code == 409, unindexed.text
         accepted = client.post(f"/v1/settings/{SETTING}/images", files=files("files", poly["v1"]))
@@ -199,6 +199,7 @@ def test_nominal_train_runs_the_job_and_refuses_too_few_defects_in_one_line(
     from app.cli.main import main
 
     data = ["--data", str(tmp_path / "data")]
+    assert main([*data, "settings", "set", "hz", "--scoring", "global"]) == 0  # a metric projection: FAIL images suffice
     assert main([*data, "index", "hz", str(hazelnut / "train" / "good")]) == 0
     colour = sorted((hazelnut / "test" / "colour").iterdir())
     capsys.readouterr()

@@ -149,7 +149,9 @@ def test_watch_judges_each_file_once_across_a_restart_and_a_late_webhook(tmp_pat
         assert Path(row["moved_to"]) == done / row["verdict"].lower() / row["file"]
         assert Path(row["moved_to"]).is_file()
         if row["verdict"] != "ERROR":
-            assert float(row["score"]) >= 0 and 0 < float(row["p_value"]) <= 1 and row["calibration_id"]
+            # FAIL when the score reaches the threshold written beside it (a fused score may be below 0).
+            assert (float(row["score"]) >= float(row["threshold"])) == (row["verdict"] == "FAIL"), row
+            assert 0 < float(row["p_value"]) <= 1 and row["calibration_id"]
     assert sorted(p.name for p in (done / "pass").iterdir()) == sorted(name_of(p) for p, _ in first + second if p in good)
     assert sorted(p.name for p in (done / "fail").iterdir()) == sorted(name_of(p) for p, _ in first + second if p in defects)
 
