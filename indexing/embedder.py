@@ -15,7 +15,7 @@ from typing import Any
 
 from PIL import Image
 
-from indexing.backbones import Backbone, load_backbone
+from indexing.backbones import Backbone, FeatureMaps, load_backbone
 from indexing.errors import BackboneMismatch, BadImage
 from indexing.images import DEFAULT_MAX_PIXELS, ImageInput, decode
 from indexing.settings import CollectionVersion, utc_now
@@ -37,6 +37,8 @@ class EmbeddedBatch:
 
     points: list[Point]
     skipped: list[Skipped] = field(default_factory=list)
+    # The feature maps of the images embedded (in the order of `points`), when asked for (`embed_decoded`).
+    maps: FeatureMaps | None = None
 
 
 class BackbonePool:
@@ -132,15 +134,19 @@ class Embedder:
                 skipped.append(Skipped(source=image.source, reason=error.reason))
         return decoded, kept, skipped
 
-    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded") -> EmbeddedBatch:
-        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored."""
+    def embed_decoded(self, setting: str, backbone: Backbone, batch: "_Decoded", *, maps: bool = False) -> EmbeddedBatch:
+        """`embed_points` for a batch `decode_batch` already decoded; nothing is stored. `maps`: the batch's
+        feature maps too, from the same forward pass (what a patch bank is made of)."""
         decoded, kept, skipped = batch
         if not kept:
             return EmbeddedBatch(points=[], skipped=skipped)
-        vectors = backbone.embed(decoded, batch_size=self.batch_size)
+        if maps:
+            vectors, feature_maps = backbone.embed_with_maps(decoded, batch_size=self.batch_size)
+        else:
+            vectors, feature_maps = backbone.embed(decoded, batch_size=self.batch_size), None
         points = [
             Point(id=image.id, vector=vector, payload=image_payload(setting, image, *pixels.size))
             for image, vector, pixels in zip(kept, vectors, decoded)
         ]
-        return EmbeddedBatch(points=points, skipped=skipped)
+        return EmbeddedBatch(points=points, skipped=skipped, maps=feature_maps)
 

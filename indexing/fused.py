@@ -33,12 +33,12 @@ from PIL import Image
 from indexing.backbones import Backbone
 from indexing.calibration import FUSED_PREFIX
 from indexing.images import ImageInput
+from indexing.patch_bank import PatchBank
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult
 from indexing.positional import PositionalMemory, PositionalRecord
 from indexing.scoring import knn_score, leave_one_out_scores
 from indexing.settings import CollectionVersion
 from indexing.store.base import Neighbour, VectorStore
-from indexing.tiling import layout_for
 
 
 # nearest(version, vectors, image ids, k): each vector's k nearest nominal images, its own left out.
@@ -130,20 +130,23 @@ class FusedScorer:
         grids: bool = False,
         maps: bool = False,
         batch_size: int = 32,
+        record: PositionalRecord | None = None,
     ) -> list[FusedResult]:
-        """Fused scores of images (leave-one-out for nominal ones, as every part's is)."""
+        """Fused scores of images (leave-one-out for nominal ones, as every part's is). `record`: the version's
+        positional record, when the caller read it already (`NominalService.context`)."""
         config = PatchConfig.from_dict(patch.get("patch_config"))
-        record = self.record(patch)
-        standards = self.standards(version, patch, record, k=k, batch_size=batch_size)
-        whole = all(layout_for(p, backbone.input_size, config.tiling, config.tiling_rule) is None for p in decoded)
+        record = record if record is not None else self.record(patch)
+        bank = self.patches.bank(version.setting, patch["collection"], config.dim)  # once: each look counts the store
+        standards = self.standards(version, patch, record, k=k, batch_size=batch_size, bank=bank)
         made = None
-        if whole:  # one backbone pass for all three parts
+        if config.whole(decoded, backbone.input_size):  # one backbone pass for all three parts
             embeddings, feature_maps = backbone.embed_with_maps(list(decoded), batch_size=batch_size)
             made = config.maker().patchify(feature_maps)
         else:
             embeddings = backbone.embed(list(decoded), batch_size=batch_size)
         found = self.patches.score(version.setting, patch["collection"], config, backbone, images, decoded,
-                                   neighbours=neighbours, grids=grids, maps=maps, batch_size=batch_size, patches=made)
+                                   neighbours=neighbours, grids=grids, maps=maps, batch_size=batch_size, patches=made,
+                                   bank=bank)
         ids = [image.id for image in images]
         near = self.nearest(version, embeddings, ids, k)
         positional = None
@@ -162,12 +165,14 @@ class FusedScorer:
         return out
 
     def standards(self, version: CollectionVersion, patch: dict[str, Any], record: PositionalRecord, *, k: int,
-                  batch_size: int = 32) -> Standards:
+                  batch_size: int = 32, bank: PatchBank | None = None) -> Standards:
         """Each part's standard, from the nominal images' own scores: the patch bank's leave-one-out scores,
         the global kNN's leave-one-out scores and the positional statistics' reference. Worked out once per
-        state of the version (its counts, the positional generation, k) and kept."""
-        bank = self.patches.bank(version.setting, patch["collection"], patch["dim"])
-        key = (self.store.count(version.collection), len(bank), record.generation, k)
+        state of the version (its image count as its record keeps it, the bank's size, the positional
+        generation, k) and kept. `bank`: the version's loaded bank, when the caller holds it already."""
+        if bank is None:
+            bank = self.patches.bank(version.setting, patch["collection"], patch["dim"])
+        key = (version.count, len(bank), record.generation, k)
         with self._lock:
             found = self._standards.get(version.collection)
         if found is not None and found[0] == key:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from indexing.backbones import Backbone
+from indexing.backbones import Backbone, FeatureMaps
 from indexing.compute import INLINE, Compute
 from indexing.datasets import TestImage
 from indexing.errors import EmptyCollection
@@ -107,6 +107,10 @@ class PatchConfig:
             raise ValueError(f"top_k must be at least 1, got {self.top_k}")
         if self.local_scale < 0:
             raise ValueError(f"local_scale must be 0 (off) or a number of nominal images, got {self.local_scale}")
+
+    def whole(self, images: Sequence[Image.Image], input_size: int) -> bool:
+        """Whether every image is scored whole, none cut into tiles (`indexing.tiling.layout_for`)."""
+        return all(layout_for(pixels, input_size, self.tiling, self.tiling_rule) is None for pixels in images)
 
     def scorer(self, bank: PatchBank) -> PatchScorer:
         return PatchScorer(bank.nn, reweight_k=self.reweight_k, bounds=bank.bounds, top_k=self.top_k)
@@ -246,6 +250,7 @@ class PatchIndex:
         *,
         batch_size: int = 32,
         whole: list[tuple[str, np.ndarray | None]] | None = None,
+        maps: FeatureMaps | None = None,
     ) -> int:
         """Add the coreset of these nominal images' patches to the bank; returns patches stored.
 
@@ -254,7 +259,8 @@ class PatchIndex:
         out images already indexed: their patches are in the bank. `whole`, when given,
         gets (image id, every one of its (positions, dim) patch vectors) for each image
         scored whole, and (image id, None) for each cut into tiles: what positional
-        statistics are merged from (`indexing.positional`).
+        statistics are merged from (`indexing.positional`). `maps`: the images' feature maps, made already
+        with their embeddings (`Backbone.embed_with_maps`); only for images scored whole, never tiled.
         """
         if not images:
             return 0
@@ -267,10 +273,16 @@ class PatchIndex:
             for index, piece in enumerate(_pieces(pixels, found))
         ]
         tiled = {image.id for image, found in zip(images, layouts) if found is not None}
+        if maps is not None and tiled:
+            raise ValueError("feature maps made in advance are of whole images: a tiled image makes its own")
         maker, sampler, stored = config.maker(), config.sampler(), 0
         for start in range(0, len(tiles), batch_size):
             chunk = tiles[start : start + batch_size]
-            patches = self._patchify(maker, backbone, [piece for _, _, piece in chunk], batch_size)
+            if maps is not None:  # one tile per image: the chunk's images are maps[start : start + batch_size]
+                part = FeatureMaps(maps.stride8[start : start + batch_size], maps.stride16[start : start + batch_size])
+                patches = self.compute.run(maker.patchify, part)
+            else:
+                patches = self._patchify(maker, backbone, [piece for _, _, piece in chunk], batch_size)
             per_tile = patches.vectors.shape[1]
             if whole is not None:
                 whole += [(image.id, None if image.id in tiled else patches.vectors[number])
@@ -306,6 +318,7 @@ class PatchIndex:
         batch_size: int = 32,
         hybrid: HybridCombiner | None = None,
         patches: Patches | None = None,
+        bank: PatchBank | None = None,
     ) -> list[PatchResult]:
         """Score images against the bank; a nominal image is scored without its own patches (leave-one-out).
 
@@ -320,8 +333,9 @@ class PatchIndex:
             hybrid: a trained DenseHybrid head: patch scores are its hybrid scores (grids and maps too).
             patches: the images' patch vectors, made already (`PatchConfig.maker`) from their feature maps
                 (a fused verdict's one backbone pass); only for images scored whole, never tiled.
+            bank: the collection's bank (`bank`), when the caller holds it already; looked up otherwise.
         """
-        bank = self.bank(setting, collection, config.dim)
+        bank = bank if bank is not None else self.bank(setting, collection, config.dim)
         if len(bank) == 0:
             raise EmptyCollection(
                 f"setting {setting!r} has no patch memory bank yet: index PASS images into it (scoring=patch)"

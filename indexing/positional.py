@@ -129,16 +129,33 @@ class PositionalStatistics:
     def distances(self, vectors: np.ndarray, *, ridge: float = RIDGE) -> np.ndarray:
         """(images, positions) Mahalanobis distance of each patch to its position's Gaussian: variance l + ridge
         along each kept direction, the residual variance + ridge along every other (probabilistic PCA, Tipping
-        and Bishop 1999, with PaDiM's ridge); all directions kept, PaDiM's own covariance."""
+        and Bishop 1999, with PaDiM's ridge); all directions kept, PaDiM's own covariance.
+
+        Worked out in float32, one BLAS product per position: a verdict's 784 positions take 0.7 ms instead
+        of float64 einsum's 2 ms, and the distances agree with float64's to about 1e-6 of their size."""
         vectors = _checked(vectors, self.mean.shape)
-        directions, variances = self._directions, self.variances
-        floor = (self.residual + ridge)[:, None]  # (positions, 1)
-        centred = vectors - self.mean
-        along = np.einsum("npd,pdk->npk", centred, directions)
+        mean, directions, inverse_floor, weights = self._inverse if ridge == RIDGE else self._inverse_with(ridge)
+        centred = np.asarray(vectors, dtype=np.float32) - mean
+        along = np.matmul(np.swapaxes(centred, 0, 1), directions)  # (positions, images, kept)
         # C^-1 = I / floor - V diag(1 / floor - 1 / (l + ridge)) V^T
-        squared = (np.square(centred).sum(axis=-1) / floor[:, 0]
-                   - (np.square(along) * (1.0 / floor - 1.0 / (variances + ridge))).sum(axis=-1))
+        squared = (np.einsum("npd,npd->np", centred, centred) * inverse_floor
+                   - np.einsum("pnk,pnk,pk->np", along, along, weights))
         return np.sqrt(np.maximum(squared, 0.0))
+
+    @cached_property
+    def _inverse(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """`_inverse_with(RIDGE)`, worked out once per statistics (they are immutable), not on every verdict."""
+        return self._inverse_with(RIDGE)
+
+    def _inverse_with(self, ridge: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """What `distances` needs under `ridge`, float32: the mean, the unit directions, 1 / floor per position
+        and, per kept direction, 1 / floor - 1 / (variance + ridge) (floor: the residual variance + ridge)."""
+        floor = self.residual + ridge
+        weights = 1.0 / floor[:, None] - 1.0 / (self.variances + ridge)
+        norms = np.linalg.norm(self.basis, axis=-1)
+        directions = np.swapaxes(self.basis / np.maximum(norms, 1e-12)[..., None], 1, 2)  # (positions, dim, kept)
+        return (self.mean.astype(np.float32), np.ascontiguousarray(directions, dtype=np.float32),
+                (1.0 / floor).astype(np.float32), weights.astype(np.float32))
 
     def shifts(self, vectors: np.ndarray, *, held_in: bool = False, radius: int = SHIFT_RADIUS,
                margin: int = SHIFT_MARGIN) -> np.ndarray:
@@ -175,13 +192,6 @@ class PositionalStatistics:
                 agreement[:, i, j] = dot / (own.shape[1] * own.shape[2])
         best = agreement.reshape(len(vectors), -1).argmax(axis=1)
         return np.stack(np.unravel_index(best, agreement.shape[1:]), axis=1) - radius
-
-    @cached_property
-    def _directions(self) -> np.ndarray:
-        """(positions, dim, kept) unit directions. It, the variances and the residual are worked out once per
-        statistics (they are immutable), not on every verdict (14 ms of a 23 ms distance)."""
-        norms = np.linalg.norm(self.basis, axis=-1)
-        return np.ascontiguousarray(np.swapaxes(self.basis / np.maximum(norms, 1e-12)[..., None], 1, 2))
 
     @property
     def nbytes(self) -> int:

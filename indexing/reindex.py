@@ -114,10 +114,13 @@ class LocalEmbedder:
             loaded, unreadable = load_items(items)
             return embedder.decode_batch(loaded, skip_bad=True), unreadable
 
+        patch = self.versions.patch_record(version)
         for decoded, unreadable in prefetched(read, batches):
+            # One forward pass for the embeddings and the patch bank's maps where the images are scored whole.
+            embedded = embedder.embed_decoded(version.setting, backbone, decoded,
+                                              maps=self.versions.maps_with_embeddings(patch, backbone, decoded))
             # Before the batch's global points are upserted: the bank skips images already in the version.
-            self.versions.extend_patch_bank(version, decoded)
-            embedded = embedder.embed_decoded(version.setting, backbone, decoded)
+            self.versions.extend_patch_bank(version, decoded, maps=embedded.maps)
             yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
 
 

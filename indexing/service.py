@@ -10,7 +10,9 @@ written unless the caller asks to skip it).
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from itertools import islice
@@ -44,7 +46,7 @@ from indexing.bank_cache import BankCache, CacheStats
 from indexing.compare import compare_scorers
 from indexing.metric_learning import ScoredPatches
 from indexing.patch_mode import PatchConfig, PatchIndex, PatchResult, write_heatmaps
-from indexing.positional import PositionalMemory
+from indexing.positional import PositionalMemory, PositionalRecord
 from indexing.scoring import DEFAULT_K, knn_score, leave_one_out_scores, without_self
 from indexing.settings import (
     CALIBRATION_KIND,
@@ -73,6 +75,9 @@ from indexing.verdicts import HeatMap, Verdict, decide
 from indexing.versions import IndexResult, Progress, Versions, no_images, no_progress  # noqa: F401 - IndexResult re-exported
 
 log = logging.getLogger("nominal.service")
+
+# Uncalibrated (setting, mode) pairs whose nominal leave-one-out scores a process keeps (`_loo_reference`).
+NOMINAL_REFERENCES = 16
 
 
 
@@ -179,7 +184,9 @@ class NominalService:
     ) -> None:
         self.store = store
         self.images = images
-        self._nominal_reference: dict[tuple, np.ndarray] = {}
+        # Uncalibrated settings' nominal leave-one-out scores, the most recently used `NOMINAL_REFERENCES` kept.
+        self._nominal_reference: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._nominal_lock = threading.Lock()
         self.references = References(store)
         # Scorers trained on the setting's labelled defects (`indexing.training`); a calibration names the one it uses.
         self.trained = TrainedScorers(store)
@@ -521,10 +528,18 @@ class NominalService:
         """The nominal images' sorted leave-one-out scores, computed once per version, size and mode."""
         # `count` is current: read with the version's record, or kept in the setting record (`context`).
         key = (version.collection, version.count, setting.scoring, setting.k, setting.calibration_id)
-        reference = self._nominal_reference.get(key)
-        if reference is None:
-            reference = np.sort(self.nominal_scores(setting.name))
-            self._nominal_reference = {key: reference}  # one setting's at a time: the fallback only
+        with self._nominal_lock:
+            reference = self._nominal_reference.get(key)
+            if reference is not None:
+                self._nominal_reference.move_to_end(key)
+                return reference
+        # Worked out over the whole nominal set, so kept for several settings (and modes): verdicts that take
+        # turns between them do not work it out again on each turn. A grown version's older ones age out.
+        reference = np.sort(self.nominal_scores(setting.name))
+        with self._nominal_lock:
+            self._nominal_reference[key] = reference
+            while len(self._nominal_reference) > NOMINAL_REFERENCES:
+                self._nominal_reference.popitem(last=False)
         return reference
 
     def _inspect_global(self, context: "CallContext", images: Sequence[ImageInput], *, k: int, started: float) -> list[Verdict]:
@@ -570,7 +585,8 @@ class NominalService:
         fused: list[FusedResult | None] = [None] * len(images)
         if context.setting.scoring == "fused" and context.trained is None:
             fused = list(self.fused.score(context.version, context.patch, backbone, images, decoded, k=context.setting.k,
-                                          neighbours=k, maps=heatmap, batch_size=self.batch_size))
+                                          neighbours=k, maps=heatmap, batch_size=self.batch_size,
+                                          record=context.positional))
             results = [found.patch for found in fused if found is not None]
         else:
             results = self.patches.score(
@@ -1306,20 +1322,20 @@ class NominalService:
             version = replace(version, count=setting.active_count)  # the record keeps it current
         else:
             version = replace(version, count=self.store.count(version.collection))  # a record from before
+        patch = self.versions.require_patch(version, cached=True) if setting.keeps_patches else None
+        # A fused setting's positional record says which parts its score fuses: read once for the whole call.
+        positional = self.fused.record(patch) if patch is not None and setting.scoring == "fused" else None
+        unsupervised = scorer_name(parts_of(positional)) if positional is not None else setting.scoring
         calibration = None
         if setting.calibration_id is not None:
             found = self._calibration_once(name, setting.calibration_id)
-            if found is not None and not self._stale_reason(setting, version, found):
+            if found is not None and not self._stale_reason(setting, version, found, unsupervised=unsupervised):
                 calibration = found
         trained = self._trained_of(name, calibration)
         if calibration is not None and calibration.trained_id and trained is None:
             calibration = None  # its scorer's record is gone: its threshold judges nothing this process can score
-        patch = None
-        if setting.keeps_patches:
-            patch = self.versions.require_patch(version, cached=True)
-        scorer = trained.scoring if trained else self._unsupervised_scorer(setting, version, patch)
         return CallContext(setting=setting, version=version, calibration=calibration, patch=patch, trained=trained,
-                           scorer=scorer)
+                           scorer=trained.scoring if trained else unsupervised, positional=positional)
 
     def _unsupervised_scorer(self, setting: MachineSetting, version: CollectionVersion,
                              patch: dict[str, Any] | None = None) -> str:
@@ -1364,11 +1380,13 @@ class NominalService:
             return None
         return calibration
 
-    def _stale_reason(self, setting: MachineSetting, version: CollectionVersion, calibration: Calibration) -> str | None:
-        """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can."""
+    def _stale_reason(self, setting: MachineSetting, version: CollectionVersion, calibration: Calibration, *,
+                      unsupervised: str | None = None) -> str | None:
+        """Why `calibration` cannot judge scores of `version` in the setting's mode, or None when it can.
+        `unsupervised`: the setting's `_unsupervised_scorer`, when the caller knows it already."""
         reason = calibration.unfit_for(backbone=version.backbone_identity, scoring=setting.scoring)
         if reason is None and setting.scoring == "fused" and calibration.trained_id is None:
-            now = self._unsupervised_scorer(setting, version)
+            now = unsupervised or self._unsupervised_scorer(setting, version)
             if calibration.scoring != now:
                 return (f"calibration {calibration.id} was made on {calibration.scoring} scores and the setting's "
                         f"score is {now} now (the alignment test decided once enough nominal images were indexed); "
@@ -1473,6 +1491,7 @@ class CallContext:
     trained: TrainedScorer | None = None  # the trained scorer the calibration was made with
     # Which scorer answers, as `Calibration.scoring` names it: "global", "patch", "fused:<parts>" or a trained one's.
     scorer: str = "global"
+    positional: PositionalRecord | None = None  # a fused setting's positional record (`indexing.positional`)
 
 
 def _hybrid(trained: TrainedScorer | None) -> Any:

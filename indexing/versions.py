@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.backbones import Backbone
+from indexing.backbones import Backbone, FeatureMaps
 from indexing.embedder import Embedder, Skipped, _Decoded
 from indexing.errors import EmptyCollection, NoPreviousVersion
 from indexing.images import ImageInput
@@ -235,9 +235,10 @@ class Versions:
         size = max(1, min(self.embedder.batch_size, math.ceil(len(images) / 50)))
         pending: list[tuple[str, np.ndarray | None]] = []  # whole images' patch vectors, for positional statistics
         for batch in self.decoded_batches(images, skip_bad=skip_bad, size=size):
-            embedded = self.embedder.embed_decoded(version.setting, backbone, batch)
+            embedded = self.embedder.embed_decoded(version.setting, backbone, batch,
+                                                   maps=self.maps_with_embeddings(patch, backbone, batch))
             if patch is not None:
-                self._extend_patches(version, patch, backbone, batch, pending)
+                self._extend_patches(version, patch, backbone, batch, pending, maps=embedded.maps)
                 if len(pending) >= MERGE_IMAGES:
                     self._merge_positional(version, patch, pending)
             if embedded.points:
@@ -263,18 +264,27 @@ class Versions:
         """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
         self.store.upsert(version.collection, points)
 
-    def extend_patch_bank(self, version: CollectionVersion, batch: _Decoded) -> None:
+    def extend_patch_bank(self, version: CollectionVersion, batch: _Decoded, *, maps: FeatureMaps | None = None) -> None:
         """Add a decoded batch (`Embedder.decode_batch`) to the version's patch bank; nothing for a global-only one.
 
         Call it before upserting the batch's global points: images already in the
-        version are left out, so an image is never added twice.
+        version are left out, so an image is never added twice. `maps`: the batch's feature maps, made with
+        its embeddings (`maps_with_embeddings`).
         """
         patch = self.patch_record(version)
         if patch is not None:
             pending: list[tuple[str, np.ndarray | None]] = []
-            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch, pending)
+            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch, pending, maps=maps)
             if pending:
                 self._merge_positional(version, patch, pending)
+
+    @staticmethod
+    def maps_with_embeddings(patch: dict[str, Any] | None, backbone: Backbone, batch: _Decoded) -> bool:
+        """Whether a batch's feature maps come from the forward pass that embeds it: where the version keeps a
+        patch bank and every image of the batch is scored whole (tiles take passes of their own)."""
+        decoded, kept, _ = batch
+        return (patch is not None and bool(kept)
+                and PatchConfig.from_dict(patch.get("patch_config")).whole(decoded, backbone.input_size))
 
     def _merge_positional(self, version: CollectionVersion, patch: dict[str, Any] | None,
                           pending: list[tuple[str, np.ndarray | None]]) -> None:
@@ -289,20 +299,22 @@ class Versions:
         pending.clear()
 
     def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: _Decoded,
-                        pending: list[tuple[str, np.ndarray | None]]) -> None:
-        """Add a batch's new images to the patch bank; a fused version's whole images' patch vectors go to `pending`."""
+                        pending: list[tuple[str, np.ndarray | None]], *, maps: FeatureMaps | None = None) -> None:
+        """Add a batch's new images to the patch bank; a fused version's whole images' patch vectors go to `pending`.
+        `maps`: the feature maps of the batch's images, in its order, when made already."""
         decoded, kept, _ = batch
         present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
-        fresh = {}
-        for image, pixels in zip(kept, decoded):
+        fresh: dict[str, int] = {}  # image id -> its place in the batch
+        for number, image in enumerate(kept):
             if image.id not in present and image.id not in fresh:
-                fresh[image.id] = (image, pixels)
+                fresh[image.id] = number
         if fresh:
-            images, pixels = zip(*fresh.values())
+            places = list(fresh.values())
             self.patches.extend(
                 version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
-                backbone, list(images), list(pixels), batch_size=self.embedder.batch_size,
+                backbone, [kept[n] for n in places], [decoded[n] for n in places], batch_size=self.embedder.batch_size,
                 whole=pending if patch.get("positional") else None,
+                maps=None if maps is None else FeatureMaps(maps.stride8[places], maps.stride16[places]),
             )
 
     def decoded_batches(

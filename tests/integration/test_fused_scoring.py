@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
@@ -11,6 +13,7 @@ from indexing.backbones.base import Backbone
 from indexing.positional import GENERATION_KIND, POSITIONAL_KIND
 from indexing.service import BackbonePool, NominalService
 from indexing.store import EdgeStore
+from indexing.versions import Versions
 
 pytestmark = pytest.mark.slow
 
@@ -88,3 +91,36 @@ def test_a_fused_verdict_runs_the_network_once(service, hazelnut_sets, monkeypat
         monkeypatch.setattr(Backbone, method, lambda self, *a, _o=original, _m=method, **k: calls.append(_m) or _o(self, *a, **k))
     service.inspect(SETTING, hazelnut_sets["defect"][:2])
     assert calls == ["embed_with_maps"]
+
+
+def test_indexing_a_fused_setting_runs_the_network_once_per_batch_for_the_same_bank(
+        tmp_path: Path, pool: BackbonePool, hazelnut_sets, monkeypatch) -> None:
+    train = hazelnut_sets["train"][:6]
+    calls: list[str] = []  # forward passes over images (a backbone's check of an empty list is not one)
+    for method in ("embed", "feature_maps", "embed_with_maps"):
+        original = getattr(Backbone, method)
+        monkeypatch.setattr(Backbone, method, lambda self, images, *a, _o=original, _m=method, **k:
+                            (len(images) and calls.append(_m)) or _o(self, images, *a, **k))
+
+    def built(folder: str) -> tuple[dict, dict]:
+        with EdgeStore(tmp_path / folder) as store:
+            service = NominalService(store, backbones=pool)
+            service.put_setting(SETTING, scoring="fused")
+            service.index(SETTING, train)
+            patch = service.versions.patch_record(service.versions.active(SETTING))
+            bank = {p.id: p.vector for p in store.scroll(patch["collection"], with_vectors=True)}
+            statistics = service.positional.statistics(service.fused.record(patch))
+            return bank, {"mean": statistics.mean, "scatter": statistics.scatter}
+
+    one_pass, one_pass_statistics = built("one-pass")
+    assert calls and set(calls) == {"embed_with_maps"}, calls  # one pass per batch: no separate embed or maps
+    # The same images through two passes (the path tiled images take) make the same bank and statistics.
+    monkeypatch.setattr(Versions, "maps_with_embeddings", staticmethod(lambda *_: False))
+    calls.clear()
+    two_passes, two_passes_statistics = built("two-passes")
+    assert {"embed", "feature_maps"} <= set(calls) and "embed_with_maps" not in calls
+    assert one_pass.keys() == two_passes.keys() and len(one_pass) > 0
+    for point, vector in one_pass.items():
+        np.testing.assert_allclose(vector, two_passes[point], atol=1e-5)
+    for name, values in one_pass_statistics.items():
+        np.testing.assert_allclose(values, two_passes_statistics[name], rtol=1e-4, atol=1e-6)

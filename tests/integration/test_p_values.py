@@ -84,3 +84,23 @@ def test_deleting_a_setting_removes_its_reference_scores(service, hazelnut_sets)
     assert service.store.list_records(REFERENCE_KIND)
     service.delete_setting("hazelnut")
     assert service.store.list_records(REFERENCE_KIND) == []
+
+
+def test_verdicts_taking_turns_between_uncalibrated_settings_score_each_nominal_set_once(
+        service, hazelnut_sets, monkeypatch) -> None:
+    for name in ("line-1", "line-2"):
+        service.put_setting(name, scoring="global")
+        service.index(name, hazelnut_sets["train"][:8])
+    worked_out: list[str] = []
+    original = NominalService.nominal_scores
+    monkeypatch.setattr(NominalService, "nominal_scores",
+                        lambda self, name, **kw: worked_out.append(name) or original(self, name, **kw))
+    image = hazelnut_sets["defect"][:1]
+    first = {name: service.inspect(name, image)[0].p_value for name in ("line-1", "line-2")}
+    for _ in range(3):  # the two lines' verdicts take turns, as one API serving two cameras
+        for name in ("line-1", "line-2"):
+            assert service.inspect(name, image)[0].p_value == first[name]
+    assert worked_out == ["line-1", "line-2"]
+    service.index("line-1", hazelnut_sets["train"][8:10])  # a grown nominal set is scored again
+    service.inspect("line-1", image)
+    assert worked_out == ["line-1", "line-2", "line-1"]

@@ -36,7 +36,8 @@ def test_statistics_merged_in_batches_give_every_position_its_exact_mean_and_cov
     assert merged.count == 70
     np.testing.assert_allclose(merged.mean, train.mean(axis=0), atol=1e-12)
     np.testing.assert_allclose(np.sort(merged.variances, axis=1), np.linalg.eigvalsh(covariance), rtol=1e-9, atol=1e-12)
-    np.testing.assert_allclose(merged.distances(test), _mahalanobis(test, train.mean(axis=0), covariance), rtol=1e-8)
+    # Distances are worked out in float32, as verdicts take them.
+    np.testing.assert_allclose(merged.distances(test), _mahalanobis(test, train.mean(axis=0), covariance), rtol=1e-5)
 
 
 def test_a_kept_rank_scores_by_its_directions_and_the_mean_variance_of_the_rest() -> None:
@@ -51,7 +52,7 @@ def test_a_kept_rank_scores_by_its_directions_and_the_mean_variance_of_the_rest(
     projector = np.einsum("pkd,pke->pde", directions, directions)
     covariance = (np.einsum("pkd,pk,pke->pde", directions, kept.variances, directions)
                   + kept.residual[:, None, None] * (np.eye(12) - projector))
-    np.testing.assert_allclose(kept.distances(test), _mahalanobis(test, kept.mean, covariance), rtol=1e-8)
+    np.testing.assert_allclose(kept.distances(test), _mahalanobis(test, kept.mean, covariance), rtol=1e-5)  # float32
 
 
 def test_a_patch_unlike_its_position_scores_high_there_and_only_there() -> None:
