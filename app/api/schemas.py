@@ -409,7 +409,7 @@ class DriftPublic(BaseModel):
     reference_mean_score: float | None
     embedding_shift: float | None = Field(
         description="Distance of the window's mean embedding from the nominal centroid, in standard errors (about 1 "
-                    "is normal; warn from 2, alarm from 3); null for patch scoring or before 10 verdicts in this process.")
+                    "is normal; warn from 2, alarm from 3); null for scoring: patch (no global embedding) or before 10 verdicts in this process.")
     embedding_window: int = Field(description="Embeddings the shift was measured on (this server process's verdicts).")
     reasons: list[str]
     advice: str | None = Field(description="What to do, when the state is warn or alarm.")
