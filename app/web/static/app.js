@@ -466,11 +466,15 @@ function resultCard(result, file) {
   return card;
 }
 
-// The bar runs from 0 to a bit past the larger of score and threshold; the mark is the threshold.
+// The bar runs from 0 (or the lower of score and threshold, where one is below 0: a fused score is a z-score)
+// to a bit past the larger of them; the mark is the threshold.
 function drawScore(card, result) {
   const { score, threshold, verdict } = result;
-  const top = threshold === null ? Math.max(score, 1e-9) * 1.25 : Math.max(threshold * 2, score * 1.1, 1e-9);
-  $(".fill", card).style.width = `${Math.min(score / top, 1) * 100}%`;
+  const low = Math.min(0, score, threshold ?? 0);
+  const top = threshold === null ? low + Math.max(score - low, 1e-9) * 1.25
+    : low + Math.max((threshold - low) * 2, (score - low) * 1.1, 1e-9);
+  const at = (value) => `${Math.min(Math.max((value - low) / (top - low), 0), 1) * 100}%`;
+  $(".fill", card).style.width = at(score);
   const mark = $(".mark", card);
   const bar = $(".scorebar", card);
   const text = $(".score-text", card);
@@ -491,7 +495,7 @@ function drawScore(card, result) {
       + `${percent >= 100 ? " (above all of them)" : ""}. No threshold yet: calibrate this setting to get PASS or FAIL.`;
     return;
   }
-  mark.style.left = `${(threshold / top) * 100}%`;
+  mark.style.left = at(threshold);
   $(".mark-label", card).textContent = `threshold ${num(threshold)}`;
   bar.setAttribute("aria-label", `Score ${num(score)} against threshold ${num(threshold)}`);
   text.textContent = verdict === "FAIL"
@@ -915,9 +919,11 @@ function drawChart(canvas, rows, threshold) {
   g.scale(ratio, ratio);
   g.clearRect(0, 0, width, height);
   if (!rows.length) return;
-  const top = Math.max(...rows.map((r) => r.score), threshold ?? 0) * 1.15 || 1;
+  // From 0, or from the lowest score where scores go below 0 (a fused score is a z-score).
+  const low = Math.min(0, ...rows.map((r) => r.score), threshold ?? 0);
+  const top = low + ((Math.max(...rows.map((r) => r.score), threshold ?? 0) - low) * 1.15 || 1);
   const x = (i) => (rows.length === 1 ? width / 2 : 6 + (i / (rows.length - 1)) * (width - 12));
-  const y = (v) => height - 4 - (v / top) * (height - 8);
+  const y = (v) => height - 4 - ((v - low) / (top - low)) * (height - 8);
   const styles = getComputedStyle(document.documentElement);
   g.strokeStyle = styles.getPropertyValue("--muted") || "#888";
   g.lineWidth = 1;
