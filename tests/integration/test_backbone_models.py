@@ -224,6 +224,16 @@ def test_clip_has_no_feature_maps_and_loads_from_a_checkpoint_file(
     assert backbone.map_channels is None
     with pytest.raises(UnknownBackbone, match="patch scoring needs a CNN backbone"):
         backbone.feature_maps([photos["chelsea"]])
+    # Without feature maps there is nothing to fuse: a new setting on it scores globally, where a CNN's fuses.
+    from indexing.embedder import BackbonePool
+    from indexing.service import NominalService
+    from indexing.store import EdgeStore
+
+    cnn = load_backbone("efficientnet_lite0", device="cpu")
+    with EdgeStore(tmp_path / "store") as store:
+        service = NominalService(store, backbones=BackbonePool(lambda name: backbone if name.startswith("openclip") else cnn))
+        assert service.put_setting("clip", backbone="openclip:ViT-S-32-alt:small.pt").scoring == "global"
+        assert service.put_setting("cnn", backbone="efficientnet_lite0").scoring == "fused"
 
 
 def test_identities_differ_between_backbones_and_are_stable(

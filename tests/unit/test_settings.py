@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from indexing.errors import InvalidName
-from indexing.settings import MachineSetting, alias_name, collection_name
+from indexing.settings import MachineSetting, alias_name, collection_name, default_scoring
 
 
 @pytest.mark.parametrize("name", ["line-3", "Press_7", "a", "x" * 64])
@@ -28,6 +28,12 @@ def test_collection_names_keep_setting_backbone_and_version_apart() -> None:
 def test_round_trip_ignores_unknown_fields() -> None:
     setting = MachineSetting(name="s", backbone="b", k=3, description="press 7")
     assert MachineSetting.from_dict({**setting.to_dict(), "future_field": 1}) == setting
+
+
+def test_a_record_written_before_scoring_was_chosen_reads_as_global() -> None:
+    # New settings get `default_scoring` (fused on a CNN); an old record's meaning never changes under it.
+    assert MachineSetting.from_dict({"name": "s", "backbone": "b", "k": 1}).scoring == "global"
+    assert default_scoring((40, 112)) == "fused" and default_scoring(None) == "global"
 
 
 def test_bad_k_and_scoring_are_refused() -> None:
