@@ -388,8 +388,7 @@ class PositionalMemory:
 
     def _write_arrays(self, record: PositionalRecord, statistics: PositionalStatistics, scored: dict[str, float]) -> None:
         name = arrays_collection(record.collection, record.generation)
-        if name in self.store.collections():  # left by a merge that died before its switch: never named
-            self.store.delete_collection(name)
+        self.store.delete_collection(name)  # one left by a merge that died before its switch (none is no error)
         positions, kept, dim = statistics.basis.shape
         self.store.create_collection(name, dim)
         rows = np.concatenate([statistics.mean[:, None, :], statistics.basis], axis=1).reshape(-1, dim)
@@ -424,9 +423,7 @@ class PositionalMemory:
     def _drop_generation(self, record: PositionalRecord) -> None:
         if record.generation == 0:
             return
-        name = arrays_collection(record.collection, record.generation)
-        if name in self.store.collections():
-            self.store.delete_collection(name)
+        self.store.delete_collection(arrays_collection(record.collection, record.generation))
         self.store.delete_record(GENERATION_KIND, _generation_key(record.collection, record.generation))
 
 

@@ -1325,7 +1325,7 @@ class NominalService:
         patch = self.versions.require_patch(version, cached=True) if setting.keeps_patches else None
         # A fused setting's positional record says which parts its score fuses: read once for the whole call.
         positional = self.fused.record(patch) if patch is not None and setting.scoring == "fused" else None
-        unsupervised = scorer_name(parts_of(positional)) if positional is not None else setting.scoring
+        unsupervised = self._unsupervised_scorer(setting, version, positional=positional)
         calibration = None
         if setting.calibration_id is not None:
             found = self._calibration_once(name, setting.calibration_id)
@@ -1337,14 +1337,14 @@ class NominalService:
         return CallContext(setting=setting, version=version, calibration=calibration, patch=patch, trained=trained,
                            scorer=trained.scoring if trained else unsupervised, positional=positional)
 
-    def _unsupervised_scorer(self, setting: MachineSetting, version: CollectionVersion,
-                             patch: dict[str, Any] | None = None) -> str:
+    def _unsupervised_scorer(self, setting: MachineSetting, version: CollectionVersion, *,
+                             positional: PositionalRecord | None = None) -> str:
         """The scorer a setting's own scores come from, as a calibration records it: its mode, and for a fused
-        setting the parts its score fuses now ("fused:patch+positional+global", `indexing.fused`)."""
+        setting the parts its score fuses now ("fused:patch+positional+global", `indexing.fused`). `positional`:
+        the version's positional record, when the caller read it already."""
         if setting.scoring != "fused":
             return setting.scoring
-        patch = patch or self.versions.require_patch(version)
-        return scorer_name(parts_of(self.fused.record(patch)))
+        return scorer_name(parts_of(positional or self.fused.record(self.versions.require_patch(version))))
 
     def _trained_of(self, name: str, calibration: Calibration | None) -> TrainedScorer | None:
         """The trained scorer a calibration was made with (read once per process), or None."""
