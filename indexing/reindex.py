@@ -114,14 +114,15 @@ class LocalEmbedder:
             loaded, unreadable = load_items(items)
             return embedder.decode_batch(loaded, skip_bad=True), unreadable
 
-        patch = self.versions.patch_record(version)
+        bank = self.versions.bank_extension(version)
         for decoded, unreadable in prefetched(read, batches):
             # One forward pass for the embeddings and the patch bank's maps where the images are scored whole.
             embedded = embedder.embed_decoded(version.setting, backbone, decoded,
-                                              maps=self.versions.maps_with_embeddings(patch, backbone, decoded))
+                                              maps=self.versions.maps_with_embeddings(bank.patch, backbone, decoded))
             # Before the batch's global points are upserted: the bank skips images already in the version.
-            self.versions.extend_patch_bank(version, decoded, maps=embedded.maps)
+            bank.add(decoded, maps=embedded.maps)
             yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)
+        bank.close()  # after the last batch, before the version is checked and switched to
 
 
 def reindex(

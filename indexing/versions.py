@@ -41,8 +41,9 @@ from indexing.settings import (
 )
 from indexing.store.base import Point, VectorStore
 
-# Nominal images a `fill` gathers before merging them into a fused version's positional statistics: a merge
-# costs about as much for 128 images as for 32 (one batched SVD at each of 784 positions).
+# Nominal images a `BankExtension` (an upload's `fill`, a re-index) gathers before merging them into a fused
+# version's positional statistics: a merge costs about as much for 128 images as for 32 (one batched SVD at each
+# of 784 positions, and the whole statistics written again).
 MERGE_IMAGES = 128
 
 # progress(stage, done, total): called as work advances so edges can show bars or job status.
@@ -228,26 +229,21 @@ class Versions:
     ) -> IndexResult:
         """Embed and upsert images into one version (and its patch bank), batch by batch."""
         backbone = self.embedder.backbone_for(version)
-        patch = self.patch_record(version)
+        bank = self.bank_extension(version)
         indexed, skipped = 0, []
         progress("embedding", 0, len(images))
         # Small jobs take smaller batches, so that progress moves at least every 2% of the images.
         size = max(1, min(self.embedder.batch_size, math.ceil(len(images) / 50)))
-        pending: list[tuple[str, np.ndarray | None]] = []  # whole images' patch vectors, for positional statistics
         for batch in self.decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embedder.embed_decoded(version.setting, backbone, batch,
-                                                   maps=self.maps_with_embeddings(patch, backbone, batch))
-            if patch is not None:
-                self._extend_patches(version, patch, backbone, batch, pending, maps=embedded.maps)
-                if len(pending) >= MERGE_IMAGES:
-                    self._merge_positional(version, patch, pending)
+                                                   maps=self.maps_with_embeddings(bank.patch, backbone, batch))
+            bank.add(batch, maps=embedded.maps)
             if embedded.points:
                 self.store.upsert(version.collection, embedded.points)
             indexed += len(embedded.points)
             skipped.extend(embedded.skipped)
             progress("embedding", indexed + len(skipped), len(images))
-        if pending:
-            self._merge_positional(version, patch, pending)
+        bank.close()
         # An upload that takes the collection past NOMINAL_APPROXIMATE_ABOVE builds its approximate
         # index here, not in the next verdict.
         self.store.prepare_search(version.collection)
@@ -264,19 +260,10 @@ class Versions:
         """Upsert embedded points into a version's collection (a re-index's batches, a worker's)."""
         self.store.upsert(version.collection, points)
 
-    def extend_patch_bank(self, version: CollectionVersion, batch: _Decoded, *, maps: FeatureMaps | None = None) -> None:
-        """Add a decoded batch (`Embedder.decode_batch`) to the version's patch bank; nothing for a global-only one.
-
-        Call it before upserting the batch's global points: images already in the
-        version are left out, so an image is never added twice. `maps`: the batch's feature maps, made with
-        its embeddings (`maps_with_embeddings`).
-        """
-        patch = self.patch_record(version)
-        if patch is not None:
-            pending: list[tuple[str, np.ndarray | None]] = []
-            self._extend_patches(version, patch, self.embedder.backbone_for(version), batch, pending, maps=maps)
-            if pending:
-                self._merge_positional(version, patch, pending)
+    def bank_extension(self, version: CollectionVersion) -> "BankExtension":
+        """What adds decoded batches to the version's patch bank (nothing for a global-only version), as `fill` and
+        a re-index embed them."""
+        return BankExtension(self, version)
 
     @staticmethod
     def maps_with_embeddings(patch: dict[str, Any] | None, backbone: Backbone, batch: _Decoded) -> bool:
@@ -437,3 +424,39 @@ class Versions:
         self._ready.pop(collection, None)
         self._patch_records.pop(collection, None)
         self._recipes.pop(collection, None)
+
+
+class BankExtension:
+    """A version's patch bank extended batch by batch (`Versions.bank_extension`).
+
+    `add` each decoded batch (`Embedder.decode_batch`) before upserting its global points: images already
+    in the version are left out, so an image is never added twice. A fused version's positional
+    statistics are merged `MERGE_IMAGES` images at a time, and `close` merges what is gathered: each merge
+    rewrites the whole statistics (15.7 MB at 224 px with EfficientNet-Lite0), so merging every batch of a
+    re-index (2-32 images) cost more than its forward passes. Gathered images that a dying process never
+    merged are in no statistics, not half in them; a re-index that dies leaves a version that is discarded.
+
+    Attributes:
+        patch: the version's patch record, None for a global-only version.
+    """
+
+    def __init__(self, versions: Versions, version: CollectionVersion) -> None:
+        self.versions = versions
+        self.version = version
+        self.patch = versions.patch_record(version)
+        self._backbone = versions.embedder.backbone_for(version) if self.patch is not None else None
+        self._pending: list[tuple[str, np.ndarray | None]] = []  # whole images' patch vectors, for positional statistics
+
+    def add(self, batch: _Decoded, *, maps: FeatureMaps | None = None) -> None:
+        """Add a batch's new images to the bank. `maps`: the batch's feature maps, made with its embeddings
+        (`Versions.maps_with_embeddings`)."""
+        if self.patch is None:
+            return
+        self.versions._extend_patches(self.version, self.patch, self._backbone, batch, self._pending, maps=maps)
+        if len(self._pending) >= MERGE_IMAGES:
+            self.versions._merge_positional(self.version, self.patch, self._pending)
+
+    def close(self) -> None:
+        """Merge the images gathered since the last merge."""
+        if self._pending:
+            self.versions._merge_positional(self.version, self.patch, self._pending)

@@ -11,6 +11,7 @@ from sklearn.metrics import roc_auc_score
 from indexing import positional
 from indexing.backbones.base import Backbone
 from indexing.positional import GENERATION_KIND, POSITIONAL_KIND
+from indexing.reindex import reindex
 from indexing.service import BackbonePool, NominalService
 from indexing.store import EdgeStore
 from indexing.versions import Versions
@@ -124,3 +125,29 @@ def test_indexing_a_fused_setting_runs_the_network_once_per_batch_for_the_same_b
         np.testing.assert_allclose(vector, two_passes[point], atol=1e-5)
     for name, values in one_pass_statistics.items():
         np.testing.assert_allclose(values, two_passes_statistics[name], rtol=1e-4, atol=1e-6)
+
+
+def test_a_fused_reindex_merges_positional_statistics_as_an_upload_of_the_same_images_does(
+        service, hazelnut: Path, hazelnut_sets) -> None:
+    class Quiet:
+        def start(self, total=None) -> None: ...
+        def __call__(self, stage: str, done: int, total: int) -> None: ...
+        def report_errors(self, errors) -> None: ...
+
+    def merged() -> tuple[positional.PositionalRecord, positional.PositionalStatistics]:
+        record = service.fused.record(service.versions.patch_record(service.versions.active(SETTING)))
+        return record, service.positional.statistics(record)
+
+    service.put_setting(SETTING, scoring="fused")
+    service.index(SETTING, hazelnut_sets["train"])
+    uploaded, uploaded_statistics = merged()
+    # 14 batches of 2: each merge rewrites the whole statistics, so the re-index gathers its batches as an upload does.
+    reindex(service, Quiet(), setting=SETTING, source=str(hazelnut / "train" / "good"), batch_size=2)
+    assert service.versions.active(SETTING).version == 2
+    reindexed, reindexed_statistics = merged()
+    assert reindexed.collection != uploaded.collection
+    assert reindexed.generation == uploaded.generation == 1  # one merge of all 28 images
+    assert reindexed.count == uploaded.count == len(hazelnut_sets["train"])
+    assert reindexed.reference == pytest.approx(uploaded.reference, rel=1e-4)  # the same standards for a fused score
+    np.testing.assert_allclose(reindexed_statistics.mean, uploaded_statistics.mean, atol=1e-5)
+    np.testing.assert_allclose(reindexed_statistics.scatter, uploaded_statistics.scatter, rtol=1e-4)
