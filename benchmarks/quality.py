@@ -619,7 +619,7 @@ def suite_patch(name: str, data: Dataset, backbone, config: PatchConfig, mode: s
     return rows
 
 
-def suite_fused(name: str, data: Dataset, backbone, config: PatchConfig) -> list[dict]:
+def suite_fused(name: str, data: Dataset, backbone, config: PatchConfig, mode: str = "fused") -> list[dict]:
     """The fused scoring mode through the service itself (`indexing.fused`): a setting created with
     scoring="fused" on an embedded store, indexed with the training images, every test image scored as
     `calibrate` and `evaluate` score them; the patch recipe `config`. Heat maps (the patch grids) where
@@ -670,7 +670,7 @@ def suite_fused(name: str, data: Dataset, backbone, config: PatchConfig) -> list
             heats.append(heat)
             masks.append(mask_at(str(test.mask_path), heat.shape) if test.mask_path else np.zeros(heat.shape, bool))
         pixel, pro = pixel_roc_auc(heats, masks), pixel_pro(heats, masks)
-    label = "fused" + (" (tiled)" if tiled else "")
+    label = mode + (" (tiled)" if tiled else "")
     row = _row(name, label, data, compute_metrics(is_fail, scores), pixel, pro, ms, fit_s, per_image, tiled=tiled,
                pixel_images=len(with_grid) if has_masks else None)
     return [row | {"scores": scores.tolist(), "fused": scorer.removeprefix("fused:"),
@@ -806,6 +806,8 @@ SUITE_MODES = {
     "patch": PatchConfig(),
     # The product's fused scoring (`indexing.fused`), through the service (`suite_fused`), on the patch recipe.
     "fused": PatchConfig(),
+    "fused-neighbourhood1": PatchConfig(neighbourhood=1),
+    "fused-tent": PatchConfig(aggregation="tent"),
     # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
     "patch-plain": PatchConfig(local_scale=0),
     "patch-notile": PatchConfig(tiling="off"),
@@ -813,6 +815,7 @@ SUITE_MODES = {
     "patch-ensemble": PatchConfig(projection="random"),  # patch features from efficientnet_lite0 and mobilenet_v2 together (`Ensemble`)
     "patch-stride4": PatchConfig(projection="random"),  # efficientnet_lite0's stride-4 map beside its stride-8 one (`Stride4`)
     "patch-reweight9": PatchConfig(reweight_k=9),
+    "patch-neighbourhood1": PatchConfig(neighbourhood=1),
     "patch-coreset5": PatchConfig(coreset_ratio=0.05),
     "patch-coreset10": PatchConfig(coreset_ratio=0.1),
     "patch-unnormalised": PatchConfig(normalise=False),
@@ -963,8 +966,8 @@ def run_suite(names: list[str], backbone_name: str, modes: list[str], *, fresh: 
                     started = time.perf_counter()
                     if mode.startswith("positional"):
                         out = suite_positional(name, data, patch_backbone, mode)
-                    elif mode == "fused":
-                        out = suite_fused(name, data, backbone, config)
+                    elif mode.startswith("fused"):
+                        out = suite_fused(name, data, backbone, config, mode)
                     elif mode == "global-levels":
                         out = suite_global_levels(name, data, backbone, patch_backbone)
                     elif config is None:
@@ -1117,6 +1120,10 @@ def _config_key(config: PatchConfig) -> str:
     recipe = config.to_dict()
     if not recipe["local_scale"]:
         del recipe["local_scale"]  # plain distances hash as before the field existed: their cached rows still hold
+    if recipe["neighbourhood"] == 3:
+        del recipe["neighbourhood"]  # likewise the 3 x 3 neighbourhood every recipe had before it was a field
+    if recipe["aggregation"] == "box":
+        del recipe["aggregation"]
     return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -36,7 +36,7 @@ from indexing.metric_learning import ScoredPatches
 from indexing.bank_cache import BankCache
 from indexing.patch_bank import PatchBank, patch_point_id, patch_points
 from indexing.patch_search import HybridCombiner, HybridScorer, PatchScore, PatchScorer
-from indexing.patches import PatchMaker, Patches, Projection
+from indexing.patches import Aggregation, PatchMaker, Patches, Projection
 from indexing.sampler import GreedyCoresetSampler, IdentitySampler, Sampler
 from indexing.store.base import Neighbour, Vectors
 from indexing.tiling import RULE as TILING_RULE
@@ -83,6 +83,9 @@ class PatchConfig:
             ones, a busy weave beside a plain one) rather than against the whole bank's. 0 keeps
             the plain distance; banks recorded before it existed read as 0, so their calibrated
             thresholds keep meaning what they meant.
+        neighbourhood, aggregation: the window each feature map is averaged over before patches are cut, and how
+            (`PatchMaker`): PatchCore's plain 3 x 3 mean by default. A single cell (1) or closeness weights
+            ("tent") keep thin defects sharper; measured on the suite as levers (README, "The neighbourhood").
     """
 
     dim: int = 256
@@ -97,6 +100,8 @@ class PatchConfig:
     tiling: Tiling = "auto"
     tiling_rule: int = TILING_RULE
     local_scale: int = LOCAL_SCALE
+    neighbourhood: int = 3
+    aggregation: Aggregation = "box"
 
     def __post_init__(self) -> None:
         self.maker()
@@ -116,7 +121,8 @@ class PatchConfig:
         return PatchScorer(bank.nn, reweight_k=self.reweight_k, bounds=bank.bounds, top_k=self.top_k)
 
     def maker(self) -> PatchMaker:
-        return PatchMaker(dim=self.dim, projection=self.projection, normalise=self.normalise, seed=self.seed)
+        return PatchMaker(dim=self.dim, projection=self.projection, normalise=self.normalise,
+                          neighbourhood=self.neighbourhood, aggregation=self.aggregation, seed=self.seed)
 
     def sampler(self) -> Sampler:
         if self.coreset_ratio >= 1.0:

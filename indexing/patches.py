@@ -40,6 +40,8 @@ from indexing.backbones.base import FeatureMaps
 
 Projection = Literal["balanced", "none", "pool", "random"]
 PROJECTIONS: tuple[str, ...] = ("balanced", "none", "pool", "random")
+Aggregation = Literal["box", "tent"]
+AGGREGATIONS: tuple[str, ...] = ("box", "tent")
 
 
 class Patches(NamedTuple):
@@ -67,6 +69,8 @@ class PatchMaker:
             Gaussian projection of each scale).
         normalise: L2-normalise each patch vector.
         neighbourhood: side of the aggregation window (odd; 1 turns it off).
+        aggregation: "box" (PatchCore's plain mean over the window) or "tent" (each neighbour weighted by
+            its closeness: 1-2-1 in each direction for a 3 x 3 window, so the centre counts 4x a corner).
         seed: seed of the random projection.
     """
 
@@ -74,6 +78,7 @@ class PatchMaker:
     projection: Projection = "pool"
     normalise: bool = True
     neighbourhood: int = 3
+    aggregation: Aggregation = "box"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -83,6 +88,8 @@ class PatchMaker:
             raise ValueError(f"projection must be one of {', '.join(PROJECTIONS)}, got {self.projection!r}")
         if self.neighbourhood < 1 or self.neighbourhood % 2 == 0:
             raise ValueError(f"neighbourhood must be an odd size >= 1, got {self.neighbourhood}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
 
     def patchify(self, maps: FeatureMaps) -> Patches:
         """Patch vectors of every image of `maps`.
@@ -115,6 +122,15 @@ class PatchMaker:
     def _aggregate(self, x: torch.Tensor) -> torch.Tensor:
         if self.neighbourhood == 1:
             return x
+        if self.aggregation == "tent":
+            # Weights 1 + r - |offset| along each axis (r = half the window), renormalised at the border.
+            r = self.neighbourhood // 2
+            line = torch.tensor([1.0 + r - abs(o) for o in range(-r, r + 1)], dtype=x.dtype)
+            kernel = torch.outer(line, line)[None, None]
+            channels = x.shape[1]
+            summed = F.conv2d(x, kernel.expand(channels, 1, -1, -1), padding=r, groups=channels)
+            weight = F.conv2d(torch.ones_like(x[:, :1]), kernel, padding=r)
+            return summed / weight
         # count_include_pad=False: a border patch averages its real neighbours, not zeros.
         return F.avg_pool2d(x, self.neighbourhood, stride=1, padding=self.neighbourhood // 2, count_include_pad=False)
 

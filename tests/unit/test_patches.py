@@ -97,6 +97,20 @@ def test_a_recipe_records_the_backbones_own_width_or_projects_a_wider_one() -> N
     assert PatchConfig.from_dict({"dim": 256}).projection == "random"
 
 
+def test_tent_aggregation_weighs_neighbours_by_closeness_and_keeps_a_constant_map() -> None:
+    fine = torch.zeros(1, 2, 8, 8)
+    fine[0, :, 4, 4] = 16.0  # one hot cell: 1-2-1 in each direction over 16, so 4 at the centre, 2 beside, 1 across
+    coarse = torch.zeros(1, 2, 4, 4)
+    tent = PatchMaker(dim=4, normalise=False, aggregation="tent")
+    vectors = tent.patchify(FeatureMaps(fine, coarse)).vectors[0].reshape(8, 8, 4)
+    assert vectors[4, 4, 0] == pytest.approx(4.0) and vectors[4, 5, 0] == pytest.approx(2.0)
+    assert vectors[3, 5, 0] == pytest.approx(1.0) and vectors[2, 4, 0] == pytest.approx(0.0)
+    # at the border the weights of the cells that exist are renormalised: a constant map stays constant
+    flat = tent.patchify(FeatureMaps(torch.full((1, 2, 8, 8), 3.0), torch.full((1, 2, 4, 4), 5.0))).vectors
+    np.testing.assert_allclose(flat[0, :, 0], 3.0, rtol=1e-6)
+    np.testing.assert_allclose(flat[0, :, 2], 5.0, rtol=1e-6)
+
+
 def test_a_bank_recorded_before_the_local_scale_keeps_plain_distances() -> None:
     from indexing.patch_mode import PatchConfig
 
@@ -108,7 +122,8 @@ def test_a_bank_recorded_before_the_local_scale_keeps_plain_distances() -> None:
 
 
 def test_patch_maker_rejects_bad_settings() -> None:
-    for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2}):
+    for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2},
+                {"aggregation": "gauss"}):
         with pytest.raises(ValueError):
             PatchMaker(**bad)
 
