@@ -136,7 +136,8 @@ class PatchConfig:
     def from_dict(cls, data: dict[str, Any] | None) -> "PatchConfig":
         """The recipe a record holds: one recorded before tiling existed never tiles, one recorded before
         the `auto` rule was numbered keeps rule 1 (`indexing.tiling`), one recorded before the local
-        scale existed scores plain distances."""
+        scale existed scores plain distances, one recorded before the neighbourhood was a field averages a
+        3 x 3 box."""
         known = set(cls.__dataclass_fields__)
         values = {key: value for key, value in (data or {}).items() if key in known}
         if data is not None:
@@ -144,6 +145,8 @@ class PatchConfig:
             values.setdefault("tiling", "off")
             values.setdefault("tiling_rule", 1)
             values.setdefault("local_scale", 0)
+            values.setdefault("neighbourhood", 3)  # every bank recorded before these fields averaged a 3 x 3 box
+            values.setdefault("aggregation", "box")
         return cls(**values)
 
     def for_backbone(self, channels: tuple[int, int]) -> "PatchConfig":

@@ -121,6 +121,16 @@ def test_a_bank_recorded_before_the_local_scale_keeps_plain_distances() -> None:
         PatchConfig(local_scale=-1)
 
 
+def test_a_bank_recorded_before_the_neighbourhood_was_a_field_keeps_the_3x3_box() -> None:
+    from indexing.patch_mode import PatchConfig
+
+    old = PatchConfig.from_dict({"dim": 152, "projection": "balanced", "local_scale": 20})
+    assert (old.neighbourhood, old.aggregation) == (3, "box")
+    assert (old.maker().neighbourhood, old.maker().aggregation) == (3, "box")  # its queries patchified as its bank was
+    recorded = PatchConfig.from_dict(PatchConfig(neighbourhood=1, aggregation="tent").to_dict())
+    assert (recorded.neighbourhood, recorded.aggregation) == (1, "tent")
+
+
 def test_patch_maker_rejects_bad_settings() -> None:
     for bad in ({"dim": 7}, {"dim": 0}, {"projection": "pca"}, {"neighbourhood": 2},
                 {"aggregation": "gauss"}):
