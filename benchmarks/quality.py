@@ -806,8 +806,10 @@ SUITE_MODES = {
     "patch": PatchConfig(),
     # The product's fused scoring (`indexing.fused`), through the service (`suite_fused`), on the patch recipe.
     "fused": PatchConfig(),
+    # The neighbourhood levers: a single cell (PaDiM's features), and PatchCore's plain 3 x 3 mean (the
+    # default before December 5, 2026; the default now weighs the 3 x 3 cells by closeness, "tent").
     "fused-neighbourhood1": PatchConfig(neighbourhood=1),
-    "fused-tent": PatchConfig(aggregation="tent"),
+    "fused-box": PatchConfig(aggregation="box"),
     # Plain distances, the image score before December 2026's local scale (`PatchConfig.local_scale`).
     "patch-plain": PatchConfig(local_scale=0),
     "patch-notile": PatchConfig(tiling="off"),
@@ -1123,7 +1125,7 @@ def _config_key(config: PatchConfig) -> str:
     if recipe["neighbourhood"] == 3:
         del recipe["neighbourhood"]  # likewise the 3 x 3 neighbourhood every recipe had before it was a field
     if recipe["aggregation"] == "box":
-        del recipe["aggregation"]
+        del recipe["aggregation"]  # and the box it averaged with
     return hashlib.sha1(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:10]
 
 

@@ -84,8 +84,13 @@ class PatchConfig:
             the plain distance; banks recorded before it existed read as 0, so their calibrated
             thresholds keep meaning what they meant.
         neighbourhood, aggregation: the window each feature map is averaged over before patches are cut, and how
-            (`PatchMaker`): PatchCore's plain 3 x 3 mean by default. A single cell (1) or closeness weights
-            ("tent") keep thin defects sharper; measured on the suite as levers (README, "The neighbourhood").
+            (`PatchMaker`). The default, 3 x 3 "tent" (each neighbour weighted by closeness, the centre 4x a
+            corner), keeps a thin defect sharper than PatchCore's plain 3 x 3 mean ("box") and still describes
+            its surroundings. Fused, mean of three seeds, against the box: DeepPCB +0.036 (pixel ROC-AUC
+            +0.043), ELPV mono +0.004, poly +0.005, AITEX +0.005, combined +0.003, Hazelnut Toy and PIPED
+            equal, KolektorSDD -0.018 (0.892, still 0.047 above the best anchor). A single cell (1), as PaDiM
+            takes its features, gains DeepPCB +0.11 but loses KolektorSDD 0.056 and ELPV combined 0.014
+            (README, "The neighbourhood"). Records written before these fields read as the box.
     """
 
     dim: int = 256
@@ -101,7 +106,7 @@ class PatchConfig:
     tiling_rule: int = TILING_RULE
     local_scale: int = LOCAL_SCALE
     neighbourhood: int = 3
-    aggregation: Aggregation = "box"
+    aggregation: Aggregation = "tent"
 
     def __post_init__(self) -> None:
         self.maker()

@@ -3,7 +3,8 @@
 The PatchCore recipe, as `PatchMaker.patchify` plus its preprocessing does it:
 
 1. each map is averaged over its 3 x 3 neighbourhood (avg-pool 3, stride 1, pad 1), so a
-   patch describes its surroundings, not one receptive-field centre;
+   patch describes its surroundings, not one receptive-field centre; or, `aggregation="tent"` (the
+   product's recipe, `indexing.patch_mode.PatchConfig`), each neighbour weighted by its closeness;
 2. the stride-16 map is bilinearly upsampled to the stride-8 grid;
 3. the two maps are concatenated along channels: each L2-normalised per position, so both
    scales weigh the same whatever their channel counts ("balanced"), as they are ("none"),
