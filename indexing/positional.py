@@ -215,9 +215,21 @@ def _checked(vectors: np.ndarray, shape: tuple[int, ...] | None = None) -> np.nd
 
 
 def _top(rows: np.ndarray, rank: int) -> np.ndarray:
-    """(positions, kept, dim): the `rank` largest right singular vectors of each position's rows, scaled."""
-    _, singular, right = np.linalg.svd(rows, full_matrices=False)
-    return singular[:, :rank, None] * right[:, :rank]
+    """(positions, kept, dim): the `rank` largest right singular vectors of each position's rows, scaled.
+
+    Where a position has at least as many rows as dimensions (every merge after the first: 32 directions, the
+    batch's images and the shift), they come from the eigenvectors of its (dim, dim) Gram matrix: 1.3 s for a
+    merge of 128 images at 784 positions against 3.0 s for the SVD of the rows, equal to 1e-13. The Gram matrix
+    squares the rows' condition, which loses only directions 1e8 times weaker than the first, and those are
+    scaled by their singular value to nothing.
+    """
+    if rows.shape[1] < rows.shape[2]:
+        _, singular, right = np.linalg.svd(rows, full_matrices=False)
+        return singular[:, :rank, None] * right[:, :rank]
+    values, vectors = np.linalg.eigh(np.matmul(np.swapaxes(rows, 1, 2), rows))  # ascending
+    kept = min(rank, rows.shape[2])
+    values, vectors = values[:, ::-1][:, :kept], vectors[:, :, ::-1][:, :, :kept]
+    return np.sqrt(np.clip(values, 0.0, None))[:, :, None] * np.swapaxes(vectors, 1, 2)
 
 
 # The record of a version's positional statistics (`PositionalRecord`), keyed by its patch collection, and the record
