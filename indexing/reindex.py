@@ -118,7 +118,7 @@ class LocalEmbedder:
         for decoded, unreadable in prefetched(read, batches):
             # One forward pass for the embeddings and the patch bank's maps where the images are scored whole.
             embedded = embedder.embed_decoded(version.setting, backbone, decoded,
-                                              maps=self.versions.maps_with_embeddings(bank.patch, backbone, decoded))
+                                              maps=bank.wants_maps(decoded))
             # Before the batch's global points are upserted: the bank skips images already in the version.
             bank.add(decoded, maps=embedded.maps)
             yield EmbeddedBatch(points=embedded.points, skipped=unreadable + embedded.skipped)

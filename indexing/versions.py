@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from indexing.backbones import Backbone, FeatureMaps
+from indexing.backbones import FeatureMaps
 from indexing.embedder import Embedder, Skipped, _Decoded
 from indexing.errors import EmptyCollection, NoPreviousVersion
 from indexing.images import ImageInput
@@ -236,7 +236,7 @@ class Versions:
         size = max(1, min(self.embedder.batch_size, math.ceil(len(images) / 50)))
         for batch in self.decoded_batches(images, skip_bad=skip_bad, size=size):
             embedded = self.embedder.embed_decoded(version.setting, backbone, batch,
-                                                   maps=self.maps_with_embeddings(bank.patch, backbone, batch))
+                                                   maps=bank.wants_maps(batch))
             bank.add(batch, maps=embedded.maps)
             if embedded.points:
                 self.store.upsert(version.collection, embedded.points)
@@ -264,45 +264,6 @@ class Versions:
         """What adds decoded batches to the version's patch bank (nothing for a global-only version), as `fill` and
         a re-index embed them."""
         return BankExtension(self, version)
-
-    @staticmethod
-    def maps_with_embeddings(patch: dict[str, Any] | None, backbone: Backbone, batch: _Decoded) -> bool:
-        """Whether a batch's feature maps come from the forward pass that embeds it: where the version keeps a
-        patch bank and every image of the batch is scored whole (tiles take passes of their own)."""
-        decoded, kept, _ = batch
-        return (patch is not None and bool(kept)
-                and PatchConfig.from_dict(patch.get("patch_config")).whole(decoded, backbone.input_size))
-
-    def _merge_positional(self, version: CollectionVersion, patch: dict[str, Any] | None,
-                          pending: list[tuple[str, np.ndarray | None]]) -> None:
-        """Merge gathered images' patch vectors into the version's positional statistics (one merge at a time
-        per setting, across processes), and empty `pending`."""
-        assert patch is not None
-        whole = [(image, vectors) for image, vectors in pending if vectors is not None]
-        with self.locks.hold(f"positional:{version.setting}"):
-            self.positional.add(
-                patch["collection"], np.stack([vectors for _, vectors in whole]) if whole else None,
-                [image for image, _ in whole], tiled=len(whole) < len(pending))
-        pending.clear()
-
-    def _extend_patches(self, version: CollectionVersion, patch: dict[str, Any], backbone: Backbone, batch: _Decoded,
-                        pending: list[tuple[str, np.ndarray | None]], *, maps: FeatureMaps | None = None) -> None:
-        """Add a batch's new images to the patch bank; a fused version's whole images' patch vectors go to `pending`.
-        `maps`: the feature maps of the batch's images, in its order, when made already."""
-        decoded, kept, _ = batch
-        present = {p.id for p in self.store.retrieve(version.collection, [image.id for image in kept])}
-        fresh: dict[str, int] = {}  # image id -> its place in the batch
-        for number, image in enumerate(kept):
-            if image.id not in present and image.id not in fresh:
-                fresh[image.id] = number
-        if fresh:
-            places = list(fresh.values())
-            self.patches.extend(
-                version.setting, patch["collection"], PatchConfig.from_dict(patch.get("patch_config")),
-                backbone, [kept[n] for n in places], [decoded[n] for n in places], batch_size=self.embedder.batch_size,
-                whole=pending if patch.get("positional") else None,
-                maps=None if maps is None else FeatureMaps(maps.stride8[places], maps.stride16[places]),
-            )
 
     def decoded_batches(
         self, images: Sequence[ImageInput], *, skip_bad: bool, size: int | None = None
@@ -444,19 +405,51 @@ class BankExtension:
         self.versions = versions
         self.version = version
         self.patch = versions.patch_record(version)
+        self._recipe = PatchConfig.from_dict(self.patch.get("patch_config")) if self.patch is not None else None
         self._backbone = versions.embedder.backbone_for(version) if self.patch is not None else None
         self._pending: list[tuple[str, np.ndarray | None]] = []  # whole images' patch vectors, for positional statistics
 
+    def wants_maps(self, batch: _Decoded) -> bool:
+        """Whether a batch's feature maps should come from the forward pass that embeds it: where the version keeps
+        a patch bank and every image of the batch is scored whole (tiles take passes of their own)."""
+        decoded, kept, _ = batch
+        return self._recipe is not None and bool(kept) and self._recipe.whole(decoded, self._backbone.input_size)
+
     def add(self, batch: _Decoded, *, maps: FeatureMaps | None = None) -> None:
-        """Add a batch's new images to the bank. `maps`: the batch's feature maps, made with its embeddings
-        (`Versions.maps_with_embeddings`)."""
+        """Add a batch's new images to the bank; a fused version's whole images' patch vectors are gathered for its
+        positional statistics. `maps`: the feature maps of the batch's images, in its order, made with its
+        embeddings (`wants_maps`)."""
         if self.patch is None:
             return
-        self.versions._extend_patches(self.version, self.patch, self._backbone, batch, self._pending, maps=maps)
+        decoded, kept, _ = batch
+        versions = self.versions
+        present = {p.id for p in versions.store.retrieve(self.version.collection, [image.id for image in kept])}
+        fresh: dict[str, int] = {}  # image id -> its place in the batch
+        for number, image in enumerate(kept):
+            if image.id not in present and image.id not in fresh:
+                fresh[image.id] = number
+        if fresh:
+            places = list(fresh.values())
+            versions.patches.extend(
+                self.version.setting, self.patch["collection"], self._recipe, self._backbone,
+                [kept[n] for n in places], [decoded[n] for n in places], batch_size=versions.embedder.batch_size,
+                whole=self._pending if self.patch.get("positional") else None,
+                maps=None if maps is None else FeatureMaps(maps.stride8[places], maps.stride16[places]),
+            )
         if len(self._pending) >= MERGE_IMAGES:
-            self.versions._merge_positional(self.version, self.patch, self._pending)
+            self._merge()
 
     def close(self) -> None:
         """Merge the images gathered since the last merge."""
         if self._pending:
-            self.versions._merge_positional(self.version, self.patch, self._pending)
+            self._merge()
+
+    def _merge(self) -> None:
+        """Merge the gathered images' patch vectors into the version's positional statistics (one merge at a time per
+        setting, across processes)."""
+        whole = [(image, vectors) for image, vectors in self._pending if vectors is not None]
+        with self.versions.locks.hold(f"positional:{self.version.setting}"):
+            self.versions.positional.add(
+                self.patch["collection"], np.stack([vectors for _, vectors in whole]) if whole else None,
+                [image for image, _ in whole], tiled=len(whole) < len(self._pending))
+        self._pending.clear()

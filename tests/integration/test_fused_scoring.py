@@ -14,7 +14,7 @@ from indexing.positional import GENERATION_KIND, POSITIONAL_KIND
 from indexing.reindex import reindex
 from indexing.service import BackbonePool, NominalService
 from indexing.store import EdgeStore
-from indexing.versions import Versions
+from indexing.versions import BankExtension
 
 pytestmark = pytest.mark.slow
 
@@ -116,7 +116,7 @@ def test_indexing_a_fused_setting_runs_the_network_once_per_batch_for_the_same_b
     one_pass, one_pass_statistics = built("one-pass")
     assert calls and set(calls) == {"embed_with_maps"}, calls  # one pass per batch: no separate embed or maps
     # The same images through two passes (the path tiled images take) make the same bank and statistics.
-    monkeypatch.setattr(Versions, "maps_with_embeddings", staticmethod(lambda *_: False))
+    monkeypatch.setattr(BankExtension, "wants_maps", lambda self, batch: False)
     calls.clear()
     two_passes, two_passes_statistics = built("two-passes")
     assert {"embed", "feature_maps"} <= set(calls) and "embed_with_maps" not in calls
