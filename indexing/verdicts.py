@@ -24,8 +24,10 @@ class HeatMap:
     Attributes:
         grid: rows x cols nearest-nominal-patch distance of each patch (the raw
             map, before upsampling and smoothing), as lists of floats; on the score's
-            scale (divided by the image's local scale, `PatchConfig.local_scale`).
-        worst: (row, col) of the most anomalous patch in `grid`.
+            scale (divided by the image's local scale, `PatchConfig.local_scale`). In a fused
+            setting, the mean of the patch and positional maps, each standardised as its part's
+            score is (`indexing.fused`).
+        worst: (row, col) of the patch farthest from the nominal patches, where its neighbours were found.
         png: the smoothed map coloured over the image, PNG bytes (see
             `indexing.heatmap.overlay_png` for the colour scale).
     """

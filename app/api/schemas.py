@@ -144,8 +144,12 @@ class NeighbourPublic(BaseModel):
 class HeatMapPublic(BaseModel):
     grid: list[list[float]] = Field(description="Nearest-nominal-patch distance of each patch, rows x cols, on the "
                                                 "score's scale: divided by the mean own score of the nominal images "
-                                                "nearest the worst patch, where the bank scores relative to them.")
-    worst: tuple[int, int] = Field(description="(row, col) of the most anomalous patch.")
+                                                "nearest the worst patch, where the bank scores relative to them. "
+                                                "Fused settings: the mean of that map and each patch's distance to "
+                                                "its position's nominal statistics, each standardised (z-scores) as "
+                                                "its part's score is.")
+    worst: tuple[int, int] = Field(description="(row, col) of the patch farthest from the nominal patches (where the "
+                                               "neighbours were found).")
     png: str = Field(description="The smoothed map coloured over the image, as a data:image/png;base64 URL.")
 
     @classmethod
@@ -174,7 +178,7 @@ class VerdictPublic(BaseModel):
         None, description="Fused settings: each part's own score (patch, global, positional) before standardising.")
     neighbors: list[NeighbourPublic]
     heatmap: HeatMapPublic | None = Field(None, description="Patch and fused settings, when asked for with heatmap=true "
-                                          "(the patch distances; a fused verdict's map has no threshold line).")
+                                          "(patch distances; in a fused verdict, standardised patch and positional distances, without a threshold line).")
 
     @classmethod
     def of(cls, setting: str, verdict: Verdict) -> "VerdictPublic":

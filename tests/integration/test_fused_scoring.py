@@ -10,6 +10,9 @@ from sklearn.metrics import roc_auc_score
 
 from indexing import positional
 from indexing.backbones.base import Backbone
+from indexing.fused import Standard
+from indexing.images import decode
+from indexing.patch_mode import PatchConfig
 from indexing.positional import GENERATION_KIND, POSITIONAL_KIND
 from indexing.reindex import reindex
 from indexing.service import BackbonePool, NominalService
@@ -54,6 +57,32 @@ def test_a_fused_verdict_is_the_mean_of_its_parts_standardised_by_the_nominal_im
     assert calibrated.scoring == "fused:patch+global" and calibrated.n_pass == len(hazelnut_sets["train"])
     with_map = service.inspect(SETTING, defect[:1], heatmap=True)[0]
     assert with_map.verdict == "FAIL" and with_map.heatmap is not None
+
+
+def test_a_fused_heat_map_is_the_mean_of_the_patch_and_positional_maps_standardised(service, hazelnut_sets) -> None:
+    service.put_setting(SETTING, scoring="fused")
+    service.index(SETTING, hazelnut_sets["train"])  # positional statistics kept, though too few images to join the score
+    defect = hazelnut_sets["defect"][:3]
+    fused = service.inspect(SETTING, defect, heatmap=True)
+    assert {v.scorer for v in fused} == {"fused:patch+global"}
+    version = service.versions.active(SETTING)
+    patch = service.versions.patch_record(version)
+    record = service.fused.record(patch)
+    standards = service.fused.standards(version, patch, record, k=1)
+    statistics = service.positional.statistics(record)
+    config = PatchConfig.from_dict(patch["patch_config"])
+    backbone = service.embedder.backbone_for(version)
+    made = config.maker().patchify(backbone.feature_maps([decode(image) for image in defect]))
+    positional_maps = statistics.distances(made.vectors).reshape(len(defect), *made.grid)
+    service.put_setting(SETTING, scoring="patch")
+    alone = service.inspect(SETTING, defect, heatmap=True)
+    for verdict, patch_verdict, positional_map in zip(fused, alone, positional_maps):
+        patch_map = np.array(patch_verdict.heatmap.grid)
+        expected = (standards.by_part["patch"](patch_map) + Standard(*record.standard)(positional_map)) / 2
+        np.testing.assert_allclose(np.array(verdict.heatmap.grid), expected, rtol=1e-4, atol=1e-4)
+        assert not np.allclose(np.array(verdict.heatmap.grid), patch_map)
+        # the explanation's neighbours stay those of the worst patch, and the map is drawn over the image
+        assert verdict.heatmap.worst == patch_verdict.heatmap.worst and verdict.heatmap.png[:4] == b"\x89PNG"
 
 
 def test_aligned_parts_add_positional_statistics_that_outlive_the_process(tmp_path, pool, hazelnut_sets,
