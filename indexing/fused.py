@@ -70,7 +70,7 @@ class Standard:
             return cls(0.0, 1.0)
         return cls(float(values.mean()), float(values.std()))
 
-    def __call__(self, score):  # a float, or an array of them (a map)
+    def __call__(self, score: float | np.ndarray) -> float | np.ndarray:  # an array: a map's cells
         return (score - self.mean) / max(self.spread, 1e-12)
 
 
@@ -154,11 +154,6 @@ class FusedScorer:
             made = config.maker().patchify(feature_maps)
         else:
             embeddings = backbone.embed(list(decoded), batch_size=batch_size)
-        found = self.patches.score(version.setting, patch["collection"], config, backbone, images, decoded,
-                                   neighbours=neighbours, grids=grids, maps=maps, batch_size=batch_size, patches=made,
-                                   bank=bank)
-        ids = [image.id for image in images]
-        near = self.nearest(version, embeddings, ids, k)
         if "positional" in standards.parts and made is None:
             # a tiled image in a setting found aligned: the statistics stop at the next merge
             raise ValueError("an image of this fused setting was cut into tiles: re-index it")
@@ -167,27 +162,34 @@ class FusedScorer:
             statistics = self.positional.statistics(record)
             if statistics is not None:
                 distances = statistics.distances(made.vectors)
+        fused_map = distances is not None and (grids or maps)  # the patch part's own heat map would be replaced
+        found = self.patches.score(version.setting, patch["collection"], config, backbone, images, decoded,
+                                   neighbours=neighbours, grids=grids or fused_map, maps=maps and not fused_map,
+                                   batch_size=batch_size, patches=made, bank=bank)
+        ids = [image.id for image in images]
+        near = self.nearest(version, embeddings, ids, k)
         out = []
         for number, (result, neighbours_found) in enumerate(zip(found, near)):
             scores = {"patch": result.score, "global": knn_score([n.distance for n in neighbours_found], k)}
             if "positional" in standards.parts:
                 assert distances is not None
                 scores["positional"] = float(distances[number].max())
-            if distances is not None and result.grid is not None:
+            if fused_map:
                 result = self._with_positional_map(result, distances[number], standards, record, config,
-                                                   backbone.input_size)
+                                                   backbone.input_size if maps else None)
             out.append(FusedResult(standards.fuse(scores), scores, result, embeddings[number]))
         return out
 
     @staticmethod
     def _with_positional_map(result: PatchResult, distances: np.ndarray, standards: Standards,
-                             record: PositionalRecord, config: PatchConfig, input_size: int) -> PatchResult:
+                             record: PositionalRecord, config: PatchConfig, heat_size: int | None) -> PatchResult:
         """The patch result with its map replaced by the fused map (see the module docstring): the mean of the
-        patch map and the positional map, each standardised as its part's score is."""
-        positional = standards.by_part.get("positional") or Standard(*record.standard)
-        grid = ((standards.by_part["patch"](result.grid) + positional(distances.reshape(result.grid.shape))) / 2.0)
-        grid = grid.astype(np.float32)
-        heat = None if result.heat is None else heat_map(grid, grid.shape, (input_size, input_size), sigma=config.sigma)
+        patch map and the positional map, each standardised as its part's score is (the positional standard is
+        the record's whether or not the part joins the score); smoothed to (heat_size, heat_size) when given."""
+        assert result.grid is not None
+        positional = Standard(*record.standard)(distances.reshape(result.grid.shape))
+        grid = ((standards.by_part["patch"](result.grid) + positional) / 2.0).astype(np.float32)
+        heat = None if heat_size is None else heat_map(grid, grid.shape, (heat_size, heat_size), sigma=config.sigma)
         return replace(result, grid=grid, heat=heat)
 
     def standards(self, version: CollectionVersion, patch: dict[str, Any], record: PositionalRecord, *, k: int,
